@@ -1,0 +1,92 @@
+"""Composition root of the web process: `gunicorn "api:create_app()"`."""
+
+from __future__ import annotations
+
+import redis
+import structlog
+from apiflask import APIFlask
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import auth, problems, request_context
+from api.json_provider import OrjsonProvider
+from api.openapi import describe_security
+from api.routes import agents, health, jobs
+from api.routes import auth as auth_routes
+from api.runtime import Runtime
+from models.db import make_engine, make_session_factory
+from services import after_commit
+from services.jobs import JobLimits
+from services.log_config import configure_logging
+from services.passwords import Passwords
+from settings import Settings, load_settings
+from workers.celery_app import make_celery
+
+log = structlog.get_logger("conveyor.api")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    session_factory: sessionmaker[Session] | None = None,
+    passwords: Passwords | None = None,
+) -> APIFlask:
+    """Build the web app. Tests pass their own settings and a session factory bound to a
+    connection whose transaction they roll back."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+
+    app = APIFlask(
+        "conveyor", title="Conveyor", version="1.0.0", docs_path="/docs", spec_path="/openapi.json"
+    )
+    app.json = OrjsonProvider(app)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        OPENAPI_VERSION="3.1.0",
+        VALIDATION_ERROR_STATUS_CODE=422,
+        SYNC_LOCAL_SPEC=False,
+        JSON_SORT_KEYS=False,
+    )
+    app.url_map.strict_slashes = False
+
+    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    session_factory = session_factory or make_session_factory(engine)
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    producer = make_celery(broker_url=settings.redis_url)
+    after_commit.install(
+        session_factory,
+        after_commit.make_dispatcher(
+            send_task=lambda name, args, queue: producer.send_task(name, args=args, queue=queue),
+            announce=lambda channel, status: redis_client.publish(channel, status),
+            on_error=lambda message, error: log.warning(
+                "after_commit.dispatch_failed", message=repr(message), error=repr(error)
+            ),
+        ),
+    )
+    app.extensions["conveyor"] = Runtime(
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        redis=redis_client,
+        redis_probe=redis.Redis.from_url(
+            settings.redis_url, socket_timeout=1, socket_connect_timeout=1
+        ),
+        passwords=passwords or Passwords(),
+        job_limits=JobLimits(
+            default_timeout_s=settings.job_default_timeout_s,
+            max_timeout_s=settings.job_max_timeout_s,
+            default_max_attempts=settings.job_default_max_attempts,
+        ),
+    )
+
+    request_context.install(app)
+    problems.install(app)
+    auth.install(
+        app,
+        secret=settings.jwt_secret_key,
+        access_ttl_s=settings.jwt_access_ttl_s,
+        refresh_ttl_s=settings.jwt_refresh_ttl_s,
+    )
+    for blueprint in (health.bp, auth_routes.bp, agents.bp, jobs.bp):
+        app.register_blueprint(blueprint)
+    app.spec_processor(describe_security)
+    return app

@@ -1,0 +1,137 @@
+"""RFC 9457 problem documents for every error, so clients parse one shape.
+
+A 500 says only that something failed and which request it was; the traceback goes to the
+log under the same request id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from apiflask import APIFlask, HTTPError
+from flask import Response, g
+from werkzeug.exceptions import HTTPException
+
+from api.json_provider import dumps_bytes
+from services.errors import InvalidInput, Overloaded, ServiceError
+
+PROBLEM_MIMETYPE = "application/problem+json"
+log = structlog.get_logger("conveyor.api")
+
+# Titles and type slugs for statuses raised by the framework rather than by our services.
+_STATUS_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    412: ("precondition-failed", "Precondition failed"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation-error", "Invalid input"),
+    429: ("rate-limited", "Too many requests"),
+    500: ("internal-error", "Internal server error"),
+    503: ("unavailable", "Service unavailable"),
+}
+_LOCATIONS = {"json": "body", "query": "query", "headers": "header", "path": "path"}
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    default_slug, default_title = _STATUS_SLUGS.get(status, ("error", "Error"))
+    body: dict[str, Any] = {
+        "type": f"/problems/{slug or default_slug}",
+        "title": title or default_title,
+        "status": status,
+        "detail": detail,
+        "request_id": g.get("request_id"),
+    }
+    if errors is not None:
+        body["errors"] = errors
+    if extra:
+        body.update(extra)
+    response = Response(dumps_bytes(body), status=status, mimetype=PROBLEM_MIMETYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def install(app: APIFlask) -> None:
+    app.error_processor(_from_apiflask_error)
+
+    @app.errorhandler(ServiceError)
+    def _service_error(error: ServiceError) -> Response:
+        headers = {}
+        if isinstance(error, Overloaded):
+            headers["Retry-After"] = str(error.retry_after_s)
+        errors = None
+        if isinstance(error, InvalidInput):
+            errors = [
+                {"location": p.location, "field": p.field, "detail": p.detail}
+                for p in error.problems
+            ]
+        return problem(
+            error.status,
+            error.detail,
+            slug=error.slug,
+            title=error.title,
+            errors=errors,
+            headers=headers,
+            extra=error.extra,
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        return problem(status, _framework_detail(error), headers=headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        if isinstance(error, HTTPException):
+            return _http_error(error)
+        log.exception("request.unhandled_error")
+        return problem(500, "The server failed to handle this request; it has been logged.")
+
+
+def _from_apiflask_error(error: HTTPError) -> Response:
+    """APIFlask reports schema validation (422) and its own aborts through here."""
+    if error.status_code == 422 and isinstance(error.detail, dict) and error.detail:
+        errors = [
+            {"location": _LOCATIONS.get(location, location), "field": field, "detail": message}
+            for location, fields in error.detail.items()
+            for field, messages in fields.items()
+            for message in messages
+        ]
+        summary = "; ".join(f"{e['field']}: {e['detail']}" for e in errors[:5])
+        return problem(422, f"The request is not valid: {summary}", errors=errors)
+    status = error.status_code
+    detail = error.message if isinstance(error.message, str) else _STATUS_SLUGS[status][1]
+    return problem(status, detail, headers=dict(error.headers or {}))
+
+
+def _framework_detail(error: HTTPException) -> str:
+    match error.code:
+        case 400:
+            return "The request body is not valid JSON."
+        case 404:
+            return "There is nothing at this URL."
+        case 405:
+            return "This URL does not accept this method."
+        case 413:
+            return "The request body is larger than this server accepts."
+        case 415:
+            return "Send the body as application/json."
+        case _:
+            return error.description or "The request failed."

@@ -1,0 +1,113 @@
+"""Per-request plumbing: request id, access log, content type, and the unit of work.
+
+A request commits once, at its end, when its answer is a success; views never commit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import TypeVar
+
+import structlog
+from flask import Flask, Response, current_app, g, request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import UnsupportedMediaType
+
+from services.errors import FieldProblem, InvalidInput
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+log = structlog.get_logger("conveyor.api")
+
+
+def db() -> Session:
+    """The request's session, opened on first use."""
+    session: Session | None = g.get("db")
+    if session is None:
+        session = current_app.extensions["conveyor"].session_factory()
+        g.db = session
+    return session
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def optional_body(model: type[M]) -> M:
+    """Validate a JSON body that a client may leave out entirely."""
+    data = request.get_json() if _has_body() else {}
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise InvalidInput(
+            problems=[
+                FieldProblem(".".join(str(p) for p in e["loc"]) or "body", e["msg"])
+                for e in error.errors()
+            ]
+        ) from None
+
+
+def end_session() -> None:
+    """Finish the request's transaction now (commit) and give its connection back."""
+    session: Session | None = g.pop("db", None)
+    if session is not None:
+        try:
+            session.commit()
+        finally:
+            session.close()
+
+
+def install(app: Flask) -> None:
+    app.before_request(_begin)
+    app.after_request(_finish)
+    app.teardown_request(_close_session)
+
+
+def _begin() -> None:
+    g.started = time.perf_counter()
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+    if request.method in _BODY_METHODS and _has_body() and not _is_json(request.mimetype):
+        raise UnsupportedMediaType()
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def _finish(response: Response) -> Response:
+    session: Session | None = g.pop("db", None)
+    if session is not None:
+        try:
+            if response.status_code < 400:
+                session.commit()
+            else:
+                session.rollback()
+        finally:
+            session.close()
+    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status_code,
+        duration_ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+    )
+    return response
+
+
+def _close_session(_: BaseException | None) -> None:
+    # Reached with a session still open only when the request failed before after_request.
+    session: Session | None = g.pop("db", None)
+    if session is not None:
+        session.rollback()
+        session.close()

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import uuid
+
+from apiflask import APIBlueprint
+
+from api.auth import current_principal, require_access_token
+from api.preconditions import if_match_version
+from api.representations import agent_json, etag
+from api.request_context import db
+from api.schemas.agents import AgentIn, AgentOut, AgentPatch
+from api.schemas.common import PageOut, PageQuery
+from services import agents
+
+bp = APIBlueprint("agents", __name__, url_prefix="/v1/agents", tag="Agents")
+bp.before_request(require_access_token)
+
+
+@bp.post("")
+@bp.input(AgentIn, arg_name="body")
+@bp.output(AgentOut, status_code=201)
+@bp.doc(summary="Register an agent", responses=[201, 422])
+def create_agent(body: AgentIn):  # type: ignore[no-untyped-def]
+    agent = agents.create(db(), owner_id=current_principal().user_id, fields=body.model_dump())
+    headers = {"Location": f"/v1/agents/{agent.id}", "ETag": etag(agent.version)}
+    return agent_json(agent), 201, headers
+
+
+@bp.get("")
+@bp.input(PageQuery, location="query", arg_name="query")
+@bp.output(PageOut)
+@bp.doc(summary="The caller's agents, newest first")
+def list_agents(query: PageQuery):  # type: ignore[no-untyped-def]
+    page = agents.list_page(
+        db(), owner_id=current_principal().user_id, limit=query.limit, cursor=query.cursor
+    )
+    return {"items": [agent_json(a) for a in page.items], "next_cursor": page.next_cursor}
+
+
+@bp.get("/<uuid:agent_id>")
+@bp.output(AgentOut)
+@bp.doc(summary="One agent", responses=[200, 404])
+def get_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    agent = agents.get(db(), owner_id=current_principal().user_id, agent_id=agent_id)
+    return agent_json(agent), 200, {"ETag": etag(agent.version)}
+
+
+@bp.patch("/<uuid:agent_id>")
+@bp.input(AgentPatch, arg_name="body")
+@bp.output(AgentOut)
+@bp.doc(summary="Change an agent; bumps its version", responses=[200, 404, 412, 422])
+def update_agent(agent_id: uuid.UUID, body: AgentPatch):  # type: ignore[no-untyped-def]
+    agent = agents.update(
+        db(),
+        owner_id=current_principal().user_id,
+        agent_id=agent_id,
+        fields=body.model_dump(exclude_unset=True),
+        if_version=if_match_version(),
+    )
+    return agent_json(agent), 200, {"ETag": etag(agent.version)}
+
+
+@bp.delete("/<uuid:agent_id>")
+@bp.doc(summary="Delete an agent; the jobs that ran it stay readable", responses=[204, 404])
+def delete_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    agents.delete(db(), owner_id=current_principal().user_id, agent_id=agent_id)
+    return "", 204

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import uuid
+
+from apiflask import APIBlueprint
+from flask import current_app
+
+from api.auth import (
+    Principal,
+    current_principal,
+    issue_tokens,
+    require_access_token,
+    require_refresh_token,
+    revoke_current,
+    revoke_encoded,
+)
+from api.representations import user_json
+from api.request_context import db, optional_body
+from api.schemas.auth import Credentials, LoginIn, LogoutIn, TokensOut, UserOut
+from services import users
+from services.errors import Forbidden, NotFound, Unauthorized
+
+bp = APIBlueprint("auth", __name__, url_prefix="/v1/auth", tag="Authentication")
+
+
+def _runtime():  # type: ignore[no-untyped-def]
+    return current_app.extensions["conveyor"]
+
+
+@bp.post("/register")
+@bp.input(Credentials, arg_name="body")
+@bp.output(UserOut, status_code=201)
+@bp.doc(summary="Create an account", security=[], responses=[201, 409, 422])
+def register(body: Credentials):  # type: ignore[no-untyped-def]
+    if not _runtime().settings.registration_enabled:
+        raise Forbidden("registration is turned off on this server")
+    user = users.register(
+        db(), email=body.email, password=body.password, passwords=_runtime().passwords
+    )
+    return {"id": user.id, "email": user.email}, 201
+
+
+@bp.post("/login")
+@bp.input(LoginIn, arg_name="body")
+@bp.output(TokensOut)
+@bp.doc(summary="Exchange email and password for tokens", security=[], responses=[200, 401])
+def login(body: LoginIn):  # type: ignore[no-untyped-def]
+    user = users.authenticate(
+        db(), email=body.email, password=body.password, passwords=_runtime().passwords
+    )
+    if user is None:
+        raise Unauthorized("wrong email or password")
+    return issue_tokens(Principal(user.id, user.role))
+
+
+@bp.post("/refresh")
+@bp.output(TokensOut)
+@bp.doc(summary="A new access token for a refresh token (sent as the bearer token)")
+def refresh():  # type: ignore[no-untyped-def]
+    payload = require_refresh_token()
+    principal = Principal(uuid.UUID(payload["sub"]), payload.get("role", "user"))
+    if users.get(db(), principal.user_id) is None:
+        raise Unauthorized("the token is invalid, expired or revoked")
+    return issue_tokens(principal, with_refresh=False)
+
+
+@bp.post("/logout")
+@bp.doc(
+    summary="Revoke the presented token, and a refresh token given in the body",
+    description='The body is optional: `{"refresh_token": "..."}`.',
+    responses=[204, 401],
+)
+def logout():  # type: ignore[no-untyped-def]
+    require_access_token()
+    body = optional_body(LogoutIn)
+    if body.refresh_token:
+        revoke_encoded(body.refresh_token, owner=current_principal().user_id)
+    revoke_current()
+    return "", 204
+
+
+@bp.get("/me")
+@bp.output(UserOut)
+@bp.doc(summary="The account behind the token")
+def me():  # type: ignore[no-untyped-def]
+    require_access_token()
+    user = users.get(db(), current_principal().user_id)
+    if user is None:
+        raise NotFound("this account no longer exists")
+    return user_json(user)

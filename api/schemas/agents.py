@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from api.schemas.common import Input, Output, SmallObject
+
+ToolName = Literal["documents.search", "documents.read", "documents.write", "events.append"]
+Provider = Literal["echo", "openai"]
+
+
+class AgentIn(Input):
+    name: str = Field(min_length=1, max_length=200)
+    provider: Provider
+    model: str | None = Field(default=None, max_length=200)
+    instructions: str | None = Field(default=None, max_length=100_000)
+    params: SmallObject = Field(default_factory=dict)
+    tools: list[ToolName] = Field(default_factory=list, max_length=16)
+    max_steps: int = Field(default=8, ge=1, le=100)
+    timeout_s: int | None = Field(default=None, ge=1, le=3600)
+
+
+class AgentPatch(Input):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    provider: Provider | None = None
+    model: str | None = Field(default=None, max_length=200)
+    instructions: str | None = Field(default=None, max_length=100_000)
+    params: SmallObject | None = None
+    tools: list[ToolName] | None = Field(default=None, max_length=16)
+    max_steps: int | None = Field(default=None, ge=1, le=100)
+    timeout_s: int | None = Field(default=None, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AgentPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change")
+        for required in ("name", "provider", "params", "tools", "max_steps"):
+            if required in self.model_fields_set and getattr(self, required) is None:
+                raise ValueError(f"{required} cannot be null")
+        return self
+
+
+class AgentOut(Output):
+    id: uuid.UUID
+    name: str
+    provider: str
+    model: str | None
+    instructions: str | None
+    params: dict[str, Any]
+    tools: list[str]
+    max_steps: int
+    timeout_s: int | None
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, Field, model_validator
+
+from api.schemas.common import Input, Output, PageQuery, SmallObject
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+
+
+class Message(Input):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=1_000_000)
+
+
+class JobInput(Input):
+    text: str | None = Field(default=None, max_length=1_000_000)
+    messages: list[Message] | None = Field(default=None, min_length=1, max_length=1000)
+    documents: list[uuid.UUID] | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> JobInput:
+        if self.text is None and self.messages is None:
+            raise ValueError("give text or messages")
+        return self
+
+
+class JobIn(Input):
+    agent_id: uuid.UUID
+    input: JobInput
+    webhook_url: AnyHttpUrl | None = Field(default=None)
+    metadata: SmallObject = Field(default_factory=dict)
+    timeout_s: int | None = Field(default=None, ge=1)
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _url_length(self) -> JobIn:
+        if self.webhook_url is not None and len(str(self.webhook_url)) > 2048:
+            raise ValueError("webhook_url must be at most 2048 characters")
+        return self
+
+
+class JobListQuery(PageQuery):
+    status: JobStatus | None = None
+    agent_id: uuid.UUID | None = None
+
+
+class WaitQuery(Input):
+    wait: float = Field(default=0, ge=0, le=30)
+
+
+class EventsQuery(Input):
+    from_version: int = Field(default=1, ge=1)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class JobOut(Output):
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    agent_version: int
+    status: JobStatus
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    attempt: int
+    max_attempts: int
+    timeout_s: int
+    webhook_url: str | None
+    metadata: dict[str, Any]
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None

@@ -1,0 +1,9 @@
+"""SQLAlchemy models. Imports nothing of the application."""
+
+from models.agents import Agent
+from models.base import Base
+from models.events import Event
+from models.jobs import JOB_STATUSES, TERMINAL_STATUSES, Job
+from models.users import User
+
+__all__ = ["JOB_STATUSES", "TERMINAL_STATUSES", "Agent", "Base", "Event", "Job", "User"]

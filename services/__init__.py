@@ -1,0 +1,1 @@
+"""The domain. Imports models and libraries, never flask, celery, api, tasks or workers."""

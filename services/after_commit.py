@@ -1,0 +1,86 @@
+"""Work that may happen only once a transaction has committed.
+
+Services call `defer(session, message)`; the composition root installs a dispatcher that
+receives the messages after a successful commit. A rollback drops them. This is how a job id
+reaches the broker only when the job row exists, and how waiters learn of a change only when
+the change is visible.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+_PENDING = "conveyor.after_commit"
+
+
+@dataclass(frozen=True)
+class SendTask:
+    """Publish a Celery task by name. Arguments are ids and small scalars, never rows."""
+
+    name: str
+    queue: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobChanged:
+    """A job moved to a new status; long-pollers and live tails wake on it."""
+
+    job_id: uuid.UUID
+    status: str
+
+
+Message = SendTask | JobChanged
+Dispatcher = Callable[[Sequence[Message]], None]
+
+
+def defer(session: Session, message: Message) -> None:
+    session.info.setdefault(_PENDING, []).append(message)
+
+
+def install(factory: sessionmaker[Session], dispatch: Dispatcher) -> None:
+    """Deliver deferred messages of sessions made by `factory` after each commit."""
+
+    @event.listens_for(factory, "after_commit")
+    def _after_commit(session: Session) -> None:
+        messages = session.info.pop(_PENDING, None)
+        if messages:
+            dispatch(messages)
+
+    @event.listens_for(factory, "after_soft_rollback")
+    def _after_rollback(session: Session, previous_transaction: Any) -> None:
+        if previous_transaction.parent is None:
+            session.info.pop(_PENDING, None)
+
+
+def job_channel(job_id: uuid.UUID | str) -> str:
+    """The pub/sub channel on which a job's status changes are announced."""
+    return f"conveyor:job:{job_id}"
+
+
+def make_dispatcher(
+    *,
+    send_task: Callable[[str, tuple[Any, ...], str], None],
+    announce: Callable[[str, str], None],
+    on_error: Callable[[Message, Exception], None],
+) -> Dispatcher:
+    """A dispatcher over the given transports. A failed send is reported, not raised: the
+    transaction has committed already, and the sweeper re-publishes what never arrived."""
+
+    def dispatch(messages: Sequence[Message]) -> None:
+        for message in messages:
+            try:
+                if isinstance(message, SendTask):
+                    send_task(message.name, message.args, message.queue)
+                else:
+                    announce(job_channel(message.job_id), message.status)
+            except Exception as error:
+                on_error(message, error)
+
+    return dispatch

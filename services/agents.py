@@ -1,0 +1,86 @@
+"""Agents: versioned configurations that jobs run."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import Agent
+from services.errors import NotFound, PreconditionFailed
+from services.pagination import Page, decode_cursor, page_of
+
+# The fields a job copies at submit time; changing the agent later does not change the job.
+CONFIG_FIELDS = ("provider", "model", "instructions", "params", "tools", "max_steps", "timeout_s")
+
+
+def create(session: Session, *, owner_id: uuid.UUID, fields: dict[str, Any]) -> Agent:
+    agent = Agent(owner_id=owner_id, version=1, **fields)
+    session.add(agent)
+    session.flush()
+    return agent
+
+
+def get(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:
+    """The owner's live agent; `NotFound` for another owner's or a deleted one."""
+    agent = session.get(Agent, agent_id)
+    if agent is None or agent.owner_id != owner_id or agent.deleted_at is not None:
+        raise NotFound("no agent with this id")
+    return agent
+
+
+def list_page(
+    session: Session, *, owner_id: uuid.UUID, limit: int, cursor: str | None
+) -> Page[Agent]:
+    query = select(Agent).where(Agent.owner_id == owner_id, Agent.deleted_at.is_(None))
+    after = decode_cursor(cursor)
+    if after is not None:
+        query = query.where(Agent.id < after)
+    rows = list(session.scalars(query.order_by(Agent.id.desc()).limit(limit + 1)))
+    return page_of(rows, limit)
+
+
+def update(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    fields: dict[str, Any],
+    if_version: int | None = None,
+) -> Agent:
+    """Apply a partial update and bump the version; `if_version` guards lost updates."""
+    agent = _lock(session, owner_id=owner_id, agent_id=agent_id)
+    if if_version is not None and agent.version != if_version:
+        raise PreconditionFailed(
+            f"the agent is at version {agent.version}, not {if_version}",
+            extra={"current_version": agent.version},
+        )
+    for name, value in fields.items():
+        setattr(agent, name, value)
+    agent.version += 1
+    session.flush()
+    return agent
+
+
+def delete(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> None:
+    """Soft delete: the agent disappears, the jobs that ran it stay readable."""
+    agent = _lock(session, owner_id=owner_id, agent_id=agent_id)
+    agent.deleted_at = func.now()
+    session.flush()
+
+
+def config_of(agent: Agent) -> dict[str, Any]:
+    return {name: getattr(agent, name) for name in CONFIG_FIELDS}
+
+
+def _lock(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:
+    agent = session.scalar(
+        select(Agent)
+        .where(Agent.id == agent_id, Agent.owner_id == owner_id, Agent.deleted_at.is_(None))
+        .with_for_update()
+    )
+    if agent is None:
+        raise NotFound("no agent with this id")
+    return agent

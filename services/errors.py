@@ -1,0 +1,81 @@
+"""Domain errors. The HTTP adapter turns each into a problem document; tasks classify them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FieldProblem:
+    field: str
+    detail: str
+    location: str = "body"
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see. `detail` must be safe to show to that client."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra or {}
+
+
+class NotFound(ServiceError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(ServiceError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class PreconditionFailed(ServiceError):
+    status = 412
+    slug = "precondition-failed"
+    title = "Precondition failed"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class Overloaded(ServiceError):
+    status = 503
+    slug = "overloaded"
+    title = "Service overloaded"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class InvalidInput(ServiceError):
+    """Input that passed the schema but breaks a rule only the domain knows."""
+
+    problems: list[FieldProblem] = field(default_factory=list)
+
+    status = 422
+    slug = "validation-error"
+    title = "Invalid input"
+
+    def __post_init__(self) -> None:
+        detail = "; ".join(f"{p.field}: {p.detail}" for p in self.problems)
+        ServiceError.__init__(self, detail)

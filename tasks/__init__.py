@@ -1,0 +1,1 @@
+"""Celery task functions: a few lines each, calling services."""

@@ -1,0 +1,23 @@
+"""What tasks need from the process that runs them, attached to the Celery app by `workers`.
+
+Tasks import this, never `workers`, so the import direction stays `workers -> tasks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+
+@dataclass(frozen=True)
+class TaskDeps:
+    session_factory: sessionmaker[Session]
+    job_lease_s: int
+    job_republish_after_s: int
+
+
+def deps_of(task: Any) -> TaskDeps:
+    deps: TaskDeps = task.app.conveyor
+    return deps

@@ -1,0 +1,59 @@
+"""Composition root of the worker, beat and Flower processes: `celery -A workers ...`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import structlog
+from celery import signals
+
+from models.db import make_engine, make_session_factory
+from services import after_commit
+from services.log_config import configure_logging
+from settings import load_settings
+from tasks.deps import TaskDeps
+from workers.celery_app import make_celery
+
+settings = load_settings()
+log = structlog.get_logger("conveyor.workers")
+
+celery = make_celery(broker_url=settings.redis_url, sweep_interval_s=settings.sweep_interval_s)
+app = celery  # `celery -A workers` looks for `app` or `celery`
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging(settings.log_level)
+
+
+engine = make_engine(settings.database_url, pool_size=2)
+
+
+def _build_deps() -> TaskDeps:
+    session_factory = make_session_factory(engine)
+    announcer = redis.Redis.from_url(settings.redis_url)
+    after_commit.install(
+        session_factory,
+        after_commit.make_dispatcher(
+            send_task=lambda name, args, queue: celery.send_task(name, args=args, queue=queue),
+            announce=lambda channel, status: announcer.publish(channel, status),
+            on_error=lambda message, error: log.warning(
+                "after_commit.dispatch_failed", message=repr(message), error=repr(error)
+            ),
+        ),
+    )
+    return TaskDeps(
+        session_factory=session_factory,
+        job_lease_s=settings.job_lease_s,
+        job_republish_after_s=settings.job_republish_after_s,
+    )
+
+
+celery.conveyor = _build_deps()  # type: ignore[attr-defined]
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # A forked pool process must not share the parent's sockets to PostgreSQL.
+    engine.dispose(close=False)

@@ -1,0 +1,48 @@
+"""The Celery configuration shared by workers, beat, Flower and the API's producer.
+
+It imports no task module: `include` names them, and Celery imports them in the worker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+QUEUES = ("agents", "events", "webhooks", "maintenance")
+TASK_MODULES = ("tasks.jobs", "tasks.maintenance")
+
+
+def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
+    app = Celery("conveyor", broker=broker_url, include=list(TASK_MODULES))
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="agents",
+        # At-least-once: a message is acknowledged only when its task has returned, and is
+        # handed back if the worker process dies. Our claims make redelivery harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Unacknowledged messages come back after this long; the job sweeper usually
+            # re-publishes far sooner, so this is only the last line of defence.
+            "visibility_timeout": 3600,
+            "max_connections": 64,
+        },
+        broker_pool_limit=16,
+        beat_schedule={
+            "sweep-jobs": {
+                "task": "conveyor.maintenance.sweep_jobs",
+                "schedule": sweep_interval_s,
+                "options": {"queue": "maintenance", "expires": sweep_interval_s * 2},
+            }
+        },
+    )
+    return app
