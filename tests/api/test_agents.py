@@ -1,0 +1,71 @@
+def test_create_and_read_agent(alice):
+    created = alice.create_agent(name="writer", instructions="Be brief.", params={"delay_ms": 5})
+    assert created["version"] == 1 and created["provider"] == "echo"
+    response = alice.get(f"/v1/agents/{created['id']}")
+    assert response.status_code == 200
+    assert response.json["instructions"] == "Be brief."
+    assert response.headers["ETag"] == '"1"'
+
+
+def test_list_pages_newest_first(alice):
+    ids = [alice.create_agent(name=f"a{i}")["id"] for i in range(5)]
+    first = alice.get("/v1/agents?limit=2").json
+    assert [a["id"] for a in first["items"]] == ids[::-1][:2]
+    second = alice.get(f"/v1/agents?limit=2&cursor={first['next_cursor']}").json
+    third = alice.get(f"/v1/agents?limit=2&cursor={second['next_cursor']}").json
+    seen = [a["id"] for page in (first, second, third) for a in page["items"]]
+    assert seen == ids[::-1]
+    assert third["next_cursor"] is None
+
+
+def test_patch_bumps_version_and_honours_if_match(alice):
+    agent = alice.create_agent()
+    url = f"/v1/agents/{agent['id']}"
+    changed = alice.patch(url, json={"instructions": "new"}, headers={"If-Match": '"1"'})
+    assert changed.status_code == 200
+    assert changed.json["version"] == 2 and changed.headers["ETag"] == '"2"'
+    stale = alice.patch(url, json={"instructions": "lost"}, headers={"If-Match": '"1"'})
+    assert stale.status_code == 412
+    assert stale.json["current_version"] == 2
+    assert alice.get(url).json["instructions"] == "new"
+
+
+def test_patch_rejects_empty_and_unknown_fields(alice):
+    url = f"/v1/agents/{alice.create_agent()['id']}"
+    assert alice.patch(url, json={}).status_code == 422
+    assert alice.patch(url, json={"version": 7}).status_code == 422
+    assert alice.patch(url, json={"name": None}).status_code == 422
+    assert alice.get(url).json["version"] == 1
+
+
+def test_delete_hides_agent_but_keeps_jobs(alice):
+    agent = alice.create_agent()
+    job = alice.submit(agent["id"])
+    assert alice.delete(f"/v1/agents/{agent['id']}").status_code == 204
+    assert alice.get(f"/v1/agents/{agent['id']}").status_code == 404
+    assert alice.delete(f"/v1/agents/{agent['id']}").status_code == 404
+    assert alice.get(f"/v1/jobs/{job['id']}").status_code == 200
+    assert (
+        alice.post("/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "x"}}).status_code
+        == 422
+    )
+
+
+def test_other_owner_sees_404_and_changes_nothing(alice, bob):
+    agent = alice.create_agent()
+    url = f"/v1/agents/{agent['id']}"
+    assert bob.get(url).status_code == 404
+    assert bob.patch(url, json={"name": "stolen"}).status_code == 404
+    assert bob.delete(url).status_code == 404
+    assert bob.get("/v1/agents").json["items"] == []
+    assert alice.get(url).json["name"] == agent["name"]
+
+
+def test_agent_validation(alice):
+    too_many_steps = alice.post(
+        "/v1/agents", json={"name": "x", "provider": "echo", "max_steps": 0}
+    )
+    unknown_tool = alice.post("/v1/agents", json={"name": "x", "provider": "echo", "tools": ["rm"]})
+    assert too_many_steps.status_code == 422
+    assert unknown_tool.status_code == 422
+    assert alice.get("/v1/agents").json["items"] == []

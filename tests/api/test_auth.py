@@ -1,0 +1,137 @@
+import pytest
+
+from tests.helpers import PASSWORD, AuthClient
+
+
+def test_register_answers_201_without_secrets(client):
+    response = client.post(
+        "/v1/auth/register", json={"email": "New@Example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 201
+    assert response.json["email"] == "new@example.com"
+    assert set(response.json) == {"id", "email", "role"} or set(response.json) <= {
+        "id",
+        "email",
+        "role",
+    }
+    assert PASSWORD not in response.get_data(as_text=True)
+
+
+def test_register_twice_is_409_case_insensitive(client, alice):
+    response = client.post(
+        "/v1/auth/register", json={"email": alice.email.upper(), "password": PASSWORD}
+    )
+    assert response.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"email": "a@example.com", "password": "short"},
+        {"email": "not-an-email", "password": PASSWORD},
+        {"email": "a@example.com"},
+        {"email": "a@example.com", "password": PASSWORD, "role": "admin"},
+    ],
+)
+def test_register_rejects_bad_input(client, body):
+    assert client.post("/v1/auth/register", json=body).status_code == 422
+
+
+def test_registration_can_be_turned_off(app, client):
+    app.extensions["conveyor"].settings.registration_enabled = False
+    response = client.post(
+        "/v1/auth/register", json={"email": "x@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 403
+
+
+def test_login_with_wrong_password_is_401(client, alice):
+    response = client.post("/v1/auth/login", json={"email": alice.email, "password": "x" * 12})
+    assert response.status_code == 401
+    unknown = client.post("/v1/auth/login", json={"email": "no@example.com", "password": "x" * 12})
+    assert unknown.status_code == 401
+    assert response.json["detail"] == unknown.json["detail"]
+
+
+def test_login_answers_tokens(alice):
+    assert alice.tokens["token_type"] == "Bearer"
+    assert alice.tokens["expires_in"] > 0
+    assert alice.tokens["access_token"] != alice.tokens["refresh_token"]
+
+
+@pytest.mark.parametrize("url", ["/v1/agents", "/v1/jobs", "/v1/auth/me"])
+def test_protected_routes_need_a_token(client, url):
+    response = client.get(url)
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer nonsense", "Bearer a.b.c", "Basic dXNlcjpwYXNz", "Bearer"],
+)
+def test_garbage_tokens_are_401(client, header):
+    assert client.get("/v1/auth/me", headers={"Authorization": header}).status_code == 401
+
+
+def test_refresh_token_is_not_an_access_token(client, alice):
+    refresh = alice.tokens["refresh_token"]
+    response = client.get("/v1/auth/me", headers={"Authorization": f"Bearer {refresh}"})
+    assert response.status_code == 401
+
+
+def test_refresh_gives_a_working_access_token(client, alice):
+    refresh = alice.tokens["refresh_token"]
+    response = client.post("/v1/auth/refresh", headers={"Authorization": f"Bearer {refresh}"})
+    assert response.status_code == 200
+    access = response.json["access_token"]
+    me = client.get("/v1/auth/me", headers={"Authorization": f"Bearer {access}"})
+    assert me.json["email"] == alice.email
+
+
+def test_access_token_cannot_refresh(client, alice):
+    response = client.post("/v1/auth/refresh", headers=alice.headers)
+    assert response.status_code == 401
+
+
+def test_logout_revokes_access_and_refresh(client, alice):
+    refresh = alice.tokens["refresh_token"]
+    response = alice.post("/v1/auth/logout", json={"refresh_token": refresh})
+    assert response.status_code == 204
+    assert alice.get("/v1/auth/me").status_code == 401
+    again = client.post("/v1/auth/refresh", headers={"Authorization": f"Bearer {refresh}"})
+    assert again.status_code == 401
+
+
+def test_logout_without_body_revokes_the_access_token(alice):
+    assert alice.post("/v1/auth/logout").status_code == 204
+    assert alice.get("/v1/auth/me").status_code == 401
+
+
+def test_logout_cannot_revoke_someone_elses_refresh_token(client, alice, bob):
+    response = alice.post("/v1/auth/logout", json={"refresh_token": bob.tokens["refresh_token"]})
+    assert response.status_code == 401
+    still = client.post(
+        "/v1/auth/refresh", headers={"Authorization": f"Bearer {bob.tokens['refresh_token']}"}
+    )
+    assert still.status_code == 200
+
+
+def test_tokens_signed_with_another_key_are_401(client, alice, app):
+    import jwt
+
+    claims = jwt.decode(alice.tokens["access_token"], options={"verify_signature": False})
+    forged = jwt.encode(claims, "another-key-" + "y" * 40, algorithm="HS256")
+    none_alg = jwt.encode(claims, None, algorithm="none")
+    for token in (forged, none_alg):
+        response = client.get("/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401
+
+
+def test_me_shows_role(alice):
+    assert alice.get("/v1/auth/me").json["role"] == "user"
+
+
+def test_second_user_gets_distinct_identity(client, alice):
+    other = AuthClient.register(client, "other@example.com")
+    assert other.get("/v1/auth/me").json["id"] != alice.get("/v1/auth/me").json["id"]

@@ -1,0 +1,206 @@
+import uuid
+
+import pytest
+from sqlalchemy import select, text, update
+
+from models import Job
+from services import job_execution, jobs
+
+
+def run_queued(session_factory, job_id):
+    """Run the job in-process, as a worker would after taking its message."""
+    return job_execution.execute(session_factory, uuid.UUID(job_id), lease_s=30)
+
+
+@pytest.fixture
+def agent(alice):
+    return alice.create_agent(params={"delay_ms": 1})
+
+
+def test_submit_answers_202_with_location(alice, agent):
+    response = alice.post("/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "hi"}})
+    assert response.status_code == 202
+    job = response.json
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["attempt"] == 0
+    assert job["agent_version"] == 1 and job["max_attempts"] == 3
+
+
+def test_submit_publishes_the_job_id_after_commit(alice, agent, redis_url):
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete("agents")
+    job = alice.submit(agent["id"])
+    messages = [json.loads(raw) for raw in client.lrange("agents", 0, -1)]
+    published = [
+        m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == jobs.RUN_JOB_TASK
+    ]
+    assert published == [repr((job["id"],))]
+
+
+def test_rejected_submit_publishes_nothing(alice, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete("agents")
+    response = alice.post("/v1/jobs", json={"agent_id": str(uuid.uuid4()), "input": {"text": "x"}})
+    assert response.status_code == 422
+    assert response.json["errors"][0]["field"] == "agent_id"
+    assert client.llen("agents") == 0
+
+
+def test_job_runs_to_succeeded_with_events(alice, agent, session_factory):
+    job = alice.submit(agent["id"], text="hello")
+    assert run_queued(session_factory, job["id"]) == "succeeded"
+    done = alice.get(f"/v1/jobs/{job['id']}").json
+    assert done["status"] == "succeeded"
+    assert done["output"] == {"text": "hello"}
+    assert done["attempt"] == 1 and done["started_at"] and done["finished_at"]
+    events = alice.get(f"/v1/jobs/{job['id']}/events").json["items"]
+    assert [e["type"] for e in events] == ["job.queued", "job.started", "job.succeeded"]
+    assert [e["version"] for e in events] == [1, 2, 3]
+    assert events[0]["stream"] == f"job-{job['id']}"
+    assert events[-1]["data"]["output"] == {"text": "hello"}
+
+
+def test_events_carry_the_request_id_as_correlation_id(alice, agent):
+    response = alice.post(
+        "/v1/jobs",
+        json={"agent_id": agent["id"], "input": {"text": "x"}},
+        headers={"X-Request-ID": "trace-42"},
+    )
+    events = alice.get(f"/v1/jobs/{response.json['id']}/events").json["items"]
+    assert events[0]["metadata"]["correlation_id"] == "trace-42"
+
+
+def test_second_delivery_does_nothing(alice, agent, session_factory):
+    job = alice.submit(agent["id"])
+    assert run_queued(session_factory, job["id"]) == "succeeded"
+    assert run_queued(session_factory, job["id"]) is None
+    events = alice.get(f"/v1/jobs/{job['id']}/events").json["items"]
+    assert len(events) == 3
+
+
+def test_failing_agent_fails_the_job_with_a_clear_error(alice, session_factory):
+    agent = alice.create_agent(params={"fail": "the model refused"})
+    job = alice.submit(agent["id"])
+    assert run_queued(session_factory, job["id"]) == "failed"
+    failed = alice.get(f"/v1/jobs/{job['id']}").json
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"type": "permanent", "message": "the model refused"}
+
+
+def test_messages_input_is_echoed(alice, agent, session_factory):
+    body = {"agent_id": agent["id"], "input": {"messages": [{"role": "user", "content": "yo"}]}}
+    job = alice.post("/v1/jobs", json=body).json
+    run_queued(session_factory, job["id"])
+    assert alice.get(f"/v1/jobs/{job['id']}").json["output"] == body["input"]
+
+
+def test_job_pins_agent_configuration(alice, session_factory):
+    agent = alice.create_agent(params={})
+    job = alice.submit(agent["id"])
+    alice.patch(f"/v1/agents/{agent['id']}", json={"params": {"fail": "changed later"}})
+    assert run_queued(session_factory, job["id"]) == "succeeded"
+    assert alice.get(f"/v1/jobs/{job['id']}").json["agent_version"] == 1
+
+
+def test_stale_worker_cannot_write_after_takeover(alice, agent, session):
+    job_id = uuid.UUID(alice.submit(agent["id"])["id"])
+    first = jobs.claim(session, job_id=job_id, lease_s=30)
+    assert first is not None
+    # The first worker's lease runs out; another delivery takes the job over.
+    session.execute(
+        update(Job).where(Job.id == job_id).values(lease_expires_at=text("now() - interval '1s'"))
+    )
+    second = jobs.claim(session, job_id=job_id, lease_s=30)
+    assert second is not None and second.attempt == 2
+    assert jobs.succeed(session, first, {"text": "late"}) is False
+    assert jobs.succeed(session, second, {"text": "current"}) is True
+    row = session.scalar(
+        select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    )
+    assert row.output == {"text": "current"} and row.attempt == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": {"text": "x"}},
+        {"agent_id": "not-a-uuid", "input": {"text": "x"}},
+        {"agent_id": "00000000-0000-0000-0000-000000000000", "input": {}},
+        {"agent_id": "00000000-0000-0000-0000-000000000000", "input": {"text": "x", "evil": 1}},
+        {
+            "agent_id": "00000000-0000-0000-0000-000000000000",
+            "input": {"text": "x"},
+            "status": "succeeded",
+        },
+        {
+            "agent_id": "00000000-0000-0000-0000-000000000000",
+            "input": {"text": "x"},
+            "max_attempts": 99,
+        },
+        {
+            "agent_id": "00000000-0000-0000-0000-000000000000",
+            "input": {"text": "x"},
+            "webhook_url": "ftp://x",
+        },
+    ],
+)
+def test_submit_validation(alice, body):
+    response = alice.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert alice.get("/v1/jobs").json["items"] == []
+
+
+def test_timeout_above_the_limit_is_422(alice, agent, app):
+    limit = app.extensions["conveyor"].settings.job_max_timeout_s
+    body = {"agent_id": agent["id"], "input": {"text": "x"}, "timeout_s": limit + 1}
+    response = alice.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert response.json["errors"][0]["field"] == "timeout_s"
+
+
+def test_list_filters_and_pages(alice, agent, session_factory):
+    other_agent = alice.create_agent(name="other")
+    first = alice.submit(agent["id"])
+    second = alice.submit(agent["id"])
+    third = alice.submit(other_agent["id"])
+    run_queued(session_factory, first["id"])
+    by_status = alice.get("/v1/jobs?status=queued").json["items"]
+    assert [j["id"] for j in by_status] == [third["id"], second["id"]]
+    by_agent = alice.get(f"/v1/jobs?agent_id={agent['id']}&limit=1").json
+    assert [j["id"] for j in by_agent["items"]] == [second["id"]]
+    rest = alice.get(f"/v1/jobs?agent_id={agent['id']}&cursor={by_agent['next_cursor']}").json
+    assert [j["id"] for j in rest["items"]] == [first["id"]]
+    assert rest["next_cursor"] is None
+
+
+def test_jobs_are_invisible_to_other_owners(alice, bob, agent):
+    job = alice.submit(agent["id"])
+    assert bob.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert bob.get(f"/v1/jobs/{job['id']}/events").status_code == 404
+    assert bob.get("/v1/jobs").json["items"] == []
+    stolen = bob.post("/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "x"}})
+    assert stolen.status_code == 422
+
+
+def test_wait_returns_at_once_for_a_terminal_job(alice, agent, session_factory):
+    job = alice.submit(agent["id"])
+    run_queued(session_factory, job["id"])
+    response = alice.get(f"/v1/jobs/{job['id']}?wait=30")
+    assert response.json["status"] == "succeeded"
+
+
+def test_wait_times_out_with_the_current_state(alice, agent):
+    job = alice.submit(agent["id"])
+    response = alice.get(f"/v1/jobs/{job['id']}?wait=0.2")
+    assert response.status_code == 200 and response.json["status"] == "queued"
+
+
+def test_wait_above_limit_is_422(alice, agent):
+    job = alice.submit(agent["id"])
+    assert alice.get(f"/v1/jobs/{job['id']}?wait=31").status_code == 422

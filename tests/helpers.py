@@ -1,0 +1,76 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Call `check` until it returns something truthy; fail when `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@dataclass
+class AuthClient:
+    """A test client that sends one user's bearer token."""
+
+    client: Any
+    email: str
+    tokens: dict[str, Any]
+
+    @classmethod
+    def register(cls, client: Any, email: str) -> AuthClient:
+        response = client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        assert response.status_code == 201, response.json
+        response = client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+        assert response.status_code == 200, response.json
+        return cls(client, email, response.json)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens['access_token']}"}
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.client.get(url, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.client.post(
+            url, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs
+        )
+
+    def patch(self, url: str, **kwargs: Any) -> Any:
+        return self.client.patch(
+            url, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs
+        )
+
+    def delete(self, url: str, **kwargs: Any) -> Any:
+        return self.client.delete(
+            url, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs
+        )
+
+    def create_agent(self, **fields: Any) -> dict[str, Any]:
+        body = {"name": "echo", "provider": "echo", **fields}
+        response = self.post("/v1/agents", json=body)
+        assert response.status_code == 201, response.json
+        return response.json
+
+    def submit(self, agent_id: str, text: str = "hello", **fields: Any) -> dict[str, Any]:
+        body = {"agent_id": agent_id, "input": {"text": text}, **fields}
+        response = self.post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.json
+        return response.json

@@ -1,0 +1,162 @@
+"""The Alembic migrations: one head, no drift from the models, reversible, and the events
+table's append-only guard enforced by PostgreSQL itself.
+
+Everything runs against a scratch database of this xdist worker, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from psycopg import sql
+from sqlalchemy import Table, create_engine, inspect, pool
+from sqlalchemy.engine import make_url
+
+from models import Base
+from tests.conftest import Servers, alembic_config, create_migrated_database
+
+APP_TABLES = {"users", "agents", "jobs", "events"}
+RESTRICT_VIOLATION = "23001"  # the SQLSTATE the append-only trigger raises
+
+
+@pytest.fixture(scope="module")
+def scratch_database(servers: Servers, worker_id: str) -> Iterator[str]:
+    """A freshly created database migrated to head; its SQLAlchemy URL."""
+    name = f"conveyor_migrations_{worker_id}"
+    url = create_migrated_database(servers.admin_database_url, name)
+    yield url
+    with psycopg.connect(servers.admin_database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _run(url: str, action, *args) -> None:  # type: ignore[no-untyped-def]
+    """Run an alembic command on `url` through a connection, as tests and the CLI do."""
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            action(config, *args)
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_one_head() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = script.get_heads()
+    assert len(heads) == 1, f"the migration history has branched: heads {heads}"
+
+
+def test_models_and_migrations_agree(scratch_database: str) -> None:
+    # alembic check raises CommandError when autogenerate would write a migration.
+    _run(scratch_database, command.check)
+
+
+def test_check_detects_drift(scratch_database: str) -> None:
+    """The drift check above can fail: a model table with no migration is reported."""
+    extra = Table("drift_probe", Base.metadata)
+    try:
+        with pytest.raises(CommandError, match="drift_probe"):
+            _run(scratch_database, command.check)
+    finally:
+        Base.metadata.remove(extra)
+    assert "drift_probe" not in Base.metadata.tables
+
+
+def test_downgrade_to_base_then_upgrade_to_head(scratch_database: str) -> None:
+    assert _tables(scratch_database) >= APP_TABLES
+
+    _run(scratch_database, command.downgrade, "base")
+    assert _tables(scratch_database) & APP_TABLES == set()
+    with psycopg.connect(_libpq(scratch_database)) as conn:
+        functions = conn.execute(
+            "SELECT 1 FROM pg_proc WHERE proname = 'conveyor_events_append_only'"
+        ).fetchall()
+    assert functions == [], "downgrade left the trigger function behind"
+
+    _run(scratch_database, command.upgrade, "head")
+    assert _tables(scratch_database) >= APP_TABLES
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with psycopg.connect(_libpq(scratch_database)) as conn:
+        versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert versions == [(head,)]
+    # And the re-created schema still matches the models.
+    _run(scratch_database, command.check)
+
+
+@pytest.fixture
+def stored_event(scratch_database: str) -> tuple[str, int]:
+    """A user and one event inserted with plain SQL; (libpq URL, the event's position)."""
+    url = _libpq(scratch_database)
+    user_id = uuid.uuid4()
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO users (id, email, password_hash) VALUES (%s, %s, %s)",
+            (user_id, f"{user_id.hex}@example.com", "not-a-real-hash"),
+        )
+        row = conn.execute(
+            "INSERT INTO events (event_id, owner_id, stream, version, type, data) "
+            "VALUES (%s, %s, %s, 1, 'test.happened', %s) RETURNING position",
+            (uuid.uuid4(), user_id, f"test-{user_id.hex}", json.dumps({"n": 1})),
+        ).fetchone()
+    assert row is not None
+    return url, row[0]
+
+
+@pytest.mark.parametrize(
+    ("statement", "operation"),
+    [
+        ("UPDATE events SET type = 'test.rewritten' WHERE position = %(position)s", "UPDATE"),
+        ("DELETE FROM events WHERE position = %(position)s", "DELETE"),
+        ("TRUNCATE events", "TRUNCATE"),
+        ("TRUNCATE events CASCADE", "TRUNCATE"),
+    ],
+)
+def test_events_refuse_changes(stored_event: tuple[str, int], statement: str, operation: str):
+    url, position = stored_event
+    with psycopg.connect(url) as conn:
+        with pytest.raises(psycopg.errors.IntegrityError) as refused:
+            conn.execute(statement, {"position": position} if "%(" in statement else None)
+        assert refused.value.sqlstate == RESTRICT_VIOLATION
+        assert f"{operation} is not allowed" in str(refused.value)
+        conn.rollback()
+        row = conn.execute(
+            "SELECT type, data FROM events WHERE position = %s", (position,)
+        ).fetchone()
+    assert row == ("test.happened", {"n": 1})
+
+
+def test_events_accept_appends(stored_event: tuple[str, int]) -> None:
+    """The guard refuses changes, not inserts: the next version of the stream goes in."""
+    url, position = stored_event
+    with psycopg.connect(url) as conn:
+        owner_id, stream = conn.execute(
+            "SELECT owner_id, stream FROM events WHERE position = %s", (position,)
+        ).fetchone()  # type: ignore[misc]
+        (appended,) = conn.execute(
+            "INSERT INTO events (event_id, owner_id, stream, version, type, data) "
+            "VALUES (%s, %s, %s, 2, 'test.happened', '{}') RETURNING position",
+            (uuid.uuid4(), owner_id, stream),
+        ).fetchone()  # type: ignore[misc]
+    assert appended > position
