@@ -154,10 +154,7 @@ def claim(session: Session, *, job_id: uuid.UUID, lease_s: int) -> Claim | None:
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt < Job.max_attempts)
-        .where(
-            (Job.status == "queued")
-            | ((Job.status == "running") & (Job.lease_expires_at < func.now()))
-        )
+        .where((Job.status == "queued") | _lease_expired())
         .values(
             status="running",
             attempt=Job.attempt + 1,
@@ -246,7 +243,7 @@ def republish_stale(session: Session, *, older_than_s: int, batch: int = 500) ->
         select(Job.id)
         .where(
             ((Job.status == "queued") & (Job.updated_at < cutoff))
-            | ((Job.status == "running") & (Job.lease_expires_at < func.now()))
+            | (_lease_expired() & (Job.attempt < Job.max_attempts))
         )
         .order_by(Job.updated_at)
         .limit(batch)
@@ -264,6 +261,56 @@ def republish_stale(session: Session, *, older_than_s: int, batch: int = 500) ->
     for job_id in ids:
         defer(session, SendTask(RUN_JOB_TASK, AGENTS_QUEUE, (str(job_id),)))
     return ids
+
+
+def fail_abandoned(session: Session, *, batch: int = 500) -> list[uuid.UUID]:
+    """Fail running jobs whose worker vanished on their last allowed attempt.
+
+    Without this such a job would stay `running` forever: no claim may start another attempt.
+    """
+    abandoned = (
+        select(Job.id)
+        .where(_lease_expired() & (Job.attempt >= Job.max_attempts))
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(abandoned.scalar_subquery()))
+        .values(
+            status="failed",
+            error=func.jsonb_build_object(
+                "type",
+                "transient",
+                "message",
+                func.format(
+                    "the worker running attempt %s of %s stopped responding",
+                    Job.attempt,
+                    Job.max_attempts,
+                ),
+            ),
+            lease_expires_at=None,
+            finished_at=func.now(),
+            updated_at=func.now(),
+        )
+        .returning(Job.id, Job.owner_id, Job.attempt, Job.error, Job.correlation_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for job_id, owner_id, attempt, error, correlation_id in rows:
+        _append(
+            session,
+            owner_id,
+            job_id,
+            EventType.JOB_FAILED,
+            {"attempt": attempt, "error": error},
+            correlation_id,
+        )
+        defer(session, JobChanged(job_id, "failed"))
+    return [row.id for row in rows]
+
+
+def _lease_expired() -> Any:
+    return (Job.status == "running") & (Job.lease_expires_at < func.now())
 
 
 def _append(

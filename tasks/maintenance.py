@@ -13,8 +13,9 @@ from tasks.deps import deps_of
     expires=30,
 )
 def sweep_jobs(self) -> int:
-    """Re-publish jobs whose message may have been lost (queued too long, lease expired)."""
+    """Re-publish jobs whose message may have been lost; fail those out of attempts."""
     deps = deps_of(self)
     with deps.session_factory.begin() as session:
-        ids = jobs.republish_stale(session, older_than_s=deps.job_republish_after_s)
-    return len(ids)
+        failed = jobs.fail_abandoned(session)
+        republished = jobs.republish_stale(session, older_than_s=deps.job_republish_after_s)
+    return len(failed) + len(republished)

@@ -1,0 +1,33 @@
+import json
+import logging
+
+import structlog
+
+from services.log_config import REDACTED, configure_logging
+
+
+def test_secrets_never_reach_the_log(capsys):
+    configure_logging("INFO")
+    structlog.get_logger("t").info(
+        "login",
+        password="hunter2-secret",
+        headers={"Authorization": "Bearer abc.def", "Accept": "json"},
+        refresh_token="tok-123",
+        api_key="key-xyz",
+        email="a@example.com",
+    )
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    record = json.loads(line)
+    for secret in ("hunter2-secret", "abc.def", "tok-123", "key-xyz"):
+        assert secret not in line
+    assert record["password"] == REDACTED
+    assert record["headers"]["Authorization"] == REDACTED
+    assert record["headers"]["Accept"] == "json"
+    assert record["email"] == "a@example.com"
+
+
+def test_standard_library_logs_are_json(capsys):
+    configure_logging("INFO")
+    logging.getLogger("plain").warning("hello %s", "world")
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["event"] == "hello world" and record["level"] == "warning"

@@ -1,0 +1,38 @@
+import pytest
+from pydantic import ValidationError
+
+from settings import DEV_JWT_SECRET, Settings, SettingsError
+
+
+def test_development_accepts_the_default_secret():
+    assert Settings(conveyor_env="development").jwt_secret_key == DEV_JWT_SECRET
+
+
+@pytest.mark.parametrize("env", ["test", "production"])
+@pytest.mark.parametrize("secret", [DEV_JWT_SECRET, "short"])
+def test_default_or_weak_secret_is_refused_outside_development(env, secret):
+    with pytest.raises((SettingsError, ValidationError), match="JWT_SECRET_KEY"):
+        Settings(conveyor_env=env, jwt_secret_key=secret)
+
+
+def test_wildcard_cors_is_refused_in_production():
+    with pytest.raises((SettingsError, ValidationError), match="CORS"):
+        Settings(conveyor_env="production", jwt_secret_key="k" * 40, cors_origins="*")
+
+
+def test_environment_is_read(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_ENV", "production")
+    monkeypatch.setenv("JWT_SECRET_KEY", "s" * 48)
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db:5432/app")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("MAX_QUEUE_DEPTH", "7")
+    settings = Settings()
+    assert settings.database_url == "postgresql+psycopg://u:p@db:5432/app"
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert settings.max_queue_depth == 7
+
+
+def test_bad_values_name_the_setting(monkeypatch):
+    monkeypatch.setenv("PORT", "not-a-number")
+    with pytest.raises(ValidationError, match="port"):
+        Settings()
