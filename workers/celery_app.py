@@ -6,7 +6,7 @@ It imports no task module: `include` names them, and Celery imports them in the 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 QUEUES = ("agents", "events", "webhooks", "maintenance")
 TASK_MODULES = ("tasks.jobs", "tasks.maintenance")
@@ -19,7 +19,10 @@ def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         result_backend=None,
-        task_queues=[Queue(name) for name in QUEUES],
+        # One direct exchange per queue: a message published to one queue lands in it alone.
+        task_queues=[
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
+        ],
         task_default_queue="agents",
         # At-least-once: a message is acknowledged only when its task has returned, and is
         # handed back if the worker process dies. Our claims make redelivery harmless.

@@ -71,7 +71,7 @@ def test_submit_publishes_one_run_message(submit, published):
 
 
 def test_republishes_old_queued_and_expired_running_jobs(session_factory, submit, published):
-    fresh, old, expired, held = (submit() for _ in range(4))
+    _fresh, old, expired, held = (submit() for _ in range(4))
     age(session_factory, old, "updated_at", 60)
     for job_id in (expired, held):
         assert claim(session_factory, job_id) is not None
