@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.job_policy import JobPolicy
+
 # The development default is public, so it must never sign tokens anywhere else.
 DEV_JWT_SECRET = "conveyor-development-secret-change-me"  # noqa: S105
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/conveyor"
@@ -56,9 +58,14 @@ class Settings(BaseSettings):
     # Job execution.
     job_default_timeout_s: int = Field(default=300, ge=1)
     job_max_timeout_s: int = Field(default=3600, ge=1)
+    job_default_queue_timeout_s: int = Field(default=3600, ge=1)
+    job_max_queue_timeout_s: int = Field(default=7 * 86_400, ge=1)
     job_default_max_attempts: int = Field(default=3, ge=1, le=20)
     job_lease_s: int = Field(default=30, ge=2)
+    job_grace_s: int = Field(default=5, ge=1)
     job_republish_after_s: int = Field(default=10, ge=1)
+    job_retry_base_s: float = Field(default=1.0, gt=0)
+    job_retry_max_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
 
     @field_validator("cors_origins", mode="before")
@@ -88,6 +95,21 @@ class Settings(BaseSettings):
         if "*" in self.cors_origins:
             raise SettingsError("CORS_ORIGINS may not contain '*' outside development")
         return self
+
+    def job_policy(self) -> JobPolicy:
+        return JobPolicy(
+            default_timeout_s=self.job_default_timeout_s,
+            max_timeout_s=self.job_max_timeout_s,
+            default_queue_timeout_s=self.job_default_queue_timeout_s,
+            max_queue_timeout_s=self.job_max_queue_timeout_s,
+            default_max_attempts=self.job_default_max_attempts,
+            max_queue_depth=self.max_queue_depth,
+            lease_s=self.job_lease_s,
+            grace_s=self.job_grace_s,
+            republish_after_s=self.job_republish_after_s,
+            retry_base_s=self.job_retry_base_s,
+            retry_max_s=self.job_retry_max_s,
+        )
 
     @property
     def is_development(self) -> bool:

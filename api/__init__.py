@@ -10,16 +10,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import auth, problems, request_context
 from api.json_provider import OrjsonProvider
 from api.openapi import describe_security
+from api.queue_depth import QueueDepth
 from api.routes import agents, health, jobs
 from api.routes import auth as auth_routes
 from api.runtime import Runtime
 from models.db import make_engine, make_session_factory
-from services import after_commit
-from services.jobs import JobLimits
+from services.job_events import AGENTS_QUEUE
 from services.log_config import configure_logging
 from services.passwords import Passwords
 from settings import Settings, load_settings
-from workers.celery_app import make_celery
+from workers.celery_app import install_after_commit, make_celery
 
 log = structlog.get_logger("conveyor.api")
 
@@ -52,16 +52,7 @@ def create_app(
     session_factory = session_factory or make_session_factory(engine)
     redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     producer = make_celery(broker_url=settings.redis_url)
-    after_commit.install(
-        session_factory,
-        after_commit.make_dispatcher(
-            send_task=lambda name, args, queue: producer.send_task(name, args=args, queue=queue),
-            announce=lambda channel, status: redis_client.publish(channel, status),
-            on_error=lambda message, error: log.warning(
-                "after_commit.dispatch_failed", message=repr(message), error=repr(error)
-            ),
-        ),
-    )
+    install_after_commit(session_factory, producer, redis_client)
     app.extensions["conveyor"] = Runtime(
         settings=settings,
         engine=engine,
@@ -71,11 +62,8 @@ def create_app(
             settings.redis_url, socket_timeout=1, socket_connect_timeout=1
         ),
         passwords=passwords or Passwords(),
-        job_limits=JobLimits(
-            default_timeout_s=settings.job_default_timeout_s,
-            max_timeout_s=settings.job_max_timeout_s,
-            default_max_attempts=settings.job_default_max_attempts,
-        ),
+        job_policy=settings.job_policy(),
+        queue_depth=QueueDepth(redis_client, AGENTS_QUEUE),
     )
 
     request_context.install(app)

@@ -11,6 +11,9 @@ from typing import Any
 import structlog
 from apiflask import APIFlask, HTTPError
 from flask import Response, g
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api.json_provider import dumps_bytes
@@ -36,6 +39,13 @@ _STATUS_SLUGS = {
     500: ("internal-error", "Internal server error"),
     503: ("unavailable", "Service unavailable"),
 }
+UNAVAILABLE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+)
 _LOCATIONS = {"json": "body", "query": "query", "headers": "header", "path": "path"}
 
 
@@ -101,6 +111,15 @@ def install(app: APIFlask) -> None:
     def _unexpected(error: Exception) -> Response:
         if isinstance(error, HTTPException):
             return _http_error(error)
+        if isinstance(error, UNAVAILABLE_ERRORS):
+            # A dependency is down or restarting: tell the client to come back, not a 500.
+            log.warning("request.dependency_unavailable", error=type(error).__name__)
+            return problem(
+                503,
+                "A service this request needs is unavailable; try again shortly.",
+                slug="unavailable",
+                headers={"Retry-After": "5"},
+            )
         log.exception("request.unhandled_error")
         return problem(500, "The server failed to handle this request; it has been logged.")
 

@@ -8,7 +8,8 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import JobLimits
+from api.queue_depth import QueueDepth
+from services.job_policy import JobPolicy
 from services.passwords import Passwords
 from settings import Settings
 
@@ -22,4 +23,5 @@ class Runtime:
     # A client whose every call gives up after a second: readiness must answer promptly.
     redis_probe: redis.Redis
     passwords: Passwords
-    job_limits: JobLimits
+    job_policy: JobPolicy
+    queue_depth: QueueDepth

@@ -3,7 +3,17 @@
 from models.agents import Agent
 from models.base import Base
 from models.events import Event
+from models.idempotency import IdempotencyKey
 from models.jobs import JOB_STATUSES, TERMINAL_STATUSES, Job
 from models.users import User
 
-__all__ = ["JOB_STATUSES", "TERMINAL_STATUSES", "Agent", "Base", "Event", "Job", "User"]
+__all__ = [
+    "JOB_STATUSES",
+    "TERMINAL_STATUSES",
+    "Agent",
+    "Base",
+    "Event",
+    "IdempotencyKey",
+    "Job",
+    "User",
+]

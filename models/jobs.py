@@ -43,7 +43,16 @@ class Job(IdMixin, TimestampMixin, Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
     timeout_s: Mapped[int] = mapped_column(Integer)
+    # Attempts granted by the submit, and again by each manual retry.
+    attempt_budget: Mapped[int] = mapped_column(Integer)
     lease_expires_at: Mapped[dt.datetime | None]
+    # The current attempt must end by then (set when it is claimed).
+    deadline_at: Mapped[dt.datetime | None]
+    # A queued job not started by then ends `timed_out`.
+    queue_deadline_at: Mapped[dt.datetime | None]
+    # Backoff: a queued job is not claimed before this time.
+    run_after: Mapped[dt.datetime | None]
+    cancel_requested_at: Mapped[dt.datetime | None]
     webhook_url: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict, server_default="{}")
     correlation_id: Mapped[str | None] = mapped_column(String(200))

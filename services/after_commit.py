@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
@@ -26,6 +26,8 @@ class SendTask:
     name: str
     queue: str
     args: tuple[Any, ...] = ()
+    # Celery publish options: countdown, soft_time_limit, time_limit.
+    options: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def job_channel(job_id: uuid.UUID | str) -> str:
 
 def make_dispatcher(
     *,
-    send_task: Callable[[str, tuple[Any, ...], str], None],
+    send_task: Callable[[SendTask], None],
     announce: Callable[[str, str], None],
     on_error: Callable[[Message, Exception], None],
 ) -> Dispatcher:
@@ -77,7 +79,7 @@ def make_dispatcher(
         for message in messages:
             try:
                 if isinstance(message, SendTask):
-                    send_task(message.name, message.args, message.queue)
+                    send_task(message)
                 else:
                     announce(job_channel(message.job_id), message.status)
             except Exception as error:

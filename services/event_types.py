@@ -10,7 +10,23 @@ class EventType(StrEnum):
     JOB_FAILED = "job.failed"
     JOB_CANCELLED = "job.cancelled"
     JOB_TIMED_OUT = "job.timed_out"
+    # An attempt failed transiently; the job waits for its backoff, then runs again.
+    JOB_RETRY_SCHEDULED = "job.retry_scheduled"
+    # The worker running an attempt stopped responding; the job is queued again.
     JOB_REQUEUED = "job.requeued"
+    JOB_CANCEL_REQUESTED = "job.cancel_requested"
+    # A client asked to run a failed, cancelled or timed-out job again.
+    JOB_RETRIED = "job.retried"
+
+
+TERMINAL_JOB_EVENTS = frozenset(
+    {
+        EventType.JOB_SUCCEEDED,
+        EventType.JOB_FAILED,
+        EventType.JOB_CANCELLED,
+        EventType.JOB_TIMED_OUT,
+    }
+)
 
 
 def job_stream(job_id: object) -> str:

@@ -1,7 +1,13 @@
-"""One attempt of a job, from claim to result, without a transaction open during the run."""
+"""One attempt of a job, from claim to result, without a transaction open during the run.
+
+While the runner works, a watcher thread renews the lease, looks for a cancel request and
+watches the deadline; it tells the runner to stop through the `RunControl` it hands over.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -9,55 +15,163 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from services import agent_runner, jobs
-from services.agent_runner import AgentError
+from services import agent_runner, job_transitions
+from services.agent_runner import AgentError, Stopped
+from services.job_policy import JobPolicy
+from services.job_transitions import Claim, Heartbeat
 
 log = structlog.get_logger(__name__)
 
-Runner = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+Runner = Callable[..., dict[str, Any]]
+SessionFactory = sessionmaker[Session]
+
+
+class Watch:
+    """The runner's `RunControl`, fed by a thread that talks to the database."""
+
+    def __init__(self, session_factory: SessionFactory, claim: Claim, policy: JobPolicy):
+        self.attempt = claim.attempt
+        self._factory = session_factory
+        self._claim = claim
+        self._policy = policy
+        self._deadline = time.monotonic() + claim.timeout_s
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self.reason: str | None = None
+        self._thread = threading.Thread(
+            target=self._watch, name=f"watch-{claim.job_id}", daemon=True
+        )
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    # RunControl ---------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        if time.monotonic() >= self._deadline:
+            self._halt("timed_out")
+        if self._stop.is_set():
+            raise Stopped(self.reason or "cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while (remaining := until - time.monotonic()) > 0:
+            self._stop.wait(min(remaining, max(0.0, self._deadline - time.monotonic()) + 0.001))
+            self.checkpoint()
+
+    # the watcher thread -------------------------------------------------------------
+    def _halt(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._stop.set()
+
+    def _watch(self) -> None:
+        next_beat = time.monotonic() + self._policy.heartbeat_s
+        while not self._done.wait(self._policy.cancel_poll_s):
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self._policy.heartbeat_s
+                    with self._factory.begin() as session:
+                        beat = job_transitions.heartbeat(session, self._claim, policy=self._policy)
+                    if beat == Heartbeat.LOST:
+                        self._halt("lost")
+                    elif beat == Heartbeat.CANCEL:
+                        self._halt("cancelled")
+                else:
+                    with self._factory() as session:
+                        wanted = job_transitions.cancel_requested(session, self._claim)
+                    if wanted is None:
+                        self._halt("lost")
+                    elif wanted:
+                        self._halt("cancelled")
+            except Exception:
+                # A database hiccup must not kill the watch; the lease has slack for retries.
+                log.warning("job.watch_failed", job_id=str(self._claim.job_id), exc_info=True)
+            if time.monotonic() >= self._deadline:
+                self._halt("timed_out")
 
 
 def execute(
-    session_factory: sessionmaker[Session],
+    session_factory: SessionFactory,
     job_id: uuid.UUID,
     *,
-    lease_s: int,
+    policy: JobPolicy,
     runner: Runner = agent_runner.run,
+    interrupts: tuple[type[BaseException], ...] = (),
 ) -> str | None:
-    """Run the job if this delivery can claim it; the status it ended in, or None."""
+    """Run the job if this delivery can claim it; the status it was left in, or None.
+
+    `interrupts` are exceptions the host raises into the runner when its own time limit
+    hits (Celery's SoftTimeLimitExceeded); they end the attempt as timed out.
+    """
     with session_factory.begin() as session:
-        claim = jobs.claim(session, job_id=job_id, lease_s=lease_s)
+        claim = job_transitions.claim(session, job_id=job_id, policy=policy)
     if claim is None:
         log.info("job.not_claimed", job_id=str(job_id))
         return None
+    log.info("job.started", job_id=str(job_id), attempt=claim.attempt)
 
-    try:
-        output = runner(claim.agent_config, claim.input)
-    except AgentError as error:
-        return _record(session_factory, claim, "failed", error=error.as_error())
-    except Exception:
-        log.exception("job.runner_crashed", job_id=str(job_id), attempt=claim.attempt)
-        # Our bug, not the user's input: say so without leaking internals.
-        crash = {"type": "internal", "message": "the agent runner failed unexpectedly"}
-        return _record(session_factory, claim, "failed", error=crash)
-    return _record(session_factory, claim, "succeeded", output=output)
+    with Watch(session_factory, claim, policy) as watch:
+        try:
+            output = runner(claim.agent_config, claim.input, control=watch)
+        except Stopped as stop:
+            return _stopped(session_factory, claim, stop.reason)
+        except interrupts:
+            return _stopped(session_factory, claim, "timed_out")
+        except AgentError as error:
+            return _failed(session_factory, claim, error, policy)
+        except Exception:
+            log.exception("job.runner_crashed", job_id=str(job_id), attempt=claim.attempt)
+            # Our bug, not the user's input: say so without leaking internals.
+            crash = {"type": "internal", "message": "the agent runner failed unexpectedly"}
+            return _end(session_factory, claim, "failed", error=crash)
+    return _end(session_factory, claim, "succeeded", output=output)
 
 
-def _record(
-    session_factory: sessionmaker[Session],
-    claim: jobs.Claim,
+def _stopped(session_factory: SessionFactory, claim: Claim, reason: str) -> str | None:
+    if reason == "lost":
+        log.warning("job.lease_lost", job_id=str(claim.job_id), attempt=claim.attempt)
+        return None
+    if reason == "cancelled":
+        return _end(session_factory, claim, "cancelled")
+    error = {
+        "type": "timeout",
+        "message": f"the attempt did not finish within the job's {claim.timeout_s} s timeout",
+    }
+    return _end(session_factory, claim, "timed_out", error=error)
+
+
+def _failed(
+    session_factory: SessionFactory, claim: Claim, error: AgentError, policy: JobPolicy
+) -> str | None:
+    if error.transient and claim.attempt < claim.max_attempts:
+        delay = policy.backoff_s(claim.attempt, at_least=error.retry_after_s or 0)
+        with session_factory.begin() as session:
+            scheduled = job_transitions.retry_later(
+                session, claim, error=error.as_error(), delay_s=delay, policy=policy
+            )
+        if scheduled:
+            log.info("job.retry_scheduled", job_id=str(claim.job_id), delay_s=round(delay, 3))
+            return "queued"
+    return _end(session_factory, claim, "failed", error=error.as_error())
+
+
+def _end(
+    session_factory: SessionFactory,
+    claim: Claim,
     status: str,
     *,
     output: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> str | None:
     with session_factory.begin() as session:
-        if status == "succeeded":
-            recorded = jobs.succeed(session, claim, output or {})
-        else:
-            recorded = jobs.fail(session, claim, error or {})
+        recorded = job_transitions.finish(session, claim, status, output=output, error=error)
     if not recorded:
-        # Another worker took the job over after our lease ran out; its result stands.
+        # Another worker or the sweeper moved the job on; their outcome stands.
         log.warning("job.result_fenced", job_id=str(claim.job_id), attempt=claim.attempt)
         return None
     log.info("job.finished", job_id=str(claim.job_id), attempt=claim.attempt, status=status)

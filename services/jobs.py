@@ -1,49 +1,26 @@
-"""Jobs: submit, read, and the guarded status transitions that workers make.
+"""Jobs as clients see them: submit, read, list, cancel, retry.
 
-Every transition is one conditional UPDATE, so two processes can never both move a job,
-and each appends its event to the job's stream in the same transaction.
+Transitions made by workers and the sweeper live in `job_transitions` and `job_sweeper`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
-from services import agents, event_store
-from services.after_commit import JobChanged, SendTask, defer
-from services.errors import FieldProblem, InvalidInput, NotFound
-from services.event_store import NewEvent
+from services import agents, event_store, job_events
+from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
+from services.job_policy import JobPolicy
+from services.job_transitions import end_jobs, seconds
 from services.pagination import Page, decode_cursor, page_of
 
-RUN_JOB_TASK = "conveyor.jobs.run"
-AGENTS_QUEUE = "agents"
-
-
-@dataclass(frozen=True)
-class JobLimits:
-    default_timeout_s: int
-    max_timeout_s: int
-    default_max_attempts: int
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What a worker needs to run one attempt of a job."""
-
-    job_id: uuid.UUID
-    owner_id: uuid.UUID
-    attempt: int
-    agent_config: dict[str, Any]
-    input: dict[str, Any]
-    timeout_s: int
-    correlation_id: str | None
+RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
 
 
 def submit(
@@ -52,22 +29,25 @@ def submit(
     owner_id: uuid.UUID,
     agent_id: uuid.UUID,
     input: dict[str, Any],
-    limits: JobLimits,
+    policy: JobPolicy,
+    queue_depth: Callable[[], int] | None = None,
     webhook_url: str | None = None,
     metadata: dict[str, Any] | None = None,
     timeout_s: int | None = None,
+    queue_timeout_s: int | None = None,
     max_attempts: int | None = None,
     correlation_id: str | None = None,
 ) -> Job:
     """Queue a job for the owner's agent; the run message is published after commit."""
+    if queue_depth is not None and queue_depth() >= policy.max_queue_depth:
+        raise Overloaded("the job queue is full; try again shortly", retry_after_s=5)
     try:
         agent = agents.get(session, owner_id=owner_id, agent_id=agent_id)
     except NotFound:
         raise InvalidInput(problems=[FieldProblem("agent_id", "no agent with this id")]) from None
-    if timeout_s is not None and timeout_s > limits.max_timeout_s:
-        raise InvalidInput(
-            problems=[FieldProblem("timeout_s", f"at most {limits.max_timeout_s} seconds")]
-        )
+    _check_limit("timeout_s", timeout_s, policy.max_timeout_s)
+    _check_limit("queue_timeout_s", queue_timeout_s, policy.max_queue_timeout_s)
+    attempts = max_attempts or policy.default_max_attempts
     job = Job(
         owner_id=owner_id,
         agent_id=agent.id,
@@ -76,23 +56,27 @@ def submit(
         status="queued",
         input=input,
         attempt=0,
-        max_attempts=max_attempts or limits.default_max_attempts,
-        timeout_s=timeout_s or agent.timeout_s or limits.default_timeout_s,
+        max_attempts=attempts,
+        attempt_budget=attempts,
+        timeout_s=timeout_s or agent.timeout_s or policy.default_timeout_s,
+        queue_deadline_at=func.now() + seconds(queue_timeout_s or policy.default_queue_timeout_s),
         webhook_url=webhook_url,
         metadata_=metadata or {},
         correlation_id=correlation_id,
     )
     session.add(job)
     session.flush()
-    _append(
+    session.refresh(job)
+    job_events.record(
         session,
-        job.owner_id,
-        job.id,
-        EventType.JOB_QUEUED,
-        {"agent_version": job.agent_version},
-        correlation_id,
+        owner_id=owner_id,
+        job_id=job.id,
+        event_type=EventType.JOB_QUEUED,
+        status="queued",
+        data={"agent_version": job.agent_version},
+        correlation_id=correlation_id,
     )
-    defer(session, SendTask(RUN_JOB_TASK, AGENTS_QUEUE, (str(job.id),)))
+    job_events.publish_run(session, job.id, timeout_s=job.timeout_s, grace_s=policy.grace_s)
     return job
 
 
@@ -137,194 +121,78 @@ def events(
     )
 
 
+def cancel(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """Cancel a queued job at once; ask a running one to stop. 409 for a finished job."""
+    mine = (Job.id == job_id) & (Job.owner_id == owner_id)
+    if end_jobs(
+        session, mine & (Job.status == "queued"), "cancelled", reason="cancelled by the client"
+    ):
+        return get(session, owner_id=owner_id, job_id=job_id)
+    requested = session.execute(
+        update(Job)
+        .where(mine, Job.status == "running", Job.cancel_requested_at.is_(None))
+        .values(cancel_requested_at=func.now(), updated_at=func.now())
+        .returning(Job.attempt, Job.correlation_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if requested is not None:
+        job_events.record(
+            session,
+            owner_id=owner_id,
+            job_id=job_id,
+            event_type=EventType.JOB_CANCEL_REQUESTED,
+            status="running",
+            data={"attempt": requested.attempt},
+            correlation_id=requested.correlation_id,
+        )
+    job = get(session, owner_id=owner_id, job_id=job_id)
+    if is_terminal(job.status):
+        raise Conflict(f"the job has already ended ({job.status})", extra={"status": job.status})
+    return job
+
+
+def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: JobPolicy) -> Job:
+    """Queue a failed, cancelled or timed-out job again, with a fresh budget of attempts."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.owner_id == owner_id, Job.status.in_(RETRYABLE_STATUSES))
+        .values(
+            status="queued",
+            max_attempts=Job.attempt + Job.attempt_budget,
+            output=None,
+            error=None,
+            run_after=None,
+            cancel_requested_at=None,
+            finished_at=None,
+            queue_deadline_at=func.now() + (Job.queue_deadline_at - Job.created_at),
+            updated_at=func.now(),
+        )
+        .returning(Job.attempt, Job.timeout_s, Job.correlation_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        job = get(session, owner_id=owner_id, job_id=job_id)
+        raise Conflict(
+            f"only failed, cancelled or timed-out jobs can be retried; this one is {job.status}",
+            extra={"status": job.status},
+        )
+    job_events.record(
+        session,
+        owner_id=owner_id,
+        job_id=job_id,
+        event_type=EventType.JOB_RETRIED,
+        status="queued",
+        data={"after_attempt": row.attempt},
+        correlation_id=row.correlation_id,
+    )
+    job_events.publish_run(session, job_id, timeout_s=row.timeout_s, grace_s=policy.grace_s)
+    return get(session, owner_id=owner_id, job_id=job_id)
+
+
 def is_terminal(status: str) -> bool:
     return status in TERMINAL_STATUSES
 
 
-# --- transitions made by workers -------------------------------------------------------
-
-
-def claim(session: Session, *, job_id: uuid.UUID, lease_s: int) -> Claim | None:
-    """Take a queued job (or one whose worker's lease ran out) for a new attempt.
-
-    None when there is nothing to claim: another delivery of the same message, a job that
-    already ended, or a job another worker holds.
-    """
-    lease_until = func.now() + dt.timedelta(seconds=1) * (Job.timeout_s + lease_s)
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt < Job.max_attempts)
-        .where((Job.status == "queued") | _lease_expired())
-        .values(
-            status="running",
-            attempt=Job.attempt + 1,
-            lease_expires_at=lease_until,
-            started_at=func.coalesce(Job.started_at, func.now()),
-            updated_at=func.now(),
-        )
-        .returning(
-            Job.owner_id,
-            Job.attempt,
-            Job.agent_config,
-            Job.input,
-            Job.timeout_s,
-            Job.correlation_id,
-        )
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    if row is None:
-        return None
-    claim = Claim(job_id, *row)
-    _append(
-        session,
-        claim.owner_id,
-        job_id,
-        EventType.JOB_STARTED,
-        {"attempt": claim.attempt},
-        claim.correlation_id,
-    )
-    defer(session, JobChanged(job_id, "running"))
-    return claim
-
-
-def succeed(session: Session, claim: Claim, output: dict[str, Any]) -> bool:
-    """Record the result of the attempt; False when this worker no longer holds the job."""
-    return _finish(session, claim, "succeeded", EventType.JOB_SUCCEEDED, output=output)
-
-
-def fail(session: Session, claim: Claim, error: dict[str, Any]) -> bool:
-    return _finish(session, claim, "failed", EventType.JOB_FAILED, error=error)
-
-
-def _finish(
-    session: Session,
-    claim: Claim,
-    status: str,
-    event_type: EventType,
-    *,
-    output: dict[str, Any] | None = None,
-    error: dict[str, Any] | None = None,
-) -> bool:
-    # The attempt number fences a worker whose lease was taken over: its write matches nothing.
-    done = session.execute(
-        update(Job)
-        .where(Job.id == claim.job_id, Job.status == "running", Job.attempt == claim.attempt)
-        .values(
-            status=status,
-            output=output,
-            error=error,
-            lease_expires_at=None,
-            finished_at=func.now(),
-            updated_at=func.now(),
-        )
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    if done is None:
-        return False
-    data: dict[str, Any] = {"attempt": claim.attempt}
-    if output is not None:
-        data["output"] = output
-    if error is not None:
-        data["error"] = error
-    _append(session, claim.owner_id, claim.job_id, event_type, data, claim.correlation_id)
-    defer(session, JobChanged(claim.job_id, status))
-    return True
-
-
-def republish_stale(session: Session, *, older_than_s: int, batch: int = 500) -> list[uuid.UUID]:
-    """Publish again jobs whose message may be lost: queued too long, or lease expired.
-
-    A duplicate message is harmless (the claim finds nothing), so erring on the side of
-    publishing again costs little; a lost one would leave the job waiting forever.
-    """
-    cutoff = func.now() - dt.timedelta(seconds=older_than_s)
-    stale = (
-        select(Job.id)
-        .where(
-            ((Job.status == "queued") & (Job.updated_at < cutoff))
-            | (_lease_expired() & (Job.attempt < Job.max_attempts))
-        )
-        .order_by(Job.updated_at)
-        .limit(batch)
-        .with_for_update(skip_locked=True)
-    )
-    ids = list(
-        session.scalars(
-            update(Job)
-            .where(Job.id.in_(stale.scalar_subquery()))
-            .values(updated_at=func.now())
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    for job_id in ids:
-        defer(session, SendTask(RUN_JOB_TASK, AGENTS_QUEUE, (str(job_id),)))
-    return ids
-
-
-def fail_abandoned(session: Session, *, batch: int = 500) -> list[uuid.UUID]:
-    """Fail running jobs whose worker vanished on their last allowed attempt.
-
-    Without this such a job would stay `running` forever: no claim may start another attempt.
-    """
-    abandoned = (
-        select(Job.id)
-        .where(_lease_expired() & (Job.attempt >= Job.max_attempts))
-        .limit(batch)
-        .with_for_update(skip_locked=True)
-    )
-    rows = session.execute(
-        update(Job)
-        .where(Job.id.in_(abandoned.scalar_subquery()))
-        .values(
-            status="failed",
-            error=func.jsonb_build_object(
-                "type",
-                "transient",
-                "message",
-                func.format(
-                    "the worker running attempt %s of %s stopped responding",
-                    Job.attempt,
-                    Job.max_attempts,
-                ),
-            ),
-            lease_expires_at=None,
-            finished_at=func.now(),
-            updated_at=func.now(),
-        )
-        .returning(Job.id, Job.owner_id, Job.attempt, Job.error, Job.correlation_id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    for job_id, owner_id, attempt, error, correlation_id in rows:
-        _append(
-            session,
-            owner_id,
-            job_id,
-            EventType.JOB_FAILED,
-            {"attempt": attempt, "error": error},
-            correlation_id,
-        )
-        defer(session, JobChanged(job_id, "failed"))
-    return [row.id for row in rows]
-
-
-def _lease_expired() -> Any:
-    return (Job.status == "running") & (Job.lease_expires_at < func.now())
-
-
-def _append(
-    session: Session,
-    owner_id: uuid.UUID,
-    job_id: uuid.UUID,
-    event_type: EventType,
-    data: dict[str, Any],
-    correlation_id: str | None,
-) -> None:
-    metadata = {"correlation_id": correlation_id} if correlation_id else {}
-    event_store.append(
-        session,
-        owner_id=owner_id,
-        stream=job_stream(job_id),
-        events=[NewEvent(type=event_type, data={"job_id": str(job_id), **data}, metadata=metadata)],
-    )
+def _check_limit(name: str, value: int | None, limit: int) -> None:
+    if value is not None and value > limit:
+        raise InvalidInput(problems=[FieldProblem(name, f"at most {limit} seconds")])

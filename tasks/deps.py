@@ -10,12 +10,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.job_policy import JobPolicy
+
 
 @dataclass(frozen=True)
 class TaskDeps:
     session_factory: sessionmaker[Session]
-    job_lease_s: int
-    job_republish_after_s: int
+    job_policy: JobPolicy
 
 
 def deps_of(task: Any) -> TaskDeps:

@@ -1,6 +1,7 @@
 import uuid
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from services import job_execution
 from tasks.deps import deps_of
@@ -15,6 +16,12 @@ from tasks.deps import deps_of
     ignore_result=True,
 )
 def run_job(self, job_id: str) -> str | None:
-    """Run one attempt of a job; a second delivery of the same message finds nothing to do."""
+    """Run one attempt of a job; a second delivery of the same message finds nothing to do.
+    The publisher sets per-message time limits from the job's own timeout."""
     deps = deps_of(self)
-    return job_execution.execute(deps.session_factory, uuid.UUID(job_id), lease_s=deps.job_lease_s)
+    return job_execution.execute(
+        deps.session_factory,
+        uuid.UUID(job_id),
+        policy=deps.job_policy,
+        interrupts=(SoftTimeLimitExceeded,),
+    )

@@ -1,7 +1,10 @@
+import structlog
 from celery import shared_task
 
-from services import jobs
+from services import job_sweeper
 from tasks.deps import deps_of
+
+log = structlog.get_logger(__name__)
 
 
 @shared_task(
@@ -9,13 +12,14 @@ from tasks.deps import deps_of
     queue="maintenance",
     bind=True,
     ignore_result=True,
-    # A sweep that cannot finish before the next one starts is simply skipped.
+    # A sweep that cannot start before the next one is due is simply skipped.
     expires=30,
 )
 def sweep_jobs(self) -> int:
-    """Re-publish jobs whose message may have been lost; fail those out of attempts."""
+    """End, re-queue or re-publish jobs whose worker or message was lost."""
     deps = deps_of(self)
     with deps.session_factory.begin() as session:
-        failed = jobs.fail_abandoned(session)
-        republished = jobs.republish_stale(session, older_than_s=deps.job_republish_after_s)
-    return len(failed) + len(republished)
+        report = job_sweeper.sweep(session, policy=deps.job_policy)
+    if report.total():
+        log.info("jobs.swept", **{k: len(v) for k, v in vars(report).items() if v})
+    return report.total()

@@ -9,11 +9,10 @@ import structlog
 from celery import signals
 
 from models.db import make_engine, make_session_factory
-from services import after_commit
 from services.log_config import configure_logging
 from settings import load_settings
 from tasks.deps import TaskDeps
-from workers.celery_app import make_celery
+from workers.celery_app import install_after_commit, make_celery
 
 settings = load_settings()
 log = structlog.get_logger("conveyor.workers")
@@ -32,22 +31,8 @@ engine = make_engine(settings.database_url, pool_size=2)
 
 def _build_deps() -> TaskDeps:
     session_factory = make_session_factory(engine)
-    announcer = redis.Redis.from_url(settings.redis_url)
-    after_commit.install(
-        session_factory,
-        after_commit.make_dispatcher(
-            send_task=lambda name, args, queue: celery.send_task(name, args=args, queue=queue),
-            announce=lambda channel, status: announcer.publish(channel, status),
-            on_error=lambda message, error: log.warning(
-                "after_commit.dispatch_failed", message=repr(message), error=repr(error)
-            ),
-        ),
-    )
-    return TaskDeps(
-        session_factory=session_factory,
-        job_lease_s=settings.job_lease_s,
-        job_republish_after_s=settings.job_republish_after_s,
-    )
+    install_after_commit(session_factory, celery, redis.Redis.from_url(settings.redis_url))
+    return TaskDeps(session_factory=session_factory, job_policy=settings.job_policy())
 
 
 celery.conveyor = _build_deps()  # type: ignore[attr-defined]

@@ -5,8 +5,13 @@ It imports no task module: `include` names them, and Celery imports them in the 
 
 from __future__ import annotations
 
+import redis
+import structlog
 from celery import Celery
 from kombu import Exchange, Queue
+from sqlalchemy.orm import Session, sessionmaker
+
+from services import after_commit
 
 QUEUES = ("agents", "events", "webhooks", "maintenance")
 TASK_MODULES = ("tasks.jobs", "tasks.maintenance")
@@ -49,3 +54,22 @@ def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
         },
     )
     return app
+
+
+def install_after_commit(
+    factory: sessionmaker[Session], app: Celery, announcer: redis.Redis
+) -> None:
+    """Publish deferred tasks with `app` and announce job changes on Redis after commits."""
+    log = structlog.get_logger("conveyor.after_commit")
+    after_commit.install(
+        factory,
+        after_commit.make_dispatcher(
+            send_task=lambda task: app.send_task(
+                task.name, args=task.args, queue=task.queue, **task.options
+            ),
+            announce=lambda channel, status: announcer.publish(channel, status),
+            on_error=lambda message, error: log.warning(
+                "after_commit.dispatch_failed", message=repr(message), error=repr(error)
+            ),
+        ),
+    )

@@ -37,7 +37,7 @@ def register(body: Credentials):  # type: ignore[no-untyped-def]
     user = users.register(
         db(), email=body.email, password=body.password, passwords=_runtime().passwords
     )
-    return {"id": user.id, "email": user.email}, 201
+    return user_json(user), 201
 
 
 @bp.post("/login")

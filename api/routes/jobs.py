@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 from apiflask import APIBlueprint
-from flask import current_app, g
+from flask import Response, current_app, g, request
 
 from api.auth import current_principal, require_access_token
 from api.job_waiter import wait_until_terminal
+from api.json_provider import dumps_bytes
 from api.representations import event_json, job_json
 from api.request_context import db, end_session
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
-from services import jobs
+from services import idempotency, jobs
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="Jobs")
 bp.before_request(require_access_token)
@@ -24,19 +26,87 @@ def _runtime():  # type: ignore[no-untyped-def]
 @bp.post("")
 @bp.input(JobIn, arg_name="body")
 @bp.output(JobOut, status_code=202)
-@bp.doc(summary="Submit a job; it runs in the background", responses=[202, 422, 503])
+@bp.doc(
+    summary="Submit a job; it runs in the background",
+    description="With an `Idempotency-Key` header, a retry of the same request within 24 h "
+    "gets the first answer again, byte for byte, and creates nothing.",
+    responses=[202, 409, 422, 503],
+)
 def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
+    owner_id = current_principal().user_id
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return _submit(owner_id, body)
+    request_fingerprint = idempotency.fingerprint(
+        request.method, request.path, orjson.dumps(request.get_json(), option=orjson.OPT_SORT_KEYS)
+    )
+    stored = idempotency.begin(
+        db(), owner_id=owner_id, key=key, request_fingerprint=request_fingerprint
+    )
+    if stored is None:
+        response = _submit(owner_id, body)
+        stored = idempotency.StoredResponse(
+            response.status_code, response.get_data(), response.headers.get("Location")
+        )
+        idempotency.remember(
+            db(),
+            owner_id=owner_id,
+            key=key,
+            request_fingerprint=request_fingerprint,
+            response=stored,
+        )
+        return response
+    replay = _json_response(stored.body, stored.status_code, stored.location)
+    replay.headers["Idempotent-Replayed"] = "true"
+    return replay
+
+
+def _submit(owner_id: uuid.UUID, body: JobIn) -> Response:
+    runtime = _runtime()
     job = jobs.submit(
         db(),
-        owner_id=current_principal().user_id,
+        owner_id=owner_id,
         agent_id=body.agent_id,
         input=body.input.model_dump(mode="json", exclude_none=True),
-        limits=_runtime().job_limits,
+        policy=runtime.job_policy,
+        queue_depth=runtime.queue_depth,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
         metadata=body.metadata,
         timeout_s=body.timeout_s,
+        queue_timeout_s=body.queue_timeout_s,
         max_attempts=body.max_attempts,
         correlation_id=g.request_id,
+    )
+    return _json_response(dumps_bytes(job_json(job)), 202, f"/v1/jobs/{job.id}")
+
+
+def _json_response(body: bytes, status: int, location: str | None) -> Response:
+    response = Response(body, status=status, mimetype="application/json")
+    if location:
+        response.headers["Location"] = location
+    return response
+
+
+@bp.post("/<uuid:job_id>/cancel")
+@bp.output(JobOut)
+@bp.doc(
+    summary="Cancel a job: at once when queued; a running job is asked to stop",
+    responses=[200, 404, 409],
+)
+def cancel_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    job = jobs.cancel(db(), owner_id=current_principal().user_id, job_id=job_id)
+    return job_json(job)
+
+
+@bp.post("/<uuid:job_id>/retry")
+@bp.output(JobOut, status_code=202)
+@bp.doc(
+    summary="Run a failed, cancelled or timed-out job again",
+    responses=[202, 404, 409],
+)
+def retry_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    job = jobs.retry(
+        db(), owner_id=current_principal().user_id, job_id=job_id, policy=_runtime().job_policy
     )
     return job_json(job), 202, {"Location": f"/v1/jobs/{job.id}"}
 

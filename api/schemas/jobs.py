@@ -34,6 +34,7 @@ class JobIn(Input):
     webhook_url: AnyHttpUrl | None = Field(default=None)
     metadata: SmallObject = Field(default_factory=dict)
     timeout_s: int | None = Field(default=None, ge=1)
+    queue_timeout_s: int | None = Field(default=None, ge=1)
     max_attempts: int | None = Field(default=None, ge=1, le=20)
 
     @model_validator(mode="after")

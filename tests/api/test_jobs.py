@@ -4,12 +4,16 @@ import pytest
 from sqlalchemy import select, text, update
 
 from models import Job
-from services import job_execution, jobs
+from services import job_execution, job_sweeper, job_transitions
+from services.job_events import RUN_JOB_TASK
+from services.job_policy import JobPolicy
+
+POLICY = JobPolicy()
 
 
 def run_queued(session_factory, job_id):
     """Run the job in-process, as a worker would after taking its message."""
-    return job_execution.execute(session_factory, uuid.UUID(job_id), lease_s=30)
+    return job_execution.execute(session_factory, uuid.UUID(job_id), policy=POLICY)
 
 
 @pytest.fixture
@@ -35,9 +39,7 @@ def test_submit_publishes_the_job_id_after_commit(alice, agent, redis_url):
     client.delete("agents")
     job = alice.submit(agent["id"])
     messages = [json.loads(raw) for raw in client.lrange("agents", 0, -1)]
-    published = [
-        m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == jobs.RUN_JOB_TASK
-    ]
+    published = [m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == RUN_JOB_TASK]
     assert published == [repr((job["id"],))]
 
 
@@ -110,16 +112,17 @@ def test_job_pins_agent_configuration(alice, session_factory):
 
 def test_stale_worker_cannot_write_after_takeover(alice, agent, session):
     job_id = uuid.UUID(alice.submit(agent["id"])["id"])
-    first = jobs.claim(session, job_id=job_id, lease_s=30)
+    first = job_transitions.claim(session, job_id=job_id, policy=POLICY)
     assert first is not None
-    # The first worker's lease runs out; another delivery takes the job over.
+    # The first worker's lease runs out; the sweeper queues the job again for a new attempt.
     session.execute(
         update(Job).where(Job.id == job_id).values(lease_expires_at=text("now() - interval '1s'"))
     )
-    second = jobs.claim(session, job_id=job_id, lease_s=30)
+    assert job_sweeper.sweep(session, policy=POLICY).requeued == [job_id]
+    second = job_transitions.claim(session, job_id=job_id, policy=POLICY)
     assert second is not None and second.attempt == 2
-    assert jobs.succeed(session, first, {"text": "late"}) is False
-    assert jobs.succeed(session, second, {"text": "current"}) is True
+    assert job_transitions.finish(session, first, "succeeded", output={"text": "late"}) is False
+    assert job_transitions.finish(session, second, "succeeded", output={"text": "current"}) is True
     row = session.scalar(
         select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
     )

@@ -38,7 +38,7 @@ def test_rollback_drops_messages(session_factory, delivered):
 def test_dispatcher_reports_failures_and_continues():
     sent, errors = [], []
 
-    def broken_send(name, args, queue):
+    def broken_send(task):
         raise ConnectionError("broker down")
 
     dispatch = after_commit.make_dispatcher(

@@ -99,8 +99,9 @@ def test_embedded_postgres_answers_then_stops_completely(pg_data_dir: Path) -> N
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT 1, current_database()").fetchone() == (1, "cli_test")
             backend = conn.execute("SELECT pg_backend_pid()").fetchone()
-        assert backend is not None
-        postmaster = psutil.Process(psutil.Process(backend[0]).ppid())
+            assert backend is not None
+            # Read while connected: the backend process ends with the connection.
+            postmaster = psutil.Process(psutil.Process(backend[0]).ppid())
         pids = [postmaster.pid, *(child.pid for child in postmaster.children())]
         assert len(pids) > 1
     finally:

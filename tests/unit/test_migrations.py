@@ -29,7 +29,8 @@ RESTRICT_VIOLATION = "23001"  # the SQLSTATE the append-only trigger raises
 @pytest.fixture(scope="module")
 def scratch_database(servers: Servers, worker_id: str) -> Iterator[str]:
     """A freshly created database migrated to head; its SQLAlchemy URL."""
-    name = f"conveyor_migrations_{worker_id}"
+    # Unique to this run: a concurrent session must not drop it from under us.
+    name = f"conveyor_migrations_{worker_id}_{uuid.uuid4().hex[:8]}"
     url = create_migrated_database(servers.admin_database_url, name)
     yield url
     with psycopg.connect(servers.admin_database_url, autocommit=True) as conn:
@@ -100,7 +101,12 @@ def test_downgrade_to_base_then_upgrade_to_head(scratch_database: str) -> None:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with psycopg.connect(_libpq(scratch_database)) as conn:
         versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        triggers = conn.execute(
+            "SELECT tgname FROM pg_trigger "
+            "WHERE tgrelid = 'events'::regclass AND NOT tgisinternal ORDER BY tgname"
+        ).fetchall()
     assert versions == [(head,)]
+    assert triggers == [("events_no_truncate",), ("events_no_update_delete",)]
     # And the re-created schema still matches the models.
     _run(scratch_database, command.check)
 

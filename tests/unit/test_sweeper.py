@@ -1,4 +1,4 @@
-"""The sweeper re-publishes jobs whose message may be lost, and only those."""
+"""The sweeper ends, re-queues or re-publishes exactly the jobs that need it."""
 
 import uuid
 
@@ -6,11 +6,12 @@ import pytest
 from sqlalchemy import text, update
 
 from models import Job
-from services import after_commit, agents, jobs, users
+from services import after_commit, agents, job_sweeper, job_transitions, jobs, users
 from services.after_commit import SendTask
+from services.job_policy import JobPolicy
 from tests.conftest import FAST_PASSWORDS
 
-LIMITS = jobs.JobLimits(default_timeout_s=60, max_timeout_s=600, default_max_attempts=3)
+POLICY = JobPolicy(republish_after_s=10, grace_s=5)
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def submit(session_factory):
                 owner_id=user.id,
                 agent_id=agent.id,
                 input={"text": "x"},
-                limits=LIMITS,
+                policy=POLICY,
                 **fields,
             )
         return job.id
@@ -46,7 +47,7 @@ def submit(session_factory):
     return submit
 
 
-def age(session_factory, job_id, column, seconds):
+def set_past(session_factory, job_id, column, seconds):
     with session_factory.begin() as session:
         session.execute(
             update(Job)
@@ -57,59 +58,115 @@ def age(session_factory, job_id, column, seconds):
 
 def claim(session_factory, job_id):
     with session_factory.begin() as session:
-        return jobs.claim(session, job_id=job_id, lease_s=30)
+        return job_transitions.claim(session, job_id=job_id, policy=POLICY)
 
 
 def sweep(session_factory):
     with session_factory.begin() as session:
-        return set(jobs.republish_stale(session, older_than_s=10))
+        return job_sweeper.sweep(session, policy=POLICY)
 
 
-def test_submit_publishes_one_run_message(submit, published):
-    job_id = submit()
-    assert published == [SendTask(jobs.RUN_JOB_TASK, jobs.AGENTS_QUEUE, (str(job_id),))]
+def job(session_factory, job_id):
+    with session_factory() as session:
+        return session.get(Job, job_id)
 
 
-def test_republishes_old_queued_and_expired_running_jobs(session_factory, submit, published):
-    _fresh, old, expired, held = (submit() for _ in range(4))
-    age(session_factory, old, "updated_at", 60)
-    for job_id in (expired, held):
-        assert claim(session_factory, job_id) is not None
-    age(session_factory, expired, "lease_expires_at", 1)
+def stream_types(session_factory, job_id):
+    with session_factory() as session:
+        owner = session.get(Job, job_id).owner_id
+        events = jobs.events(session, owner_id=owner, job_id=job_id, from_version=1, limit=50)
+        return [e.type for e in events]
+
+
+def test_submit_publishes_one_run_message_with_time_limits(submit, published):
+    job_id = submit(timeout_s=20)
+    [message] = [m for m in published if isinstance(m, SendTask)]
+    assert message == SendTask("conveyor.jobs.run", "agents", (str(job_id),))
+    assert message.options == {"soft_time_limit": 25, "time_limit": 30}
+
+
+def test_republishes_queued_jobs_left_alone_too_long(session_factory, submit, published):
+    fresh, old = submit(), submit()
+    set_past(session_factory, old, "updated_at", 60)
     published.clear()
+    report = sweep(session_factory)
+    assert report.republished == [old]
+    assert [m.args[0] for m in published if isinstance(m, SendTask)] == [str(old)]
+    # Published again just now: the next sweep leaves it alone.
+    assert sweep(session_factory).republished == []
+    assert fresh not in report.republished
 
-    assert sweep(session_factory) == {old, expired}
-    assert {m.args[0] for m in published if isinstance(m, SendTask)} == {str(old), str(expired)}
-    # The queued job was published again just now; the next sweep leaves it alone.
-    assert old not in sweep(session_factory)
 
-
-def test_expired_lease_is_claimed_as_a_new_attempt(session_factory, submit):
+def test_expired_lease_is_queued_again_as_a_new_attempt(session_factory, submit, published):
     job_id = submit()
     assert claim(session_factory, job_id).attempt == 1
     assert claim(session_factory, job_id) is None
-    age(session_factory, job_id, "lease_expires_at", 1)
+    set_past(session_factory, job_id, "lease_expires_at", 1)
+    assert sweep(session_factory).requeued == [job_id]
+    assert job(session_factory, job_id).status == "queued"
     assert claim(session_factory, job_id).attempt == 2
+    assert stream_types(session_factory, job_id) == [
+        "job.queued",
+        "job.started",
+        "job.requeued",
+        "job.started",
+    ]
 
 
-def test_no_attempt_beyond_max_attempts(session_factory, submit, published):
+def test_expired_lease_on_the_last_attempt_fails_the_job(session_factory, submit):
     job_id = submit(max_attempts=1)
     assert claim(session_factory, job_id) is not None
-    age(session_factory, job_id, "lease_expires_at", 1)
-    assert claim(session_factory, job_id) is None
-    assert job_id not in sweep(session_factory)
+    set_past(session_factory, job_id, "lease_expires_at", 1)
+    report = sweep(session_factory)
+    assert report.abandoned == [job_id] and report.requeued == []
+    failed = job(session_factory, job_id)
+    assert failed.status == "failed" and failed.finished_at is not None
+    assert failed.error == {
+        "type": "transient",
+        "message": "the worker running attempt 1 of 1 stopped responding",
+    }
+    assert stream_types(session_factory, job_id)[-1] == "job.failed"
+    assert sweep(session_factory).total() == 0
 
+
+def test_queued_past_its_queue_timeout_is_timed_out(session_factory, submit):
+    job_id = submit(queue_timeout_s=60)
+    set_past(session_factory, job_id, "queue_deadline_at", 1)
+    assert claim(session_factory, job_id) is None
+    assert sweep(session_factory).queue_timed_out == [job_id]
+    assert job(session_factory, job_id).status == "timed_out"
+    assert job(session_factory, job_id).error["type"] == "timeout"
+
+
+def test_running_past_its_deadline_with_a_dead_worker_is_timed_out(session_factory, submit):
+    job_id = submit()
+    claim(session_factory, job_id)
+    set_past(session_factory, job_id, "deadline_at", 1)
+    set_past(session_factory, job_id, "lease_expires_at", 1)
+    assert sweep(session_factory).run_timed_out == [job_id]
+    assert job(session_factory, job_id).status == "timed_out"
+
+
+def test_a_runner_that_ignores_cancel_is_ended_after_the_grace(session_factory, submit):
+    job_id = submit()
+    claim(session_factory, job_id)
     with session_factory.begin() as session:
-        assert jobs.fail_abandoned(session) == [job_id]
-        job = session.get(Job, job_id)
-        assert job.status == "failed" and job.finished_at is not None
-        assert job.error == {
-            "type": "transient",
-            "message": "the worker running attempt 1 of 1 stopped responding",
-        }
-        events = jobs.events(
-            session, owner_id=job.owner_id, job_id=job_id, from_version=1, limit=10
+        owner = session.get(Job, job_id).owner_id
+        assert jobs.cancel(session, owner_id=owner, job_id=job_id).status == "running"
+    assert sweep(session_factory).force_cancelled == []
+    set_past(session_factory, job_id, "cancel_requested_at", POLICY.grace_s + 1)
+    assert sweep(session_factory).force_cancelled == [job_id]
+    assert job(session_factory, job_id).status == "cancelled"
+    assert stream_types(session_factory, job_id)[-2:] == ["job.cancel_requested", "job.cancelled"]
+
+
+def test_a_delayed_retry_is_not_claimed_early(session_factory, submit):
+    job_id = submit()
+    taken = claim(session_factory, job_id)
+    with session_factory.begin() as session:
+        assert job_transitions.retry_later(
+            session, taken, error={"type": "transient", "message": "x"}, delay_s=60, policy=POLICY
         )
-        assert [e.type for e in events][-1] == "job.failed"
-    with session_factory.begin() as session:
-        assert jobs.fail_abandoned(session) == []
+    assert claim(session_factory, job_id) is None
+    set_past(session_factory, job_id, "run_after", 1)
+    assert claim(session_factory, job_id).attempt == 2

@@ -1,0 +1,51 @@
+"""The pieces every job transition shares: its event, its announcement, its run message."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services import event_store
+from services.after_commit import JobChanged, SendTask, defer
+from services.event_store import NewEvent
+from services.event_types import EventType, job_stream
+
+RUN_JOB_TASK = "conveyor.jobs.run"
+AGENTS_QUEUE = "agents"
+
+
+def record(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    job_id: uuid.UUID,
+    event_type: EventType,
+    status: str,
+    data: dict[str, Any],
+    correlation_id: str | None,
+) -> None:
+    """Append the transition's event to the job's stream and announce it after commit."""
+    metadata = {"correlation_id": correlation_id} if correlation_id else {}
+    event_store.append(
+        session,
+        owner_id=owner_id,
+        stream=job_stream(job_id),
+        events=[NewEvent(event_type, {"job_id": str(job_id), **data}, metadata)],
+    )
+    defer(session, JobChanged(job_id, status))
+
+
+def publish_run(
+    session: Session, job_id: uuid.UUID, *, timeout_s: int, grace_s: int, countdown_s: float = 0
+) -> None:
+    """Ask a worker to run the job, after commit. Celery's time limits back up our own
+    deadline: soft interrupts the runner, hard kills the process after the grace period."""
+    options: dict[str, Any] = {
+        "soft_time_limit": timeout_s + grace_s,
+        "time_limit": timeout_s + 2 * grace_s,
+    }
+    if countdown_s > 0:
+        options["countdown"] = round(countdown_s, 3)
+    defer(session, SendTask(RUN_JOB_TASK, AGENTS_QUEUE, (str(job_id),), options))

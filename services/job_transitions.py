@@ -1,0 +1,219 @@
+"""Status changes made by workers and the sweeper, each one conditional UPDATE.
+
+`where` clauses carry the whole precondition (status, attempt, lease), so two processes
+can never both move a job, and a worker whose attempt was taken over matches no row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, update
+from sqlalchemy.orm import Session
+
+from models import Job
+from services import job_events
+from services.event_types import EventType
+from services.job_policy import JobPolicy
+
+_END_EVENTS = {
+    "succeeded": EventType.JOB_SUCCEEDED,
+    "failed": EventType.JOB_FAILED,
+    "cancelled": EventType.JOB_CANCELLED,
+    "timed_out": EventType.JOB_TIMED_OUT,
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs to run one attempt of a job."""
+
+    job_id: uuid.UUID
+    owner_id: uuid.UUID
+    attempt: int
+    max_attempts: int
+    agent_config: dict[str, Any]
+    input: dict[str, Any]
+    timeout_s: int
+    correlation_id: str | None
+
+
+class Heartbeat:
+    """What a renewal found: keep going, stop because cancel was asked, or the lease is gone."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"
+    LOST = "lost"
+
+
+def seconds(value: Any) -> Any:
+    """An SQL interval of `value` seconds (a number or a column)."""
+    return dt.timedelta(seconds=1) * value
+
+
+def claim(session: Session, *, job_id: uuid.UUID, policy: JobPolicy) -> Claim | None:
+    """Take a due queued job for its next attempt; None when there is nothing to take."""
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == "queued",
+            Job.attempt < Job.max_attempts,
+            Job.run_after.is_(None) | (Job.run_after <= func.now()),
+            Job.queue_deadline_at.is_(None) | (Job.queue_deadline_at > func.now()),
+        )
+        .values(
+            status="running",
+            attempt=Job.attempt + 1,
+            lease_expires_at=func.now() + seconds(policy.lease_s),
+            deadline_at=func.now() + seconds(Job.timeout_s),
+            run_after=None,
+            started_at=func.coalesce(Job.started_at, func.now()),
+            updated_at=func.now(),
+        )
+        .returning(
+            Job.owner_id,
+            Job.attempt,
+            Job.max_attempts,
+            Job.agent_config,
+            Job.input,
+            Job.timeout_s,
+            Job.correlation_id,
+        )
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    taken = Claim(job_id, *row)
+    job_events.record(
+        session,
+        owner_id=taken.owner_id,
+        job_id=job_id,
+        event_type=EventType.JOB_STARTED,
+        status="running",
+        data={"attempt": taken.attempt},
+        correlation_id=taken.correlation_id,
+    )
+    return taken
+
+
+def heartbeat(session: Session, claim: Claim, *, policy: JobPolicy) -> str:
+    """Renew the lease of a running attempt."""
+    row = session.execute(
+        update(Job)
+        .where(_holds(claim))
+        .values(lease_expires_at=func.now() + seconds(policy.lease_s))
+        .returning(Job.cancel_requested_at)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return Heartbeat.LOST
+    return Heartbeat.CANCEL if row.cancel_requested_at is not None else Heartbeat.CONTINUE
+
+
+def cancel_requested(session: Session, claim: Claim) -> bool | None:
+    """Whether a cancel was asked for this attempt; None when the attempt is no longer ours."""
+    row = session.execute(
+        Job.__table__.select().with_only_columns(Job.cancel_requested_at).where(_holds(claim))
+    ).one_or_none()
+    return None if row is None else row.cancel_requested_at is not None
+
+
+def finish(
+    session: Session,
+    claim: Claim,
+    status: str,
+    *,
+    output: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """End the attempt's job in `status`; False when this worker no longer holds it."""
+    return bool(end_jobs(session, _holds(claim), status, output=output, error=error))
+
+
+def retry_later(
+    session: Session, claim: Claim, *, error: dict[str, Any], delay_s: float, policy: JobPolicy
+) -> bool:
+    """Queue the job again after `delay_s` for a transient failure, if attempts remain."""
+    row = session.execute(
+        update(Job)
+        .where(_holds(claim), Job.attempt < Job.max_attempts)
+        .values(
+            status="queued",
+            error=error,
+            lease_expires_at=None,
+            deadline_at=None,
+            run_after=func.now() + seconds(delay_s),
+            updated_at=func.now(),
+        )
+        .returning(Job.timeout_s)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return False
+    job_events.record(
+        session,
+        owner_id=claim.owner_id,
+        job_id=claim.job_id,
+        event_type=EventType.JOB_RETRY_SCHEDULED,
+        status="queued",
+        data={"attempt": claim.attempt, "error": error, "retry_in_s": round(delay_s, 3)},
+        correlation_id=claim.correlation_id,
+    )
+    job_events.publish_run(
+        session, claim.job_id, timeout_s=row.timeout_s, grace_s=policy.grace_s, countdown_s=delay_s
+    )
+    return True
+
+
+def end_jobs(
+    session: Session,
+    where: ColumnElement[bool],
+    status: str,
+    *,
+    output: dict[str, Any] | None = None,
+    error: dict[str, Any] | ColumnElement[Any] | None = None,
+    reason: str | None = None,
+) -> list[uuid.UUID]:
+    """Move every job matching `where` to the terminal `status`, with its event each."""
+    rows = session.execute(
+        update(Job)
+        .where(where)
+        .values(
+            status=status,
+            output=output,
+            error=error,
+            lease_expires_at=None,
+            deadline_at=None,
+            run_after=None,
+            finished_at=func.now(),
+            updated_at=func.now(),
+        )
+        .returning(Job.id, Job.owner_id, Job.attempt, Job.error, Job.correlation_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for job_id, owner_id, attempt, stored_error, correlation_id in rows:
+        data: dict[str, Any] = {"attempt": attempt}
+        if output is not None:
+            data["output"] = output
+        if stored_error is not None:
+            data["error"] = stored_error
+        if reason is not None:
+            data["reason"] = reason
+        job_events.record(
+            session,
+            owner_id=owner_id,
+            job_id=job_id,
+            event_type=_END_EVENTS[status],
+            status=status,
+            data=data,
+            correlation_id=correlation_id,
+        )
+    return [row.id for row in rows]
+
+
+def _holds(claim: Claim) -> ColumnElement[bool]:
+    return (Job.id == claim.job_id) & (Job.status == "running") & (Job.attempt == claim.attempt)
