@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     job_retry_max_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
 
+    # Fault tests only: "exit_before_publish" kills the process right after a commit, before
+    # its Celery messages are published. Refused in production.
+    fault_injection: Literal["exit_before_publish"] | None = None
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: object) -> object:
@@ -92,6 +96,8 @@ class Settings(BaseSettings):
                 f"characters when CONVEYOR_ENV={self.conveyor_env}; "
                 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
             )
+        if self.conveyor_env == "production" and self.fault_injection:
+            raise SettingsError("FAULT_INJECTION is for tests and is refused in production")
         if "*" in self.cors_origins:
             raise SettingsError("CORS_ORIGINS may not contain '*' outside development")
         return self

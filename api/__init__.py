@@ -52,7 +52,9 @@ def create_app(
     session_factory = session_factory or make_session_factory(engine)
     redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     producer = make_celery(broker_url=settings.redis_url)
-    install_after_commit(session_factory, producer, redis_client)
+    install_after_commit(
+        session_factory, producer, redis_client, fault_injection=settings.fault_injection
+    )
     app.extensions["conveyor"] = Runtime(
         settings=settings,
         engine=engine,

@@ -5,6 +5,9 @@ It imports no task module: `include` names them, and Celery imports them in the 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import redis
 import structlog
 from celery import Celery
@@ -57,19 +60,29 @@ def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
 
 
 def install_after_commit(
-    factory: sessionmaker[Session], app: Celery, announcer: redis.Redis
+    factory: sessionmaker[Session],
+    app: Celery,
+    announcer: redis.Redis,
+    *,
+    fault_injection: str | None = None,
 ) -> None:
     """Publish deferred tasks with `app` and announce job changes on Redis after commits."""
     log = structlog.get_logger("conveyor.after_commit")
-    after_commit.install(
-        factory,
-        after_commit.make_dispatcher(
-            send_task=lambda task: app.send_task(
-                task.name, args=task.args, queue=task.queue, **task.options
-            ),
-            announce=lambda channel, status: announcer.publish(channel, status),
-            on_error=lambda message, error: log.warning(
-                "after_commit.dispatch_failed", message=repr(message), error=repr(error)
-            ),
+    dispatch = after_commit.make_dispatcher(
+        send_task=lambda task: app.send_task(
+            task.name, args=task.args, queue=task.queue, **task.options
+        ),
+        announce=lambda channel, status: announcer.publish(channel, status),
+        on_error=lambda message, error: log.warning(
+            "after_commit.dispatch_failed", message=repr(message), error=repr(error)
         ),
     )
+    if fault_injection == "exit_before_publish":
+        dispatch = _exit_before_publish
+    after_commit.install(factory, dispatch)
+
+
+def _exit_before_publish(messages: Sequence[after_commit.Message]) -> None:
+    """The fault tests' crash between commit and publish: the row exists, no message does."""
+    if any(isinstance(m, after_commit.SendTask) for m in messages):
+        os._exit(17)
