@@ -12,7 +12,9 @@ import os
 worker_class = "gthread"
 # WEB_CONCURRENCY is gunicorn's (and Heroku's) own knob for the worker count.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = 8
+# Long-polls and SSE streams hold a thread each (bounded by MAX_WAITING_REQUESTS, 24 by
+# default); the rest stay free for short requests.
+threads = 32
 
 # SIGTERM: stop accepting, let in-flight requests finish for up to 30 s.
 graceful_timeout = 30

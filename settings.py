@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=200, ge=1, le=1000)
     max_wait_s: float = Field(default=30.0, ge=0, le=120)
     max_queue_depth: int = Field(default=10_000, ge=1)
+    # Long-polls and live streams that one web process lets wait at once; keep it below
+    # gunicorn's threads per worker so short requests always find a thread.
+    max_waiting_requests: int = Field(default=24, ge=1)
+    max_stream_s: float = Field(default=300.0, gt=0)
 
     # Job execution.
     job_default_timeout_s: int = Field(default=300, ge=1)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import redis
 import structlog
 from apiflask import APIFlask
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import auth, problems, request_context
 from api.json_provider import OrjsonProvider
+from api.notifier import JobNotifier
 from api.openapi import describe_security
 from api.queue_depth import QueueDepth
 from api.routes import agents, health, jobs
 from api.routes import auth as auth_routes
-from api.runtime import Runtime
+from api.runtime import Runtime, make_redis
 from models.db import make_engine, make_session_factory
 from services.job_events import AGENTS_QUEUE
 from services.log_config import configure_logging
@@ -50,7 +50,7 @@ def create_app(
 
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     session_factory = session_factory or make_session_factory(engine)
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    redis_client = make_redis(settings.redis_url, timeout_s=5)
     producer = make_celery(broker_url=settings.redis_url)
     install_after_commit(
         session_factory, producer, redis_client, fault_injection=settings.fault_injection
@@ -60,12 +60,11 @@ def create_app(
         engine=engine,
         session_factory=session_factory,
         redis=redis_client,
-        redis_probe=redis.Redis.from_url(
-            settings.redis_url, socket_timeout=1, socket_connect_timeout=1
-        ),
+        redis_probe=make_redis(settings.redis_url, timeout_s=1),
         passwords=passwords or Passwords(),
         job_policy=settings.job_policy(),
         queue_depth=QueueDepth(redis_client, AGENTS_QUEUE),
+        notifier=JobNotifier(redis_client, slots=settings.max_waiting_requests),
     )
 
     request_context.install(app)

@@ -1,7 +1,7 @@
-"""Long-poll support: hold an answer until a job ends, without holding a database connection.
+"""Long-poll: hold an answer until a job ends, without holding a database connection.
 
-The waiter subscribes to the job's Redis channel first and reads the job second, so a
-change that lands between the two is never missed. Between reads no session is open.
+The waiter registers with the process's notifier before reading the job, so a change that
+lands between the two is never missed. Between reads no session is open.
 """
 
 from __future__ import annotations
@@ -10,33 +10,35 @@ import time
 import uuid
 from collections.abc import Callable
 
-import redis
-
+from api.notifier import Busy, JobNotifier
 from models import Job
-from services.after_commit import job_channel
 from services.jobs import is_terminal
 
 ReadJob = Callable[[], Job]
+# Without the notifier's subscription (Redis away), re-read this often instead.
+FALLBACK_POLL_S = 1.0
 
 
 def wait_until_terminal(
-    client: redis.Redis, job_id: uuid.UUID, read: ReadJob, wait_s: float
+    notifier: JobNotifier, job_id: uuid.UUID, read: ReadJob, wait_s: float
 ) -> Job:
-    """The job once terminal, or as it is when `wait_s` has passed."""
+    """The job once terminal, or as it is when `wait_s` has passed. When every waiting slot
+    is taken the current state is answered at once: the client simply polls again."""
     job = read()
     if wait_s <= 0 or is_terminal(job.status):
         return job
     deadline = time.monotonic() + wait_s
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
-        pubsub.subscribe(job_channel(job_id))
-        job = read()
-        while not is_terminal(job.status):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if pubsub.get_message(timeout=min(remaining, 1.0)) is not None:
+        with notifier.watch(job_id) as changed:
+            job = read()
+            while not is_terminal(job.status):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                timeout = remaining if notifier.connected.is_set() else FALLBACK_POLL_S
+                changed.wait(min(remaining, timeout))
+                changed.clear()
                 job = read()
-    finally:
-        pubsub.close()
+    except Busy:
+        return job
     return job

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.notifier import JobNotifier
 from api.queue_depth import QueueDepth
 from services.job_policy import JobPolicy
 from services.passwords import Passwords
@@ -25,3 +28,15 @@ class Runtime:
     passwords: Passwords
     job_policy: JobPolicy
     queue_depth: QueueDepth
+    notifier: JobNotifier
+
+
+def make_redis(url: str, *, timeout_s: float) -> redis.Redis:
+    """A client that retries once, quickly, then fails: a request should answer 503
+    promptly when Redis is away, not sit in redis-py's default backoff for seconds."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=min(timeout_s, 1.0),
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+    )

@@ -161,7 +161,9 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 
 @pytest.fixture
 def app(settings: Settings, session_factory: sessionmaker[Session]):  # type: ignore[no-untyped-def]
-    return create_app(settings, session_factory=session_factory, passwords=FAST_PASSWORDS)
+    app = create_app(settings, session_factory=session_factory, passwords=FAST_PASSWORDS)
+    yield app
+    app.extensions["conveyor"].notifier.close()
 
 
 @pytest.fixture

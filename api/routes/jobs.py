@@ -1,19 +1,23 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 
 import orjson
 from apiflask import APIBlueprint
 from flask import Response, current_app, g, request
 
+from api import job_stream, sse
 from api.auth import current_principal, require_access_token
 from api.job_waiter import wait_until_terminal
 from api.json_provider import dumps_bytes
+from api.notifier import Busy
 from api.representations import event_json, job_json
 from api.request_context import db, end_session
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from services import idempotency, jobs
+from services.errors import Overloaded
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="Jobs")
 bp.before_request(require_access_token)
@@ -142,18 +146,26 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
         end_session()  # give the connection back while we wait
         return job
 
-    job = wait_until_terminal(_runtime().redis, job_id, read, query.wait)
+    job = wait_until_terminal(_runtime().notifier, job_id, read, query.wait)
     return job_json(job)
 
 
 @bp.get("/<uuid:job_id>/events")
 @bp.input(EventsQuery, location="query", arg_name="query")
 @bp.output(PageOut)
-@bp.doc(summary="The job's events in order", responses=[200, 404])
+@bp.doc(
+    summary="The job's events in order",
+    description="With `Accept: text/event-stream`, a live SSE stream that ends after the "
+    "terminal event; it resumes after the version given in `Last-Event-ID`.",
+    responses=[200, 404, 503],
+)
 def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untyped-def]
+    owner_id = current_principal().user_id
+    if sse.wants_stream():
+        return _stream_events(owner_id, job_id)
     rows = jobs.events(
         db(),
-        owner_id=current_principal().user_id,
+        owner_id=owner_id,
         job_id=job_id,
         from_version=query.from_version,
         limit=query.limit + 1,
@@ -162,3 +174,26 @@ def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untype
     rows = rows[: query.limit]
     next_cursor = str(rows[-1].version + 1) if more else None
     return {"items": [event_json(e) for e in rows], "next_cursor": next_cursor}
+
+
+def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
+    runtime = _runtime()
+    jobs.get(db(), owner_id=owner_id, job_id=job_id)  # 404 before any byte is streamed
+    end_session()
+    slot = ExitStack()
+    try:
+        changed = slot.enter_context(runtime.notifier.watch(job_id))
+    except Busy:
+        raise Overloaded("too many open streams; try again shortly", retry_after_s=5) from None
+    chunks = job_stream.job_events(
+        runtime.session_factory,
+        changed,
+        runtime.notifier.connected,
+        owner_id=owner_id,
+        job_id=job_id,
+        after_version=sse.last_event_id(),
+        max_s=runtime.settings.max_stream_s,
+    )
+    response = sse.streaming_response(chunks)
+    response.call_on_close(slot.close)
+    return response

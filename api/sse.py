@@ -1,0 +1,35 @@
+"""Server-sent events: the wire format and a response that streams without buffering."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, request
+
+from api.json_provider import dumps_bytes
+
+KEEPALIVE = b": keepalive\n\n"
+MIMETYPE = "text/event-stream"
+
+
+def wants_stream() -> bool:
+    return request.accept_mimetypes.best_match(["application/json", MIMETYPE]) == MIMETYPE
+
+
+def last_event_id() -> int:
+    """Where a reconnecting client left off: `Last-Event-ID`, else 0 (the beginning)."""
+    value = request.headers.get("Last-Event-ID", "").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def frame(event_id: int, event_type: str, data: Any) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event_type.encode(), dumps_bytes(data))
+
+
+def streaming_response(chunks: Iterator[bytes]) -> Response:
+    response = Response(chunks, mimetype=MIMETYPE)
+    response.headers["Cache-Control"] = "no-cache"
+    # Tells nginx-style proxies not to buffer the stream.
+    response.headers["X-Accel-Buffering"] = "no"
+    return response

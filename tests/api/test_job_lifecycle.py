@@ -1,0 +1,270 @@
+"""Cancel, retry, idempotency, backpressure and live streams through the HTTP API."""
+
+import json
+import time
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from api.runtime import make_redis
+from models import Job
+from services import job_execution
+from services.job_policy import JobPolicy
+
+POLICY = JobPolicy(retry_base_s=0.01)
+
+
+def run(session_factory, job_id):
+    return job_execution.execute(session_factory, uuid.UUID(job_id), policy=POLICY)
+
+
+@pytest.fixture
+def agent(alice):
+    return alice.create_agent()
+
+
+def event_types(client, job_id):
+    return [e["type"] for e in client.get(f"/v1/jobs/{job_id}/events").json["items"]]
+
+
+# --- cancel -----------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_at_once(alice, agent, session_factory):
+    job = alice.submit(agent["id"])
+    response = alice.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 200 and response.json["status"] == "cancelled"
+    assert response.json["finished_at"] is not None
+    # Its message may still arrive: the worker finds nothing to run.
+    assert run(session_factory, job["id"]) is None
+    assert event_types(alice, job["id"]) == ["job.queued", "job.cancelled"]
+
+
+def test_cancel_a_finished_job_is_409(alice, agent, session_factory):
+    job = alice.submit(agent["id"])
+    run(session_factory, job["id"])
+    response = alice.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 409
+    assert response.json["status"] == "succeeded"
+
+
+def test_cancel_someone_elses_job_is_404(alice, bob, agent):
+    job = alice.submit(agent["id"])
+    assert bob.post(f"/v1/jobs/{job['id']}/cancel").status_code == 404
+    assert alice.get(f"/v1/jobs/{job['id']}").json["status"] == "queued"
+
+
+# --- retries ----------------------------------------------------------------------------
+
+
+def test_transient_failures_are_retried_with_backoff(alice, session_factory):
+    agent = alice.create_agent(params={"transient_failures": 2})
+    job = alice.submit(agent["id"])
+    assert run(session_factory, job["id"]) == "queued"
+    first = alice.get(f"/v1/jobs/{job['id']}").json
+    assert first["status"] == "queued" and first["error"]["type"] == "transient"
+    # A delivery before the backoff has passed finds nothing to claim.
+    assert run(session_factory, job["id"]) is None
+    with session_factory.begin() as session:
+        session.execute(Job.__table__.update().values(run_after=None))
+    assert run(session_factory, job["id"]) == "queued"
+    with session_factory.begin() as session:
+        session.execute(Job.__table__.update().values(run_after=None))
+    assert run(session_factory, job["id"]) == "succeeded"
+    done = alice.get(f"/v1/jobs/{job['id']}").json
+    assert done["attempt"] == 3 and done["output"] == {"text": "hello"}
+    assert event_types(alice, job["id"]).count("job.retry_scheduled") == 2
+
+
+def test_transient_failure_on_the_last_attempt_fails(alice, session_factory):
+    agent = alice.create_agent(params={"transient_failures": 5})
+    job = alice.submit(agent["id"], max_attempts=1)
+    assert run(session_factory, job["id"]) == "failed"
+    failed = alice.get(f"/v1/jobs/{job['id']}").json
+    assert failed["error"] == {
+        "type": "transient",
+        "message": "simulated transient failure on attempt 1",
+    }
+
+
+def test_permanent_failure_is_not_retried(alice, session_factory):
+    agent = alice.create_agent(params={"fail": "bad instructions"})
+    job = alice.submit(agent["id"])
+    assert run(session_factory, job["id"]) == "failed"
+    assert alice.get(f"/v1/jobs/{job['id']}").json["attempt"] == 1
+
+
+def test_manual_retry_runs_a_failed_job_again(alice, session_factory):
+    agent = alice.create_agent(params={"fail": "nope"})
+    job = alice.submit(agent["id"], max_attempts=1)
+    run(session_factory, job["id"])
+    response = alice.post(f"/v1/jobs/{job['id']}/retry")
+    assert response.status_code == 202
+    retried = response.json
+    assert retried["status"] == "queued" and retried["error"] is None
+    assert retried["max_attempts"] == 2 and retried["finished_at"] is None
+    assert run(session_factory, job["id"]) == "failed"
+    assert alice.get(f"/v1/jobs/{job['id']}").json["attempt"] == 2
+    assert event_types(alice, job["id"]).count("job.retried") == 1
+
+
+def test_retry_of_a_queued_or_succeeded_job_is_409(alice, agent, session_factory):
+    job = alice.submit(agent["id"])
+    assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
+    run(session_factory, job["id"])
+    assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
+
+
+# --- idempotency ------------------------------------------------------------------------
+
+
+def count_jobs(session_factory):
+    with session_factory() as session:
+        return session.scalar(select(func.count()).select_from(Job))
+
+
+def test_same_key_and_body_replays_the_first_answer(alice, agent, session_factory):
+    body = {"agent_id": agent["id"], "input": {"text": "once"}}
+    headers = {"Idempotency-Key": "order-1"}
+    first = alice.post("/v1/jobs", json=body, headers=headers)
+    second = alice.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.get_data() == second.get_data()
+    assert second.headers["Location"] == first.headers["Location"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert count_jobs(session_factory) == 1
+
+
+def test_same_key_with_another_body_is_422(alice, agent, session_factory):
+    headers = {"Idempotency-Key": "order-2"}
+    alice.post("/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "a"}}, headers=headers)
+    other = alice.post(
+        "/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "b"}}, headers=headers
+    )
+    assert other.status_code == 422
+    assert other.json["errors"][0]["field"] == "Idempotency-Key"
+    assert count_jobs(session_factory) == 1
+
+
+def test_keys_are_scoped_to_the_owner(alice, bob, agent):
+    bob_agent = bob.create_agent()
+    headers = {"Idempotency-Key": "shared"}
+    a = alice.post(
+        "/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "a"}}, headers=headers
+    )
+    b = bob.post(
+        "/v1/jobs", json={"agent_id": bob_agent["id"], "input": {"text": "a"}}, headers=headers
+    )
+    assert a.status_code == b.status_code == 202
+    assert a.json["id"] != b.json["id"]
+
+
+def test_a_key_in_flight_is_409(alice, agent, engine):
+    # Another transaction holds the key's lock, as a first request still running would.
+    owner = alice.get("/v1/auth/me").json["id"]
+    with engine.connect() as other:
+        other.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"{owner}:busy-key", 0)))
+        )
+        response = alice.post(
+            "/v1/jobs",
+            json={"agent_id": agent["id"], "input": {"text": "x"}},
+            headers={"Idempotency-Key": "busy-key"},
+        )
+        other.rollback()
+    assert response.status_code == 409
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
+def test_malformed_keys_are_422(alice, agent, key):
+    response = alice.post(
+        "/v1/jobs",
+        json={"agent_id": agent["id"], "input": {"text": "x"}},
+        headers={"Idempotency-Key": key.encode("utf-8").decode("latin-1")},
+    )
+    assert response.status_code == 422
+
+
+def test_a_failed_request_stores_no_answer(alice, agent, session_factory):
+    headers = {"Idempotency-Key": "after-error"}
+    bad = alice.post(
+        "/v1/jobs", json={"agent_id": str(uuid.uuid4()), "input": {"text": "x"}}, headers=headers
+    )
+    assert bad.status_code == 422
+    good = alice.post(
+        "/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "x"}}, headers=headers
+    )
+    assert good.status_code == 202
+
+
+# --- backpressure and dependencies ------------------------------------------------------
+
+
+def test_full_queue_answers_503_and_writes_nothing(alice, agent, app, redis_url, session_factory):
+    runtime = app.extensions["conveyor"]
+    client = redis.Redis.from_url(redis_url)
+    client.delete("agents")
+    client.rpush("agents", *[json.dumps({"filler": i}) for i in range(3)])
+    try:
+        object.__setattr__(runtime, "job_policy", JobPolicy(max_queue_depth=3))
+        response = alice.post("/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "x"}})
+    finally:
+        client.delete("agents")
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.mimetype == "application/problem+json"
+    assert count_jobs(session_factory) == 0
+
+
+def test_redis_down_is_503_not_500(alice, app):
+    runtime = app.extensions["conveyor"]
+    runtime.redis = make_redis("redis://127.0.0.1:1/0", timeout_s=5)  # nothing listens there
+    started = time.monotonic()
+    response = alice.get("/v1/auth/me")
+    assert time.monotonic() - started < 2  # promptly, not after seconds of retries
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+# --- live stream ------------------------------------------------------------------------
+
+
+def read_stream(response):
+    frames = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if not line.startswith(":")
+        )
+        if fields:
+            frames.append(fields)
+    return frames
+
+
+def test_stream_of_a_finished_job_replays_and_ends(alice, agent, session_factory):
+    job = alice.submit(agent["id"])
+    run(session_factory, job["id"])
+    response = alice.get(f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"})
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    frames = read_stream(response)
+    assert [f["event"] for f in frames] == ["job.queued", "job.started", "job.succeeded"]
+    assert [f["id"] for f in frames] == ["1", "2", "3"]
+    assert json.loads(frames[-1]["data"])["data"]["output"] == {"text": "hello"}
+
+
+def test_stream_resumes_after_last_event_id(alice, agent, session_factory):
+    job = alice.submit(agent["id"])
+    run(session_factory, job["id"])
+    response = alice.get(
+        f"/v1/jobs/{job['id']}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": "2"},
+    )
+    assert [f["event"] for f in read_stream(response)] == ["job.succeeded"]
+
+
+def test_stream_of_someone_elses_job_is_404(alice, bob, agent):
+    job = alice.submit(agent["id"])
+    response = bob.get(f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"})
+    assert response.status_code == 404
