@@ -105,8 +105,20 @@ def alembic_config() -> Config:
 
 
 @pytest.fixture(scope="session")
-def database_url(servers: Servers, worker_id: str) -> str:
-    return create_migrated_database(servers.admin_database_url, f"conveyor_test_{worker_id}")
+def database_url(servers: Servers, worker_id: str) -> Iterator[str]:
+    # Unique per run, so two suites on one server (a developer's and a helper's) never
+    # drop each other's database.
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:8]
+    name = f"conveyor_test_{worker_id}_{run_id}"
+    yield create_migrated_database(servers.admin_database_url, name)
+    drop_database(servers.admin_database_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")
