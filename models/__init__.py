@@ -2,7 +2,7 @@
 
 from models.agents import Agent
 from models.base import Base
-from models.events import Event
+from models.events import Event, EventBatch, Stream
 from models.idempotency import IdempotencyKey
 from models.jobs import JOB_STATUSES, TERMINAL_STATUSES, Job
 from models.users import User
@@ -13,7 +13,9 @@ __all__ = [
     "Agent",
     "Base",
     "Event",
+    "EventBatch",
     "IdempotencyKey",
     "Job",
+    "Stream",
     "User",
 ]

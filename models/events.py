@@ -4,17 +4,36 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     ForeignKey,
     Identity,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     UniqueConstraint,
     func,
+    text,
 )
+from sqlalchemy.dialects.postgresql.base import ischema_names as postgresql_types
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
-from models.base import Base
+from models.base import Base, TimestampMixin
+from models.ids import new_id
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (xid8), which never wraps around."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_: object) -> str:
+        return "xid8"
+
+
+# Let reflection (alembic's drift check) recognize the type instead of warning about it.
+postgresql_types["xid8"] = Xid8
 
 
 class Event(Base):
@@ -26,6 +45,8 @@ class Event(Base):
         # Idempotency is per owner: one owner's ids can neither collide with nor reveal another's.
         UniqueConstraint("owner_id", "event_id"),
         Index(None, "owner_id", "position"),
+        # The feed pages in (tx_id, position) order: see services/event_store.py.
+        Index(None, "owner_id", "tx_id", "position"),
     )
 
     position: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -37,3 +58,39 @@ class Event(Base):
     data: Mapped[dict[str, Any]]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")
     recorded_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    # The writing transaction, so the feed can hold back events of transactions that may
+    # still be followed by commits of older ones.
+    tx_id: Mapped[int] = mapped_column(Xid8(), server_default=func.pg_current_xact_id())
+
+
+class Stream(TimestampMixin, Base):
+    """One row per stream: its current version, and the lock that serializes its appends."""
+
+    __tablename__ = "streams"
+    __table_args__ = (PrimaryKeyConstraint("owner_id", "name"),)
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class EventBatch(TimestampMixin, Base):
+    """A batch accepted with 202: its events wait here, durable, until a worker persists them."""
+
+    __tablename__ = "event_batches"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'persisted', 'rejected')", name="status"),
+        Index(
+            "ix_event_batches_pending",
+            "updated_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    events: Mapped[list[Any]]
+    results: Mapped[list[Any] | None]
+    correlation_id: Mapped[str | None] = mapped_column(String(200))
+    persisted_at: Mapped[dt.datetime | None]
