@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from api.notifier import Busy, JobNotifier
 from models import Job
+from services.after_commit import job_key
 from services.jobs import is_terminal
 
 ReadJob = Callable[[], Job]
@@ -29,7 +30,7 @@ def wait_until_terminal(
         return job
     deadline = time.monotonic() + wait_s
     try:
-        with notifier.watch(job_id) as changed:
+        with notifier.watch(job_key(job_id)) as changed:
             job = read()
             while not is_terminal(job.status):
                 remaining = deadline - time.monotonic()

@@ -1,6 +1,7 @@
-"""One Redis subscription per web process that wakes every request waiting on a job.
+"""One Redis subscription per web process that wakes every request waiting on a change.
 
-Long-polls and live tails register the job they wait on and sleep on an Event; a single
+Long-polls and live tails register the key they wait on (`job:<id>`, `events:<owner>`) and
+sleep on an Event; a single
 listener thread receives the announcements workers publish after each commit and sets the
 events. Waiting requests hold no database connection and no Redis connection of their own.
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +20,11 @@ from contextlib import contextmanager
 import redis
 import structlog
 
-from services.after_commit import job_channel
+from services.after_commit import CHANNEL_PREFIX, channel
 
 log = structlog.get_logger("conveyor.api")
-_PATTERN = job_channel("*")
-_PREFIX_LENGTH = len(job_channel(""))
+_PATTERN = channel("*")
+_PREFIX_LENGTH = len(CHANNEL_PREFIX)
 
 
 class Busy(Exception):
@@ -43,12 +43,11 @@ class JobNotifier:
         self._closed = threading.Event()
 
     @contextmanager
-    def watch(self, job_id: uuid.UUID) -> Iterator[threading.Event]:
-        """An Event set whenever the job changes; raises `Busy` when no slot is free."""
+    def watch(self, key: str) -> Iterator[threading.Event]:
+        """An Event set whenever `key` changes; raises `Busy` when no slot is free."""
         if not self._slots.acquire(blocking=False):
             raise Busy
         self._ensure_listener()
-        key = str(job_id)
         event = threading.Event()
         with self._lock:
             self._waiters[key].add(event)
@@ -75,7 +74,7 @@ class JobNotifier:
         """Stop the listener (tests; a web process simply exits)."""
         self._closed.set()
         # Any announcement wakes the listener, which then sees it is closed.
-        self._client.publish(job_channel(f"closing-{id(self)}"), "")
+        self._client.publish(channel(f"closing:{id(self)}"), "")
 
     def _listen(self) -> None:
         while not self._closed.is_set():
@@ -99,9 +98,9 @@ class JobNotifier:
             self._wake_all()
             self._closed.wait(1.0)
 
-    def _wake(self, job_id: str) -> None:
+    def _wake(self, key: str) -> None:
         with self._lock:
-            for event in self._waiters.get(job_id, ()):
+            for event in self._waiters.get(key, ()):
                 event.set()
 
     def _wake_all(self) -> None:

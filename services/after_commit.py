@@ -31,14 +31,22 @@ class SendTask:
 
 
 @dataclass(frozen=True)
-class JobChanged:
-    """A job moved to a new status; long-pollers and live tails wake on it."""
+class Announce:
+    """Tell waiting readers (long-polls, live tails) that `key` changed; they re-read."""
 
-    job_id: uuid.UUID
-    status: str
+    key: str
+    payload: str = ""
 
 
-Message = SendTask | JobChanged
+def job_key(job_id: uuid.UUID | str) -> str:
+    return f"job:{job_id}"
+
+
+def events_key(owner_id: uuid.UUID | str) -> str:
+    return f"events:{owner_id}"
+
+
+Message = SendTask | Announce
 Dispatcher = Callable[[Sequence[Message]], None]
 
 
@@ -61,9 +69,16 @@ def install(factory: sessionmaker[Session], dispatch: Dispatcher) -> None:
             session.info.pop(_PENDING, None)
 
 
+CHANNEL_PREFIX = "conveyor:"
+
+
+def channel(key: str) -> str:
+    """The Redis pub/sub channel on which changes of `key` are announced."""
+    return CHANNEL_PREFIX + key
+
+
 def job_channel(job_id: uuid.UUID | str) -> str:
-    """The pub/sub channel on which a job's status changes are announced."""
-    return f"conveyor:job:{job_id}"
+    return channel(job_key(job_id))
 
 
 def make_dispatcher(
@@ -81,7 +96,7 @@ def make_dispatcher(
                 if isinstance(message, SendTask):
                     send_task(message)
                 else:
-                    announce(job_channel(message.job_id), message.status)
+                    announce(channel(message.key), message.payload)
             except Exception as error:
                 on_error(message, error)
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from services import event_store
-from services.after_commit import JobChanged, SendTask, defer
+from services.after_commit import Announce, SendTask, defer, job_key
 from services.event_store import NewEvent
 from services.event_types import EventType, job_stream
 
@@ -34,7 +34,7 @@ def record(
         stream=job_stream(job_id),
         events=[NewEvent(event_type, {"job_id": str(job_id), **data}, metadata)],
     )
-    defer(session, JobChanged(job_id, status))
+    defer(session, Announce(job_key(job_id), status))
 
 
 def publish_run(

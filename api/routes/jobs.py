@@ -17,6 +17,7 @@ from api.request_context import db, end_session
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from services import idempotency, jobs
+from services.after_commit import job_key
 from services.errors import Overloaded
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="Jobs")
@@ -182,7 +183,7 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
     end_session()
     slot = ExitStack()
     try:
-        changed = slot.enter_context(runtime.notifier.watch(job_id))
+        changed = slot.enter_context(runtime.notifier.watch(job_key(job_id)))
     except Busy:
         raise Overloaded("too many open streams; try again shortly", retry_after_s=5) from None
     chunks = job_stream.job_events(

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from services import after_commit
-from services.after_commit import JobChanged, SendTask
+from services.after_commit import Announce, SendTask, job_key
 
 
 @pytest.fixture
@@ -47,6 +47,6 @@ def test_dispatcher_reports_failures_and_continues():
         on_error=lambda message, error: errors.append((message, type(error))),
     )
     job_id = uuid.uuid4()
-    dispatch([SendTask("t", "agents"), JobChanged(job_id, "running")])
+    dispatch([SendTask("t", "agents"), Announce(job_key(job_id), "running")])
     assert errors == [(SendTask("t", "agents"), ConnectionError)]
     assert sent == [(after_commit.job_channel(job_id), "running")]

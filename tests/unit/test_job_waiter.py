@@ -23,7 +23,7 @@ def client(redis_url):
 def notifier(client):
     notifier = JobNotifier(client, slots=2)
     # Start the listener and wait until it is subscribed, so no announcement is missed.
-    with notifier.watch(uuid.uuid4()):
+    with notifier.watch(str(uuid.uuid4())):
         poll(notifier.connected.is_set, timeout=5)
     yield notifier
     notifier.close()
@@ -69,12 +69,12 @@ def test_waiter_does_not_wait_for_terminal_jobs(notifier):
 
 def test_waiters_beyond_the_slots_are_answered_at_once(notifier):
     job = SimpleNamespace(status="queued")
-    with notifier.watch(uuid.uuid4()), notifier.watch(uuid.uuid4()):
-        with pytest.raises(Busy), notifier.watch(uuid.uuid4()):
+    with notifier.watch(str(uuid.uuid4())), notifier.watch(str(uuid.uuid4())):
+        with pytest.raises(Busy), notifier.watch(str(uuid.uuid4())):
             pass
         started = time.monotonic()
         assert wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=10) is job
         assert time.monotonic() - started < 0.5
     # Slots come back when the waiters leave.
-    with notifier.watch(uuid.uuid4()):
+    with notifier.watch(str(uuid.uuid4())):
         pass
