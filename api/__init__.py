@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import auth, problems, request_context
 from api.json_provider import OrjsonProvider
-from api.notifier import JobNotifier
+from api.notifier import Notifier
 from api.openapi import describe_security
 from api.queue_depth import QueueDepth
 from api.routes import agents, health, jobs
@@ -64,7 +64,7 @@ def create_app(
         passwords=passwords or Passwords(),
         job_policy=settings.job_policy(),
         queue_depth=QueueDepth(redis_client, AGENTS_QUEUE),
-        notifier=JobNotifier(redis_client, slots=settings.max_waiting_requests),
+        notifier=Notifier(redis_client, slots=settings.max_waiting_requests),
     )
 
     request_context.install(app)

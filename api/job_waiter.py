@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from api.notifier import Busy, JobNotifier
+from api.notifier import Busy, Notifier
 from models import Job
 from services.after_commit import job_key
 from services.jobs import is_terminal
@@ -20,9 +20,7 @@ ReadJob = Callable[[], Job]
 FALLBACK_POLL_S = 1.0
 
 
-def wait_until_terminal(
-    notifier: JobNotifier, job_id: uuid.UUID, read: ReadJob, wait_s: float
-) -> Job:
+def wait_until_terminal(notifier: Notifier, job_id: uuid.UUID, read: ReadJob, wait_s: float) -> Job:
     """The job once terminal, or as it is when `wait_s` has passed. When every waiting slot
     is taken the current state is answered at once: the client simply polls again."""
     job = read()

@@ -31,7 +31,7 @@ class Busy(Exception):
     """Every waiting slot of this process is taken."""
 
 
-class JobNotifier:
+class Notifier:
     def __init__(self, client: redis.Redis, *, slots: int) -> None:
         self._client = client
         self._slots = threading.BoundedSemaphore(slots)

@@ -10,7 +10,7 @@ from redis.retry import Retry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.notifier import JobNotifier
+from api.notifier import Notifier
 from api.queue_depth import QueueDepth
 from services.job_policy import JobPolicy
 from services.passwords import Passwords
@@ -28,7 +28,7 @@ class Runtime:
     passwords: Passwords
     job_policy: JobPolicy
     queue_depth: QueueDepth
-    notifier: JobNotifier
+    notifier: Notifier
 
 
 def make_redis(url: str, *, timeout_s: float) -> redis.Redis:

@@ -1,7 +1,16 @@
 """The append-only event log: the one function that adds events, and the readers.
 
-Domain events are appended in the same transaction as the state change they describe, so
-the log and the state never disagree.
+Appends to one stream are serialized by a row lock on the stream's row in `streams`, which
+also holds the stream's version: versions are exactly 1..n with no gap or duplicate, and
+`expected_version` is checked under that lock. Domain events are appended in the same
+transaction as the state change they describe.
+
+The owner's feed never skips an event that commits late. Positions come from a sequence
+while transactions are open, so commits can reveal them out of order. The feed therefore
+serves only events of transactions older than every transaction still running
+(`tx_id < pg_snapshot_xmin(pg_current_snapshot())`), in (tx_id, position) order: anything
+that commits later has a larger transaction id and sorts after everything served before.
+A long-running writing transaction delays the feed; it never loses or reorders an event.
 """
 
 from __future__ import annotations
@@ -11,12 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import Event
+from models import Event, Stream
 from models.ids import new_id
-from services.errors import Conflict
+from services.after_commit import Announce, defer, events_key
+from services.errors import Conflict, FieldProblem, InvalidInput
 
 ExpectedVersion = int | Literal["any", "no_stream"]
 
@@ -41,16 +52,25 @@ class WrongExpectedVersion(Conflict):
     title = "Stream version conflict"
 
 
-def stream_version(session: Session, *, owner_id: uuid.UUID, stream: str) -> int:
-    """The version of the last event in the stream; 0 when the stream has none."""
-    return (
-        session.scalar(
-            select(func.coalesce(func.max(Event.version), 0)).where(
-                Event.owner_id == owner_id, Event.stream == stream
-            )
-        )
-        or 0
+class DuplicateEventIds(Conflict):
+    slug = "duplicate-event-ids"
+    title = "Event ids already used"
+
+
+def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str]) -> dict[str, int]:
+    """Lock the rows of these streams (creating missing ones at version 0) and return their
+    versions. Locking in sorted order keeps two batches that share streams from deadlocking."""
+    ordered = sorted(set(names))
+    statement = pg_insert(Stream).values(
+        [{"owner_id": owner_id, "name": name, "version": 0} for name in ordered]
     )
+    rows = session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Stream.owner_id, Stream.name],
+            set_={"version": Stream.version},  # a no-op write that takes the row lock
+        ).returning(Stream.name, Stream.version)
+    )
+    return {name: version for name, version in rows}
 
 
 def append(
@@ -61,27 +81,91 @@ def append(
     events: Sequence[NewEvent],
     expected_version: ExpectedVersion = "any",
 ) -> AppendResult:
-    """Add events at the end of a stream, atomically with the caller's transaction."""
-    current = stream_version(session, owner_id=owner_id, stream=stream)
+    """Add events at the end of a stream, atomically with the caller's transaction.
+
+    Idempotent by `event_id`: when every event of the request was appended before, the
+    first answer is returned and nothing is written.
+    """
+    current = lock_streams(session, owner_id=owner_id, names=[stream])[stream]
+    replay = _replay(session, owner_id, stream, events)
+    if replay is not None:
+        return replay
     _check_expected(current, expected_version)
     rows = [
-        {
-            "event_id": event.event_id or new_id(),
-            "owner_id": owner_id,
-            "stream": stream,
-            "version": current + offset,
-            "type": str(event.type),
-            "data": dict(event.data),
-            "metadata_": dict(event.metadata),
-        }
+        _row(owner_id, stream, current + offset, event)
         for offset, event in enumerate(events, start=1)
     ]
-    positions = list(
-        session.scalars(insert(Event).returning(Event.position, sort_by_parameter_order=True), rows)
-    )
+    positions = insert_rows(session, rows)
+    set_versions(session, owner_id=owner_id, versions={stream: current + len(rows)})
     return AppendResult(
         first_version=current + 1, last_version=current + len(rows), positions=positions
     )
+
+
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert prepared rows in one statement; their positions in the same order."""
+    if not rows:
+        return []
+    statement = insert(Event).returning(Event.position, sort_by_parameter_order=True)
+    positions = list(session.scalars(statement, rows))
+    defer(session, Announce(events_key(rows[0]["owner_id"])))
+    return positions
+
+
+def set_versions(session: Session, *, owner_id: uuid.UUID, versions: Mapping[str, int]) -> None:
+    for name, version in versions.items():
+        session.execute(
+            update(Stream)
+            .where(Stream.owner_id == owner_id, Stream.name == name)
+            .values(version=version, updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+
+
+def existing_events(
+    session: Session, owner_id: uuid.UUID, event_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Event]:
+    if not event_ids:
+        return {}
+    rows = session.scalars(
+        select(Event).where(Event.owner_id == owner_id, Event.event_id.in_(event_ids))
+    )
+    return {row.event_id: row for row in rows}
+
+
+def _replay(
+    session: Session, owner_id: uuid.UUID, stream: str, events: Sequence[NewEvent]
+) -> AppendResult | None:
+    ids = [e.event_id for e in events if e.event_id is not None]
+    found = existing_events(session, owner_id, ids)
+    if not found:
+        return None
+    same_request = len(found) == len(events) == len(ids) and all(
+        found[i].stream == stream for i in ids
+    )
+    if not same_request:
+        raise DuplicateEventIds(
+            "some of these event ids were appended before, but not as this same request",
+            extra={"event_ids": sorted(str(i) for i in found)},
+        )
+    earlier = [found[i] for i in ids]
+    return AppendResult(
+        first_version=earlier[0].version,
+        last_version=earlier[-1].version,
+        positions=[e.position for e in earlier],
+    )
+
+
+def _row(owner_id: uuid.UUID, stream: str, version: int, event: NewEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id or new_id(),
+        "owner_id": owner_id,
+        "stream": stream,
+        "version": version,
+        "type": str(event.type),
+        "data": dict(event.data),
+        "metadata_": dict(event.metadata),
+    }
 
 
 def _check_expected(current: int, expected: ExpectedVersion) -> None:
@@ -93,6 +177,14 @@ def _check_expected(current: int, expected: ExpectedVersion) -> None:
             f"the stream is at version {current}, not {expected}",
             extra={"current_version": current},
         )
+
+
+def stream_version(session: Session, *, owner_id: uuid.UUID, stream: str) -> int:
+    """The version of the last event in the stream; 0 when the stream has none."""
+    version = session.scalar(
+        select(Stream.version).where(Stream.owner_id == owner_id, Stream.name == stream)
+    )
+    return version or 0
 
 
 def read_stream(
@@ -113,3 +205,35 @@ def read_stream(
             .limit(limit)
         )
     )
+
+
+def read_feed(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    after: int = 0,
+    types: Sequence[str] = (),
+    limit: int = 100,
+) -> list[Event]:
+    """The owner's events after position `after` (0: from the start), in commit-safe order.
+
+    `after` must be a position this owner's feed returned; see the module docstring.
+    """
+    query = select(Event).where(
+        Event.owner_id == owner_id,
+        Event.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
+    )
+    if after:
+        cursor = session.execute(
+            select(Event.tx_id, Event.position).where(
+                Event.owner_id == owner_id, Event.position == after
+            )
+        ).one_or_none()
+        if cursor is None:
+            raise InvalidInput(
+                problems=[FieldProblem("after", "not a position of your feed", "query")]
+            )
+        query = query.where(tuple_(Event.tx_id, Event.position) > tuple_(*cursor))
+    if types:
+        query = query.where(Event.type.in_(types))
+    return list(session.scalars(query.order_by(Event.tx_id, Event.position).limit(limit)))

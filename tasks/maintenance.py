@@ -1,7 +1,7 @@
 import structlog
 from celery import shared_task
 
-from services import job_sweeper
+from services import event_batches, job_sweeper
 from tasks.deps import deps_of
 
 log = structlog.get_logger(__name__)
@@ -16,10 +16,14 @@ log = structlog.get_logger(__name__)
     expires=30,
 )
 def sweep_jobs(self) -> int:
-    """End, re-queue or re-publish jobs whose worker or message was lost."""
+    """End, re-queue or re-publish jobs and event batches whose worker or message was lost."""
     deps = deps_of(self)
     with deps.session_factory.begin() as session:
         report = job_sweeper.sweep(session, policy=deps.job_policy)
-    if report.total():
-        log.info("jobs.swept", **{k: len(v) for k, v in vars(report).items() if v})
-    return report.total()
+        batches = event_batches.republish_pending(
+            session, older_than_s=deps.job_policy.republish_after_s
+        )
+    if report.total() or batches:
+        counts = {k: len(v) for k, v in vars(report).items() if v}
+        log.info("swept", event_batches_republished=len(batches), **counts)
+    return report.total() + len(batches)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services import after_commit
 
 QUEUES = ("agents", "events", "webhooks", "maintenance")
-TASK_MODULES = ("tasks.jobs", "tasks.maintenance")
+TASK_MODULES = ("tasks.jobs", "tasks.maintenance", "tasks.events")
 
 
 def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:

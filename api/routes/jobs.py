@@ -1,24 +1,21 @@
 from __future__ import annotations
 
 import uuid
-from contextlib import ExitStack
 
 import orjson
 from apiflask import APIBlueprint
 from flask import Response, current_app, g, request
 
-from api import job_stream, sse
+from api import job_stream, live, sse
 from api.auth import current_principal, require_access_token
 from api.job_waiter import wait_until_terminal
 from api.json_provider import dumps_bytes
-from api.notifier import Busy
 from api.representations import event_json, job_json
 from api.request_context import db, end_session
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from services import idempotency, jobs
 from services.after_commit import job_key
-from services.errors import Overloaded
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="Jobs")
 bp.before_request(require_access_token)
@@ -181,20 +178,10 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
     runtime = _runtime()
     jobs.get(db(), owner_id=owner_id, job_id=job_id)  # 404 before any byte is streamed
     end_session()
-    slot = ExitStack()
-    try:
-        changed = slot.enter_context(runtime.notifier.watch(job_key(job_id)))
-    except Busy:
-        raise Overloaded("too many open streams; try again shortly", retry_after_s=5) from None
-    chunks = job_stream.job_events(
-        runtime.session_factory,
-        changed,
-        runtime.notifier.connected,
-        owner_id=owner_id,
-        job_id=job_id,
-        after_version=sse.last_event_id(),
+    return live.open_tail(
+        runtime.notifier,
+        job_key(job_id),
+        job_stream.job_reader(runtime.session_factory, owner_id=owner_id, job_id=job_id),
+        after=sse.last_event_id(),
         max_s=runtime.settings.max_stream_s,
     )
-    response = sse.streaming_response(chunks)
-    response.call_on_close(slot.close)
-    return response

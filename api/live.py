@@ -1,0 +1,74 @@
+"""Live tails over SSE: read in short sessions, sleep on the notifier between reads.
+
+An open tail holds no database connection. It closes after `max_s` (clients reconnect
+with `Last-Event-ID`), and sends a keepalive comment when nothing happened for a while.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from threading import Event as Signal
+from typing import Any
+
+from flask import Response
+
+from api.notifier import Busy, Notifier
+from api.sse import KEEPALIVE, frame, streaming_response
+from services.errors import Overloaded
+
+KEEPALIVE_S = 15.0
+# Without the notifier's subscription (Redis away), re-read this often instead.
+FALLBACK_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Page:
+    """What one read found: frames as (id, event type, body), and whether the tail is over."""
+
+    frames: list[tuple[int, str, Any]]
+    ended: bool = False
+    full: bool = False
+
+
+Reader = Callable[[int], Page]
+
+
+def tail(
+    read: Reader, changed: Signal, connected: Signal, *, after: int, max_s: float
+) -> Iterator[bytes]:
+    deadline = time.monotonic() + max_s
+    quiet_since = time.monotonic()
+    while True:
+        changed.clear()
+        page = read(after)
+        for event_id, event_type, body in page.frames:
+            after = event_id
+            quiet_since = time.monotonic()
+            yield frame(event_id, event_type, body)
+        if page.ended:
+            return
+        if page.full:
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        changed.wait(min(KEEPALIVE_S if connected.is_set() else FALLBACK_POLL_S, remaining))
+        if time.monotonic() - quiet_since >= KEEPALIVE_S:
+            quiet_since = time.monotonic()
+            yield KEEPALIVE
+
+
+def open_tail(notifier: Notifier, key: str, read: Reader, *, after: int, max_s: float) -> Response:
+    """An SSE response tailing `key`, holding one of the process's waiting slots until the
+    client goes away; 503 when every slot is taken."""
+    slot = ExitStack()
+    try:
+        changed = slot.enter_context(notifier.watch(key))
+    except Busy:
+        raise Overloaded("too many open streams; try again shortly", retry_after_s=5) from None
+    response = streaming_response(tail(read, changed, notifier.connected, after=after, max_s=max_s))
+    response.call_on_close(slot.close)
+    return response

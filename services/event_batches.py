@@ -1,0 +1,185 @@
+"""Batch ingestion: accept up to a thousand events at once, persist them in a worker.
+
+A batch is durable from the moment it is accepted (its events wait in `event_batches`), so
+Redis losing the message or a worker dying mid-batch loses nothing: the batch stays
+`pending` and the sweeper publishes it again. The worker persists a batch in one
+transaction (one multi-row INSERT for all its events), so a retry either finds it done or
+does it whole: nothing is duplicated. Events are idempotent by `event_id` across batches.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models import EventBatch
+from models.ids import new_id
+from services import event_store
+from services.after_commit import SendTask, defer
+from services.errors import NotFound
+from services.event_store import NewEvent
+from services.job_transitions import seconds
+
+PERSIST_TASK = "conveyor.events.persist_batch"
+EVENTS_QUEUE = "events"
+
+
+def accept(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    events: Sequence[tuple[str, NewEvent]],
+    correlation_id: str | None = None,
+) -> EventBatch:
+    """Store a validated batch of (stream, event) and ask a worker to persist it."""
+    stored = [
+        {
+            "stream": stream,
+            "type": str(event.type),
+            "data": dict(event.data),
+            "metadata": dict(event.metadata),
+            # Fixed now, so that persisting twice can only find the same ids.
+            "event_id": str(event.event_id or new_id()),
+        }
+        for stream, event in events
+    ]
+    batch = EventBatch(
+        owner_id=owner_id, status="pending", events=stored, correlation_id=correlation_id
+    )
+    session.add(batch)
+    session.flush()
+    defer(session, SendTask(PERSIST_TASK, EVENTS_QUEUE, (str(batch.id),)))
+    return batch
+
+
+def get(session: Session, *, owner_id: uuid.UUID, batch_id: uuid.UUID) -> EventBatch:
+    batch = session.get(EventBatch, batch_id, populate_existing=True)
+    if batch is None or batch.owner_id != owner_id:
+        raise NotFound("no receipt with this id")
+    return batch
+
+
+def persist(session: Session, batch_id: uuid.UUID) -> str | None:
+    """Persist a pending batch; its new status, or None when there is nothing to do."""
+    batch = session.scalar(
+        select(EventBatch)
+        .where(EventBatch.id == batch_id, EventBatch.status == "pending")
+        .with_for_update(skip_locked=True)
+    )
+    if batch is None:
+        return None
+    owner_id = batch.owner_id
+    incoming = batch.events
+    versions = event_store.lock_streams(
+        session, owner_id=owner_id, names=[e["stream"] for e in incoming]
+    )
+    ids = [uuid.UUID(e["event_id"]) for e in incoming]
+    found = event_store.existing_events(session, owner_id, ids)
+
+    results: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    rejected = False
+    seen: set[uuid.UUID] = set()
+    for event_id, event in zip(ids, incoming, strict=True):
+        earlier = found.get(event_id)
+        if event_id in seen:
+            results.append(_rejection(event_id, "the same event_id appears twice in this batch"))
+            rejected = True
+        elif earlier is not None and earlier.stream == event["stream"]:
+            results.append(_result(event_id, "duplicate", earlier.stream, earlier.version))
+            results[-1]["position"] = earlier.position
+        elif earlier is not None:
+            results.append(
+                _rejection(event_id, f"this event_id was appended to stream {earlier.stream!r}")
+            )
+            rejected = True
+        else:
+            versions[event["stream"]] += 1
+            version = versions[event["stream"]]
+            rows.append(
+                {
+                    "event_id": event_id,
+                    "owner_id": owner_id,
+                    "stream": event["stream"],
+                    "version": version,
+                    "type": event["type"],
+                    "data": event["data"],
+                    "metadata_": event["metadata"],
+                }
+            )
+            results.append(_result(event_id, "persisted", event["stream"], version))
+        seen.add(event_id)
+
+    if rejected:
+        # All or nothing: a client fixes the batch and sends it again whole.
+        for result in results:
+            if result["status"] != "rejected":
+                result.update(
+                    status="not_persisted", reason="another event of the batch was rejected"
+                )
+                result.pop("version", None)
+                result.pop("position", None)
+        return _close(session, batch, "rejected", results)
+
+    positions = iter(event_store.insert_rows(session, rows))
+    for result in results:
+        if result["status"] == "persisted":
+            result["position"] = next(positions)
+    event_store.set_versions(
+        session,
+        owner_id=owner_id,
+        versions={row["stream"]: _last_version(rows, row["stream"]) for row in rows},
+    )
+    return _close(session, batch, "persisted", results)
+
+
+def republish_pending(session: Session, *, older_than_s: int, batch: int = 200) -> list[uuid.UUID]:
+    """Publish again batches still pending after a while: their message may be lost."""
+    stale = (
+        select(EventBatch.id)
+        .where(
+            EventBatch.status == "pending",
+            EventBatch.updated_at < func.now() - seconds(older_than_s),
+        )
+        .order_by(EventBatch.updated_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(
+        session.scalars(
+            update(EventBatch)
+            .where(EventBatch.id.in_(stale.scalar_subquery()))
+            .values(updated_at=func.now())
+            .returning(EventBatch.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for batch_id in ids:
+        defer(session, SendTask(PERSIST_TASK, EVENTS_QUEUE, (str(batch_id),)))
+    return ids
+
+
+def _close(session: Session, batch: EventBatch, status: str, results: list[dict[str, Any]]) -> str:
+    batch.status = status
+    batch.results = results
+    if status == "persisted":
+        batch.persisted_at = func.now()
+    batch.updated_at = func.now()
+    session.flush()
+    return status
+
+
+def _result(event_id: uuid.UUID, status: str, stream: str, version: int) -> dict[str, Any]:
+    return {"event_id": str(event_id), "status": status, "stream": stream, "version": version}
+
+
+def _rejection(event_id: uuid.UUID, reason: str) -> dict[str, Any]:
+    return {"event_id": str(event_id), "status": "rejected", "reason": reason}
+
+
+def _last_version(rows: list[dict[str, Any]], stream: str) -> int:
+    return max(int(row["version"]) for row in rows if row["stream"] == stream)

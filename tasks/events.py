@@ -1,0 +1,20 @@
+import uuid
+
+from celery import shared_task
+
+from services import event_batches
+from tasks.deps import deps_of
+
+
+@shared_task(
+    name="conveyor.events.persist_batch",
+    queue="events",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def persist_batch(self, batch_id: str) -> str | None:
+    """Persist an accepted batch in one transaction; a repeat finds it done."""
+    with deps_of(self).session_factory.begin() as session:
+        return event_batches.persist(session, uuid.UUID(batch_id))
