@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from api.job_waiter import wait_until_terminal
-from api.notifier import Busy, JobNotifier
+from api.notifier import Busy, Notifier
 from services.after_commit import job_channel
 from tests.helpers import poll
 
@@ -21,7 +21,7 @@ def client(redis_url):
 
 @pytest.fixture
 def notifier(client):
-    notifier = JobNotifier(client, slots=2)
+    notifier = Notifier(client, slots=2)
     # Start the listener and wait until it is subscribed, so no announcement is missed.
     with notifier.watch(str(uuid.uuid4())):
         poll(notifier.connected.is_set, timeout=5)
