@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     # gunicorn's threads per worker so short requests always find a thread.
     max_waiting_requests: int = Field(default=24, ge=1)
     max_stream_s: float = Field(default=300.0, gt=0)
+    event_max_data_bytes: int = Field(default=64 * 1024, ge=1024)
 
     # Job execution.
     job_default_timeout_s: int = Field(default=300, ge=1)
@@ -75,6 +76,14 @@ class Settings(BaseSettings):
     # Fault tests only: "exit_before_publish" kills the process right after a commit, before
     # its Celery messages are published. Refused in production.
     fault_injection: Literal["exit_before_publish"] | None = None
+
+    # Documents. Content is counted in UTF-8 bytes; keep it below MAX_BODY_BYTES, which
+    # bounds the whole JSON request (escaping can make a body larger than its content).
+    document_max_content_bytes: int = Field(default=1024 * 1024, ge=1)
+    document_max_title_length: int = Field(default=500, ge=1, le=10_000)
+    document_max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
+    # Per web process: serialized current versions of hot documents; 0 turns the cache off.
+    document_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

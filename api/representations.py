@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models import Agent, Event, Job, User
+from models import Agent, Event, EventBatch, Job, User
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -58,6 +58,16 @@ def event_json(event: Event) -> dict[str, Any]:
         "data": event.data,
         "metadata": event.metadata_,
         "recorded_at": event.recorded_at,
+    }
+
+
+def receipt_json(batch: EventBatch) -> dict[str, Any]:
+    return {
+        "receipt_id": batch.id,
+        "status": batch.status,
+        "results": batch.results,
+        "accepted_at": batch.created_at,
+        "persisted_at": batch.persisted_at,
     }
 
 

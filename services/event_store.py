@@ -224,16 +224,15 @@ def read_feed(
         Event.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
     )
     if after:
-        cursor = session.execute(
-            select(Event.tx_id, Event.position).where(
-                Event.owner_id == owner_id, Event.position == after
-            )
-        ).one_or_none()
-        if cursor is None:
+        # The cursor's transaction id stays in SQL: it is compared, never sent back.
+        cursor = select(Event.tx_id, Event.position).where(
+            Event.owner_id == owner_id, Event.position == after
+        )
+        if session.scalar(select(cursor.exists())) is False:
             raise InvalidInput(
                 problems=[FieldProblem("after", "not a position of your feed", "query")]
             )
-        query = query.where(tuple_(Event.tx_id, Event.position) > tuple_(*cursor))
+        query = query.where(tuple_(Event.tx_id, Event.position) > cursor.scalar_subquery())
     if types:
         query = query.where(Event.type.in_(types))
     return list(session.scalars(query.order_by(Event.tx_id, Event.position).limit(limit)))

@@ -1,0 +1,248 @@
+"""Streams, the owner's feed, and batch ingestion."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+
+from apiflask import APIBlueprint
+from flask import Response, current_app, g
+from sqlalchemy.orm import Session
+
+from api import live, sse
+from api.auth import current_principal, require_access_token
+from api.json_provider import dumps_bytes
+from api.representations import event_json, receipt_json
+from api.request_context import db, end_session
+from api.schemas.common import PageOut
+from api.schemas.events import (
+    STREAM_PATTERN,
+    AppendIn,
+    AppendOut,
+    BatchEventIn,
+    BatchIn,
+    EventIn,
+    FeedQuery,
+    ReceiptOut,
+    StreamQuery,
+)
+from models import Event
+from services import event_batches, event_store
+from services.after_commit import events_key
+from services.errors import FieldProblem, InvalidInput
+from services.event_store import NewEvent
+
+bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
+bp.before_request(require_access_token)
+
+# Streams the server writes itself: clients read them but cannot forge their events.
+RESERVED_PREFIXES = ("job-", "document-")
+PAGE = 200
+
+
+def _runtime():  # type: ignore[no-untyped-def]
+    return current_app.extensions["conveyor"]
+
+
+@bp.post("/streams/<stream>/events")
+@bp.input(AppendIn, arg_name="body")
+@bp.output(AppendOut, status_code=201)
+@bp.doc(
+    summary="Append events to a stream",
+    description="`expected_version` (a version, `any` or `no_stream`) guards against "
+    "concurrent writers: 409 with `current_version` when it does not match. Sending the same "
+    "events (same `event_id`s) again writes nothing and answers as the first time.",
+    responses=[201, 409, 422],
+)
+def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
+    _check_stream(stream, writing=True)
+    _check_sizes(body.events)
+    result = event_store.append(
+        db(),
+        owner_id=current_principal().user_id,
+        stream=stream,
+        events=[_new_event(e) for e in body.events],
+        expected_version=body.expected_version,
+    )
+    return (
+        {
+            "first_version": result.first_version,
+            "last_version": result.last_version,
+            "positions": result.positions,
+        },
+        201,
+    )
+
+
+@bp.get("/streams/<stream>/events")
+@bp.input(StreamQuery, location="query", arg_name="query")
+@bp.output(PageOut)
+@bp.doc(
+    summary="A stream's events in version order",
+    description="With `Accept: text/event-stream`, tails the stream live from the version "
+    "after `Last-Event-ID` (or `from_version`).",
+)
+def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def]
+    _check_stream(stream, writing=False)
+    owner_id = current_principal().user_id
+    if sse.wants_stream():
+        return _tail_stream(owner_id, stream, sse.last_event_id() or query.from_version - 1)
+    rows = event_store.read_stream(
+        db(),
+        owner_id=owner_id,
+        stream=stream,
+        from_version=query.from_version,
+        limit=query.limit + 1,
+    )
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return {
+        "items": [event_json(e) for e in rows],
+        "next_cursor": str(rows[-1].version + 1) if more else None,
+    }
+
+
+@bp.get("/events")
+@bp.input(FeedQuery, location="query", arg_name="query")
+@bp.output(PageOut)
+@bp.doc(
+    summary="The caller's global feed",
+    description="Page with `after=<position>` (the last position you received; "
+    "`next_cursor` gives it). A reader that pages this way never skips an event, even one "
+    "whose transaction commits late. `type` filters by comma-separated event types. With "
+    "`Accept: text/event-stream`, tails the feed live from `Last-Event-ID` (a position).",
+)
+def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
+    owner_id = current_principal().user_id
+    types = _types(query.type)
+    if sse.wants_stream():
+        return _tail_feed(owner_id, types, sse.last_event_id() or query.after)
+    rows = event_store.read_feed(
+        db(), owner_id=owner_id, after=query.after, types=types, limit=query.limit
+    )
+    return {
+        "items": [event_json(e) for e in rows],
+        "next_cursor": str(rows[-1].position) if rows else None,
+    }
+
+
+@bp.post("/events/batch")
+@bp.input(BatchIn, arg_name="body")
+@bp.output(ReceiptOut, status_code=202)
+@bp.doc(
+    summary="Accept up to 1000 events for several streams; workers persist them",
+    description="The answer's receipt reports `pending`, then `persisted` (with versions and "
+    "positions) or `rejected` (with a reason per event). A batch is persisted whole or not "
+    "at all; events are idempotent by `event_id`.",
+    responses=[202, 422],
+)
+def batch(body: BatchIn):  # type: ignore[no-untyped-def]
+    for event in body.events:
+        _check_stream(event.stream, writing=True)
+    _check_sizes(body.events)
+    accepted = event_batches.accept(
+        db(),
+        owner_id=current_principal().user_id,
+        events=[(e.stream, _new_event(e)) for e in body.events],
+        correlation_id=g.request_id,
+    )
+    db().flush()
+    body_bytes = dumps_bytes(receipt_json(accepted))
+    response = Response(body_bytes, status=202, mimetype="application/json")
+    response.headers["Location"] = f"/v1/events/receipts/{accepted.id}"
+    return response
+
+
+@bp.get("/events/receipts/<uuid:receipt_id>")
+@bp.output(ReceiptOut)
+@bp.doc(summary="The state of an accepted batch", responses=[200, 404])
+def receipt(receipt_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    found = event_batches.get(db(), owner_id=current_principal().user_id, batch_id=receipt_id)
+    return receipt_json(found)
+
+
+def _tail_stream(owner_id: uuid.UUID, stream: str, after: int) -> Response:
+    def fetch(session: Session, after_version: int) -> list[Event]:
+        return event_store.read_stream(
+            session, owner_id=owner_id, stream=stream, from_version=after_version + 1, limit=PAGE
+        )
+
+    return _tail(owner_id, after, fetch, cursor=lambda event: event.version)
+
+
+def _tail_feed(owner_id: uuid.UUID, types: list[str], after: int) -> Response:
+    if after:
+        event_store.read_feed(db(), owner_id=owner_id, after=after, limit=1)  # 422 on a bad cursor
+
+    def fetch(session: Session, after_position: int) -> list[Event]:
+        return event_store.read_feed(
+            session, owner_id=owner_id, after=after_position, types=types, limit=PAGE
+        )
+
+    return _tail(owner_id, after, fetch, cursor=lambda event: event.position)
+
+
+def _tail(
+    owner_id: uuid.UUID,
+    after: int,
+    fetch: Callable[[Session, int], list[Event]],
+    *,
+    cursor: Callable[[Event], int],
+) -> Response:
+    """Tail the owner's events live; `cursor` is what `Last-Event-ID` carries."""
+    runtime = _runtime()
+    end_session()
+
+    def read(after_cursor: int) -> live.Page:
+        with runtime.session_factory() as session:
+            rows = fetch(session, after_cursor)
+        frames = [(cursor(event), event.type, event_json(event)) for event in rows]
+        return live.Page(frames, full=len(rows) == PAGE)
+
+    return live.open_tail(
+        runtime.notifier,
+        events_key(owner_id),
+        read,
+        after=after,
+        max_s=runtime.settings.max_stream_s,
+    )
+
+
+def _check_stream(stream: str, *, writing: bool) -> None:
+    if not re.fullmatch(STREAM_PATTERN, stream):
+        raise InvalidInput(
+            problems=[
+                FieldProblem("stream", "1 to 200 letters, digits, '.', '_', '-' or ':'", "path")
+            ]
+        )
+    if writing and stream.startswith(RESERVED_PREFIXES):
+        raise InvalidInput(
+            problems=[
+                FieldProblem(
+                    "stream",
+                    f"streams starting with {', '.join(RESERVED_PREFIXES)} are written by the "
+                    "server only",
+                    "path",
+                )
+            ]
+        )
+
+
+def _check_sizes(events: list[EventIn] | list[BatchEventIn]) -> None:
+    limit = _runtime().settings.event_max_data_bytes
+    problems = [
+        FieldProblem(f"events.{i}.data", f"must be at most {limit} bytes as JSON")
+        for i, event in enumerate(events)
+        if len(dumps_bytes(event.data)) > limit
+    ]
+    if problems:
+        raise InvalidInput(problems=problems)
+
+
+def _types(raw: str | None) -> list[str]:
+    return [t.strip() for t in raw.split(",") if t.strip()] if raw else []
+
+
+def _new_event(event: EventIn) -> NewEvent:
+    return NewEvent(event.type, event.data, event.metadata, event.event_id)

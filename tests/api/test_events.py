@@ -1,0 +1,175 @@
+"""Streams, idempotency, limits and batch receipts through the HTTP API."""
+
+import uuid
+
+import pytest
+
+from services import event_batches
+
+
+def append(client, stream, *types, expected="any", ids=None, status=201):
+    events = [
+        {"type": t, "data": {"n": i}, **({"event_id": ids[i]} if ids else {})}
+        for i, t in enumerate(types)
+    ]
+    response = client.post(
+        f"/v1/streams/{stream}/events", json={"events": events, "expected_version": expected}
+    )
+    assert response.status_code == status, response.json
+    return response.json
+
+
+def test_append_and_read_a_stream(alice):
+    first = append(alice, "orders-1", "order.placed", "order.paid")
+    assert first["first_version"] == 1 and first["last_version"] == 2
+    assert first["positions"] == sorted(first["positions"])
+    second = append(alice, "orders-1", "order.shipped", expected=2)
+    assert second["first_version"] == 3
+    items = alice.get("/v1/streams/orders-1/events").json["items"]
+    assert [e["type"] for e in items] == ["order.placed", "order.paid", "order.shipped"]
+    assert [e["version"] for e in items] == [1, 2, 3]
+    page = alice.get("/v1/streams/orders-1/events?from_version=2&limit=1").json
+    assert [e["version"] for e in page["items"]] == [2] and page["next_cursor"] == "3"
+
+
+def test_expected_version_conflict_is_409_with_the_current_version(alice):
+    append(alice, "s", "a", "b")
+    conflict = append(alice, "s", "c", expected=1, status=409)
+    assert conflict["current_version"] == 2
+    assert conflict["type"] == "/problems/wrong-expected-version"
+    assert append(alice, "s", "c", expected="no_stream", status=409)["current_version"] == 2
+    assert append(alice, "new-stream", "x", expected="no_stream")["first_version"] == 1
+    assert len(alice.get("/v1/streams/s/events").json["items"]) == 2
+
+
+def test_same_event_ids_again_write_nothing_and_answer_as_before(alice):
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    first = append(alice, "idem", "a", "b", ids=ids)
+    again = append(alice, "idem", "a", "b", ids=ids, expected=0)
+    assert again == first
+    assert len(alice.get("/v1/streams/idem/events").json["items"]) == 2
+
+
+def test_reusing_some_event_ids_in_another_request_is_409(alice):
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    append(alice, "idem2", "a", ids=ids[:1])
+    assert (
+        append(alice, "idem2", "a", "b", ids=ids, status=409)["type"]
+        == "/problems/duplicate-event-ids"
+    )
+    assert append(alice, "other", "a", ids=ids[:1], status=409)
+
+
+@pytest.mark.parametrize("stream", ["job-123", "document-abc"])
+def test_server_streams_cannot_be_written_by_clients(alice, stream):
+    body = append(alice, stream, "forged", status=422)
+    assert body["errors"][0]["field"] == "stream"
+
+
+@pytest.mark.parametrize("stream", ["has space", "x" * 201, "emoji-\u2603"])
+def test_bad_stream_names_are_422(alice, stream):
+    response = alice.post(
+        f"/v1/streams/{stream}/events", json={"events": [{"type": "a", "data": {}}]}
+    )
+    assert response.status_code in (404, 422)
+    assert response.mimetype == "application/problem+json"
+
+
+def test_event_limits(alice, app):
+    limit = app.extensions["conveyor"].settings.event_max_data_bytes
+    big = {"events": [{"type": "a", "data": {"blob": "x" * limit}}]}
+    assert alice.post("/v1/streams/big/events", json=big).status_code == 422
+    assert alice.post("/v1/streams/big/events", json={"events": []}).status_code == 422
+    bad_type = {"events": [{"type": "has space", "data": {}}]}
+    assert alice.post("/v1/streams/big/events", json=bad_type).status_code == 422
+    extra = {"events": [{"type": "a", "data": {}, "version": 7}]}
+    assert alice.post("/v1/streams/big/events", json=extra).status_code == 422
+    assert alice.get("/v1/streams/big/events").json["items"] == []
+
+
+def test_streams_are_private(alice, bob):
+    append(alice, "secret", "a")
+    assert bob.get("/v1/streams/secret/events").json["items"] == []
+    # Bob's stream of the same name is his own, from version 1.
+    assert append(bob, "secret", "b")["first_version"] == 1
+    assert len(alice.get("/v1/streams/secret/events").json["items"]) == 1
+
+
+def test_batch_is_accepted_then_persisted_with_results(alice, session):
+    events = [
+        {"stream": "b-1", "type": "t", "data": {"i": 0}},
+        {"stream": "b-2", "type": "t", "data": {"i": 1}},
+        {"stream": "b-1", "type": "t", "data": {"i": 2}},
+    ]
+    response = alice.post("/v1/events/batch", json={"events": events})
+    assert response.status_code == 202
+    receipt = response.json
+    assert receipt["status"] == "pending" and receipt["results"] is None
+    url = response.headers["Location"]
+    assert url == f"/v1/events/receipts/{receipt['receipt_id']}"
+
+    assert event_batches.persist(session, uuid.UUID(receipt["receipt_id"])) == "persisted"
+    assert event_batches.persist(session, uuid.UUID(receipt["receipt_id"])) is None
+    done = alice.get(url).json
+    assert done["status"] == "persisted" and done["persisted_at"]
+    assert [(r["stream"], r["version"], r["status"]) for r in done["results"]] == [
+        ("b-1", 1, "persisted"),
+        ("b-2", 1, "persisted"),
+        ("b-1", 2, "persisted"),
+    ]
+    stream = alice.get("/v1/streams/b-1/events").json["items"]
+    assert [e["data"]["i"] for e in stream] == [0, 2]
+    assert [e["position"] for e in stream] == [
+        done["results"][0]["position"],
+        done["results"][2]["position"],
+    ]
+
+
+def test_batch_events_already_appended_are_duplicates_not_copies(alice, session):
+    event_id = str(uuid.uuid4())
+    append(alice, "dup", "t", ids=[event_id])
+    body = {"events": [{"stream": "dup", "type": "t", "data": {}, "event_id": event_id}]}
+    receipt = alice.post("/v1/events/batch", json=body).json
+    event_batches.persist(session, uuid.UUID(receipt["receipt_id"]))
+    done = alice.get(f"/v1/events/receipts/{receipt['receipt_id']}").json
+    assert done["status"] == "persisted" and done["results"][0]["status"] == "duplicate"
+    assert len(alice.get("/v1/streams/dup/events").json["items"]) == 1
+
+
+def test_a_batch_with_a_conflicting_event_is_rejected_whole(alice, session):
+    event_id = str(uuid.uuid4())
+    append(alice, "elsewhere", "t", ids=[event_id])
+    body = {
+        "events": [
+            {"stream": "fresh", "type": "t", "data": {}},
+            {"stream": "other", "type": "t", "data": {}, "event_id": event_id},
+        ]
+    }
+    receipt = alice.post("/v1/events/batch", json=body).json
+    assert event_batches.persist(session, uuid.UUID(receipt["receipt_id"])) == "rejected"
+    done = alice.get(f"/v1/events/receipts/{receipt['receipt_id']}").json
+    assert [r["status"] for r in done["results"]] == ["not_persisted", "rejected"]
+    assert "elsewhere" in done["results"][1]["reason"]
+    assert alice.get("/v1/streams/fresh/events").json["items"] == []
+
+
+def test_batch_limits(alice):
+    too_many = {"events": [{"stream": "s", "type": "t", "data": {}}] * 1001}
+    assert alice.post("/v1/events/batch", json=too_many).status_code == 422
+    reserved = {"events": [{"stream": "job-x", "type": "t", "data": {}}]}
+    assert alice.post("/v1/events/batch", json=reserved).status_code == 422
+    assert alice.post("/v1/events/batch", json={"events": []}).status_code == 422
+
+
+def test_receipts_are_private(alice, bob):
+    receipt = alice.post(
+        "/v1/events/batch", json={"events": [{"stream": "s", "type": "t", "data": {}}]}
+    ).json
+    assert bob.get(f"/v1/events/receipts/{receipt['receipt_id']}").status_code == 404
+
+
+def test_feed_cursor_must_be_the_owners(alice, bob):
+    first = append(alice, "mine", "a")
+    response = bob.get(f"/v1/events?after={first['positions'][0]}")
+    assert response.status_code == 422
+    assert response.json["errors"][0]["field"] == "after"

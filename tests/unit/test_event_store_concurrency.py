@@ -1,0 +1,185 @@
+"""The event store under real concurrency: committed transactions on separate connections."""
+
+import random
+import threading
+import time
+import uuid
+
+import pytest
+from sqlalchemy import func, select, text
+
+from models import Event
+from models.db import make_session_factory
+from services import event_store, users
+from services.event_store import NewEvent
+from tests.conftest import FAST_PASSWORDS
+
+WRITERS = 4
+APPENDS_PER_WRITER = 25
+
+
+@pytest.fixture
+def committed(engine):
+    """Sessions that really commit, as the API's and workers' do."""
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def owner(committed):
+    with committed.begin() as session:
+        user = users.register(
+            session,
+            email=f"{uuid.uuid4().hex}@example.com",
+            password="p" * 12,
+            passwords=FAST_PASSWORDS,
+        )
+    return user.id
+
+
+def run_threads(target, count):
+    errors = []
+
+    def guarded(index):
+        try:
+            target(index)
+        except Exception as error:  # surfaced in the main thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+
+
+def test_concurrent_appenders_get_versions_one_to_n(committed, owner):
+    def writer(index):
+        for n in range(APPENDS_PER_WRITER):
+            with committed.begin() as session:
+                event_store.append(
+                    session,
+                    owner_id=owner,
+                    stream="contended",
+                    events=[NewEvent("tick", {"writer": index, "n": n})],
+                )
+
+    run_threads(writer, WRITERS)
+    with committed() as session:
+        versions = list(
+            session.scalars(
+                select(Event.version)
+                .where(Event.owner_id == owner, Event.stream == "contended")
+                .order_by(Event.version)
+            )
+        )
+        total = WRITERS * APPENDS_PER_WRITER
+        assert versions == list(range(1, total + 1))
+        assert event_store.stream_version(session, owner_id=owner, stream="contended") == total
+
+
+def test_expected_version_lets_exactly_one_of_racing_writers_win(committed, owner):
+    with committed.begin() as session:
+        event_store.append(session, owner_id=owner, stream="race", events=[NewEvent("a", {})])
+    outcomes = []
+
+    def writer(index):
+        try:
+            with committed.begin() as session:
+                event_store.append(
+                    session,
+                    owner_id=owner,
+                    stream="race",
+                    events=[NewEvent("b", {"writer": index})],
+                    expected_version=1,
+                )
+            outcomes.append("won")
+        except event_store.WrongExpectedVersion:
+            outcomes.append("conflict")
+
+    run_threads(writer, 6)
+    assert sorted(outcomes) == ["conflict"] * 5 + ["won"]
+
+
+def test_feed_reader_sees_every_event_exactly_once_under_out_of_order_commits(committed, owner):
+    """Writers take their transaction id early and hold their transactions open for random
+    short times, so positions become visible out of order. A reader paging by `after` must
+    still see every event exactly once."""
+    expected = WRITERS * APPENDS_PER_WRITER
+    done = threading.Event()
+    seen: list[uuid.UUID] = []
+    naive_seen: set[uuid.UUID] = set()
+
+    def writer(index):
+        rng = random.Random(index)
+        for n in range(APPENDS_PER_WRITER):
+            with committed.begin() as session:
+                session.execute(text("SELECT pg_current_xact_id()"))  # an xid before the position
+                time.sleep(rng.uniform(0, 0.004))  # simulated work inside the transaction
+                event_store.append(
+                    session,
+                    owner_id=owner,
+                    stream=f"w-{index}",
+                    events=[NewEvent("tick", {"writer": index, "n": n})],
+                )
+                time.sleep(rng.uniform(0, 0.004))
+
+    def reader():
+        after = 0
+        naive_after = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with committed() as session:
+                page = event_store.read_feed(session, owner_id=owner, after=after, limit=50)
+                # What a reader trusting positions alone would get: it can skip late commits.
+                naive = list(
+                    session.scalars(
+                        select(Event)
+                        .where(Event.owner_id == owner, Event.position > naive_after)
+                        .order_by(Event.position)
+                        .limit(50)
+                    )
+                )
+            seen.extend(event.event_id for event in page)
+            if page:
+                after = page[-1].position
+            naive_seen.update(event.event_id for event in naive)
+            if naive:
+                naive_after = naive[-1].position
+            if done.is_set() and not page and len(seen) >= expected:
+                return
+
+    reading = threading.Thread(target=reader)
+    reading.start()
+    run_threads(writer, WRITERS)
+    done.set()
+    reading.join(timeout=90)
+
+    with committed() as session:
+        all_ids = set(session.scalars(select(Event.event_id).where(Event.owner_id == owner)))
+    assert len(all_ids) == expected
+    assert len(seen) == len(set(seen)), "an event was served twice"
+    assert set(seen) == all_ids, f"the reader missed {len(all_ids - set(seen))} events"
+    print(f"naive position reader missed {len(all_ids - naive_seen)} of {expected} events")
+
+
+def test_feed_holds_back_events_of_an_older_open_transaction(committed, owner, engine):
+    with committed.begin() as session:
+        event_store.append(session, owner_id=owner, stream="a", events=[NewEvent("first", {})])
+    with engine.connect() as older:
+        older.execute(text("SELECT pg_current_xact_id()"))  # an open writing transaction
+        with committed.begin() as session:
+            event_store.append(session, owner_id=owner, stream="b", events=[NewEvent("later", {})])
+        with committed() as session:
+            visible = [e.type for e in event_store.read_feed(session, owner_id=owner)]
+        assert visible == ["first"]
+        older.rollback()
+    with committed() as session:
+        assert [e.type for e in event_store.read_feed(session, owner_id=owner)] == [
+            "first",
+            "later",
+        ]
+        count = session.scalar(
+            select(func.count()).select_from(Event).where(Event.owner_id == owner)
+        )
+        assert count == 2
