@@ -108,7 +108,7 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
                     "version": version,
                     "type": event["type"],
                     "data": event["data"],
-                    "metadata_": event["metadata"],
+                    "metadata": event["metadata"],
                 }
             )
             results.append(_result(event_id, "persisted", event["stream"], version))
@@ -125,14 +125,13 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
                 result.pop("position", None)
         return _close(session, batch, "rejected", results)
 
-    positions = iter(event_store.insert_rows(session, rows))
+    positions = iter(event_store.insert_rows(session, owner_id, rows))
     for result in results:
         if result["status"] == "persisted":
             result["position"] = next(positions)
+    touched = {row["stream"] for row in rows}
     event_store.set_versions(
-        session,
-        owner_id=owner_id,
-        versions={row["stream"]: _last_version(rows, row["stream"]) for row in rows},
+        session, owner_id=owner_id, versions={name: versions[name] for name in touched}
     )
     return _close(session, batch, "persisted", results)
 
@@ -179,7 +178,3 @@ def _result(event_id: uuid.UUID, status: str, stream: str, version: int) -> dict
 
 def _rejection(event_id: uuid.UUID, reason: str) -> dict[str, Any]:
     return {"event_id": str(event_id), "status": "rejected", "reason": reason}
-
-
-def _last_version(rows: list[dict[str, Any]], stream: str) -> int:
-    return max(int(row["version"]) for row in rows if row["stream"] == stream)

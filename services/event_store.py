@@ -20,7 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import func, insert, select, tuple_, update
+import orjson
+from sqlalchemy import any_, cast, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -95,31 +98,50 @@ def append(
         _row(owner_id, stream, current + offset, event)
         for offset, event in enumerate(events, start=1)
     ]
-    positions = insert_rows(session, rows)
+    positions = insert_rows(session, owner_id, rows)
     set_versions(session, owner_id=owner_id, versions={stream: current + len(rows)})
     return AppendResult(
         first_version=current + 1, last_version=current + len(rows), positions=positions
     )
 
 
-def insert_rows(session: Session, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert prepared rows in one statement; their positions in the same order."""
+# One statement for any number of events: the rows travel as one JSON document that the
+# server unpacks. Binding parameters per row (or per-row array elements) cost the client
+# far more than the insert costs the server, and dominated batch ingestion.
+_INSERT_ROWS = text(
+    """
+    INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
+    SELECT e.event_id, :owner_id, e.stream, e.version, e.type, e.data, e.metadata
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS e(event_id uuid, stream text, version int, type text, data jsonb, metadata jsonb)
+    RETURNING event_id, position
+    """
+)
+_SET_VERSIONS = text(
+    """
+    UPDATE streams SET version = v.version, updated_at = now()
+    FROM unnest(CAST(:names AS text[]), CAST(:versions AS int[])) AS v(name, version)
+    WHERE streams.owner_id = :owner_id AND streams.name = v.name
+    """
+)
+
+
+def insert_rows(session: Session, owner_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert prepared rows of one owner in one statement; their positions in row order."""
     if not rows:
         return []
-    statement = insert(Event).returning(Event.position, sort_by_parameter_order=True)
-    positions = list(session.scalars(statement, rows))
-    defer(session, Announce(events_key(rows[0]["owner_id"])))
-    return positions
+    payload = orjson.dumps(rows, default=str).decode()
+    result = session.execute(_INSERT_ROWS, {"owner_id": owner_id, "rows": payload})
+    position_of = {str(event_id): position for event_id, position in result}
+    defer(session, Announce(events_key(owner_id)))
+    return [position_of[str(row["event_id"])] for row in rows]
 
 
 def set_versions(session: Session, *, owner_id: uuid.UUID, versions: Mapping[str, int]) -> None:
-    for name, version in versions.items():
-        session.execute(
-            update(Stream)
-            .where(Stream.owner_id == owner_id, Stream.name == name)
-            .values(version=version, updated_at=func.now())
-            .execution_options(synchronize_session=False)
-        )
+    session.execute(
+        _SET_VERSIONS,
+        {"owner_id": owner_id, "names": list(versions), "versions": list(versions.values())},
+    )
 
 
 def existing_events(
@@ -127,8 +149,12 @@ def existing_events(
 ) -> dict[uuid.UUID, Event]:
     if not event_ids:
         return {}
+    # As text, one parameter: cheaper to bind than an array of a thousand UUIDs.
+    wanted = func.string_to_array(",".join(str(i) for i in event_ids), ",")
     rows = session.scalars(
-        select(Event).where(Event.owner_id == owner_id, Event.event_id.in_(event_ids))
+        select(Event).where(
+            Event.owner_id == owner_id, Event.event_id == any_(cast(wanted, ARRAY(PG_UUID)))
+        )
     )
     return {row.event_id: row for row in rows}
 
@@ -164,7 +190,7 @@ def _row(owner_id: uuid.UUID, stream: str, version: int, event: NewEvent) -> dic
         "version": version,
         "type": str(event.type),
         "data": dict(event.data),
-        "metadata_": dict(event.metadata),
+        "metadata": dict(event.metadata),
     }
 
 
