@@ -22,6 +22,8 @@ from services.errors import Overloaded
 KEEPALIVE_S = 15.0
 # Without the notifier's subscription (Redis away), re-read this often instead.
 FALLBACK_POLL_S = 1.0
+RECHECK_FIRST_S = 0.1
+RECHECK_MAX_S = 3.2
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ def tail(
 ) -> Iterator[bytes]:
     deadline = time.monotonic() + max_s
     quiet_since = time.monotonic()
+    # After an announcement the read may still find nothing (the feed holds back events
+    # while an older transaction is open): look again soon, backing off, instead of
+    # sleeping until the next announcement.
+    recheck_s: float | None = None
     while True:
         changed.clear()
         page = read(after)
@@ -55,7 +61,13 @@ def tail(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        changed.wait(min(KEEPALIVE_S if connected.is_set() else FALLBACK_POLL_S, remaining))
+        if page.frames:
+            recheck_s = None
+        idle_s = KEEPALIVE_S if connected.is_set() else FALLBACK_POLL_S
+        if changed.wait(min(recheck_s or idle_s, remaining)):
+            recheck_s = RECHECK_FIRST_S
+        elif recheck_s is not None:
+            recheck_s = recheck_s * 2 if recheck_s < RECHECK_MAX_S else None
         if time.monotonic() - quiet_since >= KEEPALIVE_S:
             quiet_since = time.monotonic()
             yield KEEPALIVE

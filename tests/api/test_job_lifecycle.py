@@ -120,9 +120,11 @@ def test_retry_of_a_queued_or_succeeded_job_is_409(alice, agent, session_factory
 # --- idempotency ------------------------------------------------------------------------
 
 
-def count_jobs(session_factory):
+def count_jobs(session_factory, client):
+    """How many jobs the client's user has (other tests may leave committed jobs behind)."""
+    owner = uuid.UUID(client.get("/v1/auth/me").json["id"])
     with session_factory() as session:
-        return session.scalar(select(func.count()).select_from(Job))
+        return session.scalar(select(func.count()).select_from(Job).where(Job.owner_id == owner))
 
 
 def test_same_key_and_body_replays_the_first_answer(alice, agent, session_factory):
@@ -134,7 +136,7 @@ def test_same_key_and_body_replays_the_first_answer(alice, agent, session_factor
     assert first.get_data() == second.get_data()
     assert second.headers["Location"] == first.headers["Location"]
     assert second.headers["Idempotent-Replayed"] == "true"
-    assert count_jobs(session_factory) == 1
+    assert count_jobs(session_factory, alice) == 1
 
 
 def test_same_key_with_another_body_is_422(alice, agent, session_factory):
@@ -145,7 +147,7 @@ def test_same_key_with_another_body_is_422(alice, agent, session_factory):
     )
     assert other.status_code == 422
     assert other.json["errors"][0]["field"] == "Idempotency-Key"
-    assert count_jobs(session_factory) == 1
+    assert count_jobs(session_factory, alice) == 1
 
 
 def test_keys_are_scoped_to_the_owner(alice, bob, agent):
@@ -215,7 +217,7 @@ def test_full_queue_answers_503_and_writes_nothing(alice, agent, app, redis_url,
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) > 0
     assert response.mimetype == "application/problem+json"
-    assert count_jobs(session_factory) == 0
+    assert count_jobs(session_factory, alice) == 0
 
 
 def test_redis_down_is_503_not_500(alice, app):

@@ -1,0 +1,141 @@
+"""The owner's feed and live tails, on a database whose transactions really commit: the feed
+serves only events of finished transactions, which a rolled-back test transaction never is.
+
+The feed also holds events back while any older writing transaction is open anywhere on the
+server (other tests' transactions included), so reads poll until what was written shows.
+"""
+
+import json
+import threading
+import uuid
+
+import pytest
+
+from api import create_app
+from tests.conftest import FAST_PASSWORDS
+from tests.helpers import AuthClient, poll
+
+
+@pytest.fixture
+def committed_app(settings):
+    settings.max_stream_s = 10
+    app = create_app(settings, passwords=FAST_PASSWORDS)
+    yield app
+    app.extensions["conveyor"].notifier.close()
+    app.extensions["conveyor"].engine.dispose()
+
+
+@pytest.fixture
+def carol(committed_app):
+    return AuthClient.register(
+        committed_app.test_client(), f"carol-{uuid.uuid4().hex[:8]}@example.com"
+    )
+
+
+def append(client, stream, *types):
+    body = {"events": [{"type": t, "data": {"t": t}} for t in types]}
+    response = client.post(f"/v1/streams/{stream}/events", json=body)
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def feed_shows(client, count, query=""):
+    """Wait until the feed serves `count` events, then return them."""
+    return poll(
+        lambda: (
+            (items := client.get(f"/v1/events?limit=1000{query}").json["items"])
+            and len(items) >= count
+            and items
+        ),
+        timeout=15,
+    )
+
+
+def test_feed_pages_every_event_once_in_order(carol):
+    append(carol, "a", "a.1", "a.2")
+    append(carol, "b", "b.1")
+    append(carol, "a", "a.3")
+    feed_shows(carol, 4)
+    first = carol.get("/v1/events?limit=2").json
+    rest = carol.get(f"/v1/events?after={first['next_cursor']}").json
+    types = [e["type"] for page in (first, rest) for e in page["items"]]
+    assert types == ["a.1", "a.2", "b.1", "a.3"]
+    last = carol.get(f"/v1/events?after={rest['next_cursor']}").json
+    assert last == {"items": [], "next_cursor": None}
+
+
+def test_feed_filters_by_type(carol):
+    append(carol, "a", "keep", "drop", "keep", "other")
+    items = feed_shows(carol, 3, "&type=keep,other")
+    assert [e["type"] for e in items] == ["keep", "keep", "other"]
+
+
+def test_feed_includes_job_events_and_is_private(carol, committed_app):
+    agent = carol.create_agent()
+    carol.submit(agent["id"])
+    dave = AuthClient.register(
+        committed_app.test_client(), f"dave-{uuid.uuid4().hex[:8]}@example.com"
+    )
+    assert [e["type"] for e in feed_shows(carol, 1)] == ["job.queued"]
+    assert dave.get("/v1/events").json["items"] == []
+
+
+def frames(response, count, timeout=10.0):
+    """Read `count` SSE frames from a streaming test response (a worker thread appends)."""
+    got = []
+    buffer = ""
+    for chunk in response.response:
+        buffer += chunk.decode()
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            fields = dict(
+                line.split(": ", 1) for line in block.splitlines() if not line.startswith(":")
+            )
+            if fields:
+                got.append(fields)
+        if len(got) >= count:
+            break
+    response.close()
+    return got
+
+
+def test_live_feed_delivers_new_events_and_resumes(carol):
+    append(carol, "live", "before")
+    feed_shows(carol, 1)
+    response = carol.client.get(
+        "/v1/events",
+        headers={**carol.headers, "Accept": "text/event-stream"},
+        buffered=False,
+    )
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    writer = threading.Timer(0.3, append, args=(carol, "live", "after"))
+    writer.start()
+    got = frames(response, 2)
+    writer.join()
+    assert [f["event"] for f in got] == ["before", "after"]
+    assert json.loads(got[1]["data"])["stream"] == "live"
+
+    resumed = carol.client.get(
+        "/v1/events",
+        headers={**carol.headers, "Accept": "text/event-stream", "Last-Event-ID": got[0]["id"]},
+        buffered=False,
+    )
+    append(carol, "live", "third")
+    assert [f["event"] for f in frames(resumed, 2)] == ["after", "third"]
+
+
+def test_live_stream_tail_follows_one_stream(carol):
+    append(carol, "one", "x.1")
+    append(carol, "two", "y.1")
+    response = carol.client.get(
+        "/v1/streams/one/events",
+        headers={**carol.headers, "Accept": "text/event-stream"},
+        buffered=False,
+    )
+    writer = threading.Timer(
+        0.3, lambda: (append(carol, "two", "y.2"), append(carol, "one", "x.2"))
+    )
+    writer.start()
+    got = frames(response, 2)
+    writer.join()
+    assert [(f["id"], f["event"]) for f in got] == [("1", "x.1"), ("2", "x.2")]
