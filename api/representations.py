@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from models import Agent, Event, EventBatch, Job, User
+from models import Agent, Document, Event, EventBatch, Job, User
+from services.documents import DocumentVersion, VersionSummary
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -73,3 +74,32 @@ def receipt_json(batch: EventBatch) -> dict[str, Any]:
 
 def etag(version: int) -> str:
     return f'"{version}"'
+
+
+def document_json(document: Document | DocumentVersion) -> dict[str, Any]:
+    """A document, current (the row) or past (its event): the same shape for both."""
+    return {**document_summary_json(document), "content": document.content}
+
+
+def document_summary_json(document: Document | DocumentVersion) -> dict[str, Any]:
+    """A document without its content, as lists show it."""
+    return {
+        "id": document.id,
+        "title": document.title,
+        "content_type": document.content_type,
+        "metadata": document.metadata_,
+        "version": document.version,
+        "created_at": document.created_at,
+        "updated_at": document.updated_at,
+    }
+
+
+def document_version_json(entry: VersionSummary) -> dict[str, Any]:
+    return {
+        "version": entry.version,
+        "type": entry.type,
+        "title": entry.title,
+        "content_type": entry.content_type,
+        "metadata": entry.metadata,
+        "recorded_at": entry.recorded_at,
+    }

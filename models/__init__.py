@@ -2,6 +2,7 @@
 
 from models.agents import Agent
 from models.base import Base
+from models.documents import Document
 from models.events import Event, EventBatch, Stream
 from models.idempotency import IdempotencyKey
 from models.jobs import JOB_STATUSES, TERMINAL_STATUSES, Job
@@ -12,6 +13,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Agent",
     "Base",
+    "Document",
     "Event",
     "EventBatch",
     "IdempotencyKey",

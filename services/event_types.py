@@ -17,6 +17,10 @@ class EventType(StrEnum):
     JOB_CANCEL_REQUESTED = "job.cancel_requested"
     # A client asked to run a failed, cancelled or timed-out job again.
     JOB_RETRIED = "job.retried"
+    # A document's versions: each event's data is the whole state of that version.
+    DOCUMENT_CREATED = "document.created"
+    DOCUMENT_UPDATED = "document.updated"
+    DOCUMENT_DELETED = "document.deleted"
 
 
 TERMINAL_JOB_EVENTS = frozenset(
@@ -31,3 +35,7 @@ TERMINAL_JOB_EVENTS = frozenset(
 
 def job_stream(job_id: object) -> str:
     return f"job-{job_id}"
+
+
+def document_stream(document_id: object) -> str:
+    return f"document-{document_id}"
