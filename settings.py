@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from limits import parse_many
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.documents import Limits as DocumentLimits
 from services.job_policy import JobPolicy
+from services.llm import ProviderConfig
 
 # The development default is public, so it must never sign tokens anywhere else.
 DEV_JWT_SECRET = "conveyor-development-secret-change-me"  # noqa: S105
@@ -47,7 +50,16 @@ class Settings(BaseSettings):
     registration_enabled: bool = True
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Flower's own variables (it reads them too); see workers/flower.py.
     flower_basic_auth: str | None = None
+    flower_address: str = "127.0.0.1"
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+
+    # Operations: the worker's Prometheus endpoint (off unless a port is given), and how
+    # long a cold shutdown (SIGQUIT, a second Ctrl-C) lets running tasks finish.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_address: str = "127.0.0.1"
+    worker_soft_shutdown_timeout_s: float = Field(default=20.0, ge=0)
 
     # Limits on what a request may carry.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
@@ -73,6 +85,12 @@ class Settings(BaseSettings):
     job_retry_max_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
 
+    # The `openai` provider: any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama,
+    # vLLM, LM Studio, a LiteLLM proxy). The SDK's own variable names.
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = None
+    llm_request_timeout_s: float = Field(default=120.0, gt=0)
+
     # Fault tests only: "exit_before_publish" kills the process right after a commit, before
     # its Celery messages are published. Refused in production.
     fault_injection: Literal["exit_before_publish"] | None = None
@@ -85,10 +103,40 @@ class Settings(BaseSettings):
     # Per web process: serialized current versions of hot documents; 0 turns the cache off.
     document_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
+    # Security (docs/DECISIONS.md, Security). Rate limits are Flask-Limiter strings such as
+    # "30/minute;500/hour", counted in the Redis at REDIS_URL, so all web workers count together.
+    rate_limit_enabled: bool = True
+    # Every request with a valid credential counts for its user (token and API keys alike);
+    # a request without one counts for its client IP.
+    rate_limit_default: str = "6000/minute"
+    # Login and register: per client IP, and per email address in the body.
+    rate_limit_auth_per_ip: str = "30/minute"
+    rate_limit_auth_per_email: str = "10/minute"
+    # Proxies (CIDRs) whose X-Forwarded-For is believed; otherwise the socket's address counts.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+    # JSON request bodies: nesting depth (orjson cannot write back past 254) and the length of
+    # any one string or key, checked before schema validation.
+    json_max_depth: int = Field(default=32, ge=2, le=200)
+    json_max_string_chars: int = Field(default=1024 * 1024, ge=256)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("rate_limit_default", "rate_limit_auth_per_ip", "rate_limit_auth_per_email")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError as error:
+            raise ValueError(f'not a rate limit such as "30/minute;500/hour": {error}') from None
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -129,6 +177,23 @@ class Settings(BaseSettings):
             retry_base_s=self.job_retry_base_s,
             retry_max_s=self.job_retry_max_s,
         )
+
+    def document_limits(self) -> DocumentLimits:
+        return DocumentLimits(
+            max_content_bytes=self.document_max_content_bytes,
+            max_title_length=self.document_max_title_length,
+            max_metadata_bytes=self.document_max_metadata_bytes,
+        )
+
+    def llm_providers(self) -> dict[str, ProviderConfig]:
+        """OpenAI-compatible providers by the name agents use."""
+        return {
+            "openai": ProviderConfig(
+                base_url=self.openai_base_url,
+                api_key=self.openai_api_key,
+                request_timeout_s=self.llm_request_timeout_s,
+            )
+        }
 
     @property
     def is_development(self) -> bool:

@@ -1,6 +1,7 @@
 """Runs one attempt of an agent configuration on a job's input.
 
-Only the built-in `echo` provider exists so far. Errors are sorted into transient (worth
+The built-in `echo` provider runs here; OpenAI-compatible providers run in `chat_runner`.
+Errors are sorted into transient (worth
 another attempt) and permanent (the same input will fail the same way). A runner calls
 `control.checkpoint()` between steps and sleeps through `control.sleep`, so a cancel or a
 timeout stops it within about a second.
@@ -9,43 +10,29 @@ timeout stops it within about a second.
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+
+from services.agent_errors import (
+    AgentError,
+    PermanentAgentError,
+    Stopped,
+    TransientAgentError,
+)
+
+__all__ = ["AgentError", "PermanentAgentError", "RunControl", "Stopped", "TransientAgentError"]
 
 # Simulated work is bounded so a typo in params cannot park a worker for hours.
 MAX_ECHO_DELAY_MS = 600_000
 
 
-class AgentError(Exception):
-    """A failure of the attempt, with a message fit to show to the job's owner."""
-
-    transient = False
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def as_error(self) -> dict[str, Any]:
-        return {"type": "transient" if self.transient else "permanent", "message": str(self)}
-
-
-class PermanentAgentError(AgentError):
-    transient = False
-
-
-class TransientAgentError(AgentError):
-    transient = True
-
-
-class Stopped(Exception):
-    """The attempt must stop now: `reason` is `cancelled`, `timed_out` or `lost`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class RunControl(Protocol):
+    """What a runner gets from the worker running it."""
+
     attempt: int
+    job_id: uuid.UUID
+    owner_id: uuid.UUID
 
     def checkpoint(self) -> None:
         """Raise `Stopped` when the attempt must end."""
@@ -53,11 +40,28 @@ class RunControl(Protocol):
     def sleep(self, seconds: float) -> None:
         """Wait, but raise `Stopped` as soon as the attempt must end."""
 
+    def remaining_s(self) -> float:
+        """Seconds left before the attempt's deadline."""
+
+    def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
+        """Append a progress event to the job's stream, in a short transaction of its own;
+        raises `Stopped` when this attempt no longer holds the job."""
+
+    def on_stop(self, abort: Callable[[], None]) -> None:
+        """Call `abort` (from another thread) as soon as the attempt must stop, e.g. to close
+        a model response the runner is blocked reading."""
+
 
 class FreeRun:
-    """Control for running outside a worker (tests, scripts): never stops, really sleeps."""
+    """Control for running outside a worker (scripts, unit tests): never stops, records
+    what would have been emitted."""
 
     attempt = 1
+    job_id = uuid.UUID(int=0)
+    owner_id = uuid.UUID(int=0)
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, dict[str, Any]]] = []
 
     def checkpoint(self) -> None:
         return None
@@ -65,16 +69,42 @@ class FreeRun:
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
+    def remaining_s(self) -> float:
+        return 3600.0
+
+    def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
+        self.emitted.append((event_type, dict(data)))
+
+    def on_stop(self, abort: Callable[[], None]) -> None:
+        return None
+
+
+Chat = Callable[[dict[str, Any], dict[str, Any], RunControl], dict[str, Any]]
+
+
+class AgentRunner:
+    """Runs the built-in `echo` provider itself and every other provider through `chat`
+    (an OpenAI-compatible chat runner), when the process has one."""
+
+    def __init__(self, chat: Chat | None = None) -> None:
+        self._chat = chat
+
+    def __call__(
+        self, config: dict[str, Any], job_input: dict[str, Any], *, control: RunControl
+    ) -> dict[str, Any]:
+        provider = config.get("provider")
+        if provider == "echo":
+            return _echo(config.get("params") or {}, job_input, control)
+        if self._chat is None:
+            raise PermanentAgentError(f"provider {provider!r} is not available on this server")
+        return self._chat(config, job_input, control)
+
 
 def run(
     config: dict[str, Any], job_input: dict[str, Any], *, control: RunControl | None = None
 ) -> dict[str, Any]:
-    """The output of one attempt; raises `AgentError` when the attempt fails."""
-    control = control or FreeRun()
-    provider = config.get("provider")
-    if provider == "echo":
-        return _echo(config.get("params") or {}, job_input, control)
-    raise PermanentAgentError(f"provider {provider!r} is not available on this server")
+    """One attempt with the built-in providers only; raises `AgentError` when it fails."""
+    return AgentRunner()(config, job_input, control=control or FreeRun())
 
 
 def _echo(params: dict[str, Any], job_input: dict[str, Any], control: RunControl) -> dict[str, Any]:

@@ -17,6 +17,12 @@ class EventType(StrEnum):
     JOB_CANCEL_REQUESTED = "job.cancel_requested"
     # A client asked to run a failed, cancelled or timed-out job again.
     JOB_RETRIED = "job.retried"
+    # Progress of an agent run: steps, coalesced output text, tool calls and their results.
+    JOB_STEP_STARTED = "job.step.started"
+    JOB_STEP_FINISHED = "job.step.finished"
+    JOB_OUTPUT_DELTA = "job.output.delta"
+    JOB_TOOL_CALL = "job.tool_call"
+    JOB_TOOL_RESULT = "job.tool_result"
     # A document's versions: each event's data is the whole state of that version.
     DOCUMENT_CREATED = "document.created"
     DOCUMENT_UPDATED = "document.updated"

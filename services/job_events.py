@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from services import event_store
 from services.after_commit import Announce, SendTask, defer, job_key
 from services.event_store import NewEvent
-from services.event_types import EventType, job_stream
+from services.event_types import job_stream
 
 RUN_JOB_TASK = "conveyor.jobs.run"
 AGENTS_QUEUE = "agents"
@@ -21,7 +21,7 @@ def record(
     *,
     owner_id: uuid.UUID,
     job_id: uuid.UUID,
-    event_type: EventType,
+    event_type: str,
     status: str,
     data: dict[str, Any],
     correlation_id: str | None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -31,6 +31,9 @@ class Watch:
 
     def __init__(self, session_factory: SessionFactory, claim: Claim, policy: JobPolicy):
         self.attempt = claim.attempt
+        self.job_id = claim.job_id
+        self.owner_id = claim.owner_id
+        self._aborts: list[Callable[[], None]] = []
         self._factory = session_factory
         self._claim = claim
         self._policy = policy
@@ -63,11 +66,33 @@ class Watch:
             self._stop.wait(min(remaining, max(0.0, self._deadline - time.monotonic()) + 0.001))
             self.checkpoint()
 
+    def remaining_s(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
+
+    def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
+        with self._factory.begin() as session:
+            held = job_transitions.progress(session, self._claim, event_type, dict(data))
+        if not held:
+            self._halt("lost")
+            self.checkpoint()
+
+    def on_stop(self, abort: Callable[[], None]) -> None:
+        self._aborts.append(abort)
+        if self._stop.is_set():
+            abort()
+
     # the watcher thread -------------------------------------------------------------
     def _halt(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+        already = self._stop.is_set()
         self._stop.set()
+        if not already:
+            for abort in self._aborts:
+                try:
+                    abort()  # e.g. close the model's response the runner is blocked on
+                except Exception:
+                    log.warning("job.abort_failed", job_id=str(self.job_id), exc_info=True)
 
     def _watch(self) -> None:
         next_beat = time.monotonic() + self._policy.heartbeat_s

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.orm import Session
 
 from models import Job
-from services import job_events
+from services import job_events, metrics
 from services.event_types import EventType
 from services.job_policy import JobPolicy
 
@@ -122,6 +122,30 @@ def cancel_requested(session: Session, claim: Claim) -> bool | None:
     return None if row is None else row.cancel_requested_at is not None
 
 
+def progress(session: Session, claim: Claim, event_type: str, data: dict[str, Any]) -> bool:
+    """Append a progress event of the attempt (a step, a tool call, output text); False when
+    this worker no longer holds the job. Locking the job row orders it with cancels."""
+    held = session.execute(
+        update(Job)
+        .where(_holds(claim))
+        .values(updated_at=func.now())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if held is None:
+        return False
+    job_events.record(
+        session,
+        owner_id=claim.owner_id,
+        job_id=claim.job_id,
+        event_type=event_type,
+        status="running",
+        data={"attempt": claim.attempt, **data},
+        correlation_id=claim.correlation_id,
+    )
+    return True
+
+
 def finish(
     session: Session,
     claim: Claim,
@@ -195,6 +219,7 @@ def end_jobs(
         .returning(Job.id, Job.owner_id, Job.attempt, Job.error, Job.correlation_id)
         .execution_options(synchronize_session=False)
     ).all()
+    metrics.count_after_commit(session, metrics.JOBS_FINISHED, len(rows), status=status)
     for job_id, owner_id, attempt, stored_error, correlation_id in rows:
         data: dict[str, Any] = {"attempt": attempt}
         if output is not None:

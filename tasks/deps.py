@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.job_execution import Runner
 from services.job_policy import JobPolicy
 
 
@@ -17,6 +18,7 @@ from services.job_policy import JobPolicy
 class TaskDeps:
     session_factory: sessionmaker[Session]
     job_policy: JobPolicy
+    runner: Runner
 
 
 def deps_of(task: Any) -> TaskDeps:

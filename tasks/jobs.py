@@ -23,5 +23,6 @@ def run_job(self, job_id: str) -> str | None:
         deps.session_factory,
         uuid.UUID(job_id),
         policy=deps.job_policy,
+        runner=deps.runner,
         interrupts=(SoftTimeLimitExceeded,),
     )

@@ -9,9 +9,14 @@ import structlog
 from celery import signals
 
 from models.db import make_engine, make_session_factory
+from services.agent_runner import AgentRunner
+from services.agent_tools import ToolBox
+from services.chat_runner import ChatRunner
+from services.llm import Providers
 from services.log_config import configure_logging
 from settings import load_settings
 from tasks.deps import TaskDeps
+from workers import operations
 from workers.celery_app import install_after_commit, make_celery
 
 settings = load_settings()
@@ -19,6 +24,7 @@ log = structlog.get_logger("conveyor.workers")
 
 celery = make_celery(broker_url=settings.redis_url, sweep_interval_s=settings.sweep_interval_s)
 app = celery  # `celery -A workers` looks for `app` or `celery`
+operations.configure(celery, settings)  # Flower's guard, task log context, metrics, shutdown
 
 
 @signals.setup_logging.connect
@@ -37,7 +43,11 @@ def _build_deps() -> TaskDeps:
         redis.Redis.from_url(settings.redis_url),
         fault_injection=settings.fault_injection,
     )
-    return TaskDeps(session_factory=session_factory, job_policy=settings.job_policy())
+    tools = ToolBox(session_factory, settings.document_limits())
+    runner = AgentRunner(ChatRunner(Providers(settings.llm_providers()), tools))
+    return TaskDeps(
+        session_factory=session_factory, job_policy=settings.job_policy(), runner=runner
+    )
 
 
 celery.conveyor = _build_deps()  # type: ignore[attr-defined]

@@ -47,12 +47,8 @@ def _cache() -> VersionedCache:
 
 
 def _limits() -> documents.Limits:
-    settings = current_app.extensions["conveyor"].settings
-    return documents.Limits(
-        max_content_bytes=settings.document_max_content_bytes,
-        max_title_length=settings.document_max_title_length,
-        max_metadata_bytes=settings.document_max_metadata_bytes,
-    )
+    limits: documents.Limits = current_app.extensions["conveyor"].settings.document_limits()
+    return limits
 
 
 def _written(document: Document, status: int = 200) -> tuple[dict[str, Any], int, dict[str, str]]:

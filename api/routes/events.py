@@ -32,12 +32,11 @@ from services import event_batches, event_store
 from services.after_commit import events_key
 from services.errors import FieldProblem, InvalidInput
 from services.event_store import NewEvent
+from services.inputs import RESERVED_STREAM_PREFIXES, is_reserved_stream
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 bp.before_request(require_access_token)
 
-# Streams the server writes itself: clients read them but cannot forge their events.
-RESERVED_PREFIXES = ("job-", "document-")
 PAGE = 200
 
 
@@ -216,13 +215,13 @@ def _check_stream(stream: str, *, writing: bool) -> None:
                 FieldProblem("stream", "1 to 200 letters, digits, '.', '_', '-' or ':'", "path")
             ]
         )
-    if writing and stream.startswith(RESERVED_PREFIXES):
+    if writing and is_reserved_stream(stream):
         raise InvalidInput(
             problems=[
                 FieldProblem(
                     "stream",
-                    f"streams starting with {', '.join(RESERVED_PREFIXES)} are written by the "
-                    "server only",
+                    f"streams starting with {', '.join(RESERVED_STREAM_PREFIXES)} "
+                    "are written by the server only",
                     "path",
                 )
             ]

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-MAX_METADATA_BYTES = 16 * 1024
+from services.inputs import MAX_METADATA_BYTES, Input, SmallObject
 
-
-class Input(BaseModel):
-    """Base of every request body and query: unknown fields are an error, not ignored."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+__all__ = ["MAX_METADATA_BYTES", "Input", "Output", "PageOut", "PageQuery", "SmallObject"]
 
 
 class Output(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-def _small_json(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
-        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return value
-
-
-SmallObject = Annotated[dict[str, Any], AfterValidator(_small_json)]
 
 
 class PageQuery(Input):

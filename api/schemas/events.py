@@ -6,19 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from api.schemas.common import Input, Output, SmallObject
+from api.schemas.common import Input, Output
+from services.inputs import MAX_APPEND, STREAM_PATTERN, EventIn
 
-STREAM_PATTERN = r"^[A-Za-z0-9._:\-]{1,200}$"
-TYPE_PATTERN = r"^[A-Za-z0-9._:\-/]{1,200}$"
-MAX_APPEND = 1000
 MAX_BATCH = 1000
-
-
-class EventIn(Input):
-    type: str = Field(pattern=TYPE_PATTERN)
-    data: dict[str, Any]
-    metadata: SmallObject = Field(default_factory=dict)
-    event_id: uuid.UUID | None = None
 
 
 class AppendIn(Input):

@@ -1,0 +1,220 @@
+"""The tools an agent may be given, run with the job owner's rights only.
+
+Arguments come from the model as JSON text; they are validated with the same input models
+as the HTTP API, and any problem (bad JSON, invalid fields, a 404, a conflict) becomes an
+error message for the model rather than a crash of the job. Results are truncated so one
+tool call cannot flood the model's context.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import Field, ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services import documents, event_store
+from services.errors import ServiceError
+from services.event_store import NewEvent
+from services.inputs import (
+    STREAM_PATTERN,
+    EventIn,
+    ExpectedVersionIn,
+    Input,
+    SmallObject,
+    is_reserved_stream,
+)
+
+MAX_RESULT_CHARS = 8_000
+SEARCH_LIMIT = 10
+
+
+class SearchArgs(Input):
+    query: str = Field(min_length=1, max_length=500)
+    limit: int = Field(default=5, ge=1, le=SEARCH_LIMIT)
+
+
+class ReadArgs(Input):
+    id: uuid.UUID
+    version: int | None = Field(default=None, ge=1)
+
+
+class WriteArgs(Input):
+    """Create a document, or with `id` replace one the owner has."""
+
+    id: uuid.UUID | None = None
+    title: str = Field(min_length=1, max_length=500)
+    content: str
+    content_type: str = Field(default="text/markdown", max_length=200)
+    metadata: SmallObject = Field(default_factory=dict)
+
+
+class AppendArgs(Input):
+    stream: str = Field(pattern=STREAM_PATTERN)
+    events: list[EventIn] = Field(min_length=1, max_length=100)
+    expected_version: ExpectedVersionIn = "any"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    content: str  # what the model reads
+
+    def as_event(self) -> dict[str, Any]:
+        return {"ok": self.ok, "result": self.content}
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    arguments: type[Input]
+    handler: Callable[[Session, uuid.UUID, Any], Any]
+
+    def spec(self) -> dict[str, Any]:
+        schema = self.arguments.model_json_schema()
+        schema.pop("title", None)
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": schema},
+        }
+
+
+class ToolBox:
+    def __init__(
+        self, session_factory: sessionmaker[Session], limits: documents.Limits | None = None
+    ) -> None:
+        self._factory = session_factory
+        self._limits = limits or documents.Limits()
+        self._tools = {
+            tool.name: tool
+            for tool in (
+                Tool(
+                    "documents.search",
+                    "Full-text search over your documents; returns ids, titles and ranks.",
+                    SearchArgs,
+                    self._search,
+                ),
+                Tool("documents.read", "Read a document by id.", ReadArgs, self._read),
+                Tool(
+                    "documents.write",
+                    "Create a document, or replace one by id; returns its id and version.",
+                    WriteArgs,
+                    self._write,
+                ),
+                Tool(
+                    "events.append",
+                    "Append events to one of your event streams.",
+                    AppendArgs,
+                    self._append,
+                ),
+            )
+        }
+
+    def specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        return [self._tools[name].spec() for name in names if name in self._tools]
+
+    def execute(self, name: str, arguments: str, *, owner_id: uuid.UUID) -> Outcome:
+        tool = self._tools.get(name)
+        if tool is None:
+            return _failure(f"there is no tool named {name!r}")
+        try:
+            args = tool.arguments.model_validate_json(arguments or "{}")
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                for e in error.errors()[:5]
+            )
+            return _failure(f"invalid arguments for {name}: {problems}")
+        try:
+            with self._factory.begin() as session:
+                result = tool.handler(session, owner_id, args)
+        except ServiceError as error:
+            return _failure(error.detail)
+        return Outcome(True, _truncate(orjson.dumps(result, default=str).decode()))
+
+    def context_documents(self, owner_id: uuid.UUID, ids: Sequence[Any]) -> str:
+        """The documents a job's input names, as context for the model."""
+        parts = ["Documents given with this task:"]
+        with self._factory() as session:
+            for raw in ids:
+                try:
+                    document = documents.get(
+                        session, owner_id=owner_id, document_id=uuid.UUID(str(raw))
+                    )
+                except (ServiceError, ValueError):
+                    parts.append(f"\n## (document {raw} is not available)")
+                    continue
+                parts.append(f"\n## {document.title} (id {document.id})\n{document.content}")
+        return "\n".join(parts)
+
+    # handlers: each gets the owner's id and nothing else of the job -----------------------
+
+    def _search(self, session: Session, owner_id: uuid.UUID, args: SearchArgs) -> Any:
+        page = documents.list_page(
+            session, owner_id=owner_id, limit=args.limit, cursor=None, q=args.query
+        )
+        return [{"id": d.id, "title": d.title, "version": d.version} for d in page.items]
+
+    def _read(self, session: Session, owner_id: uuid.UUID, args: ReadArgs) -> Any:
+        document: Any
+        if args.version is not None:
+            document = documents.get_version(
+                session, owner_id=owner_id, document_id=args.id, version=args.version
+            )
+        else:
+            document = documents.get(session, owner_id=owner_id, document_id=args.id)
+        return {
+            "id": document.id,
+            "title": document.title,
+            "content": document.content,
+            "content_type": document.content_type,
+            "metadata": document.metadata_,
+            "version": document.version,
+        }
+
+    def _write(self, session: Session, owner_id: uuid.UUID, args: WriteArgs) -> Any:
+        fields = args.model_dump(exclude={"id"})
+        if args.id is None:
+            document = documents.create(
+                session, owner_id=owner_id, fields=fields, limits=self._limits
+            )
+        else:
+            document = documents.update(
+                session, owner_id=owner_id, document_id=args.id, fields=fields, limits=self._limits
+            )
+        return {"id": document.id, "version": document.version}
+
+    def _append(self, session: Session, owner_id: uuid.UUID, args: AppendArgs) -> Any:
+        if is_reserved_stream(args.stream):
+            raise _ToolRefused(f"stream {args.stream!r} is written by the server only")
+        result = event_store.append(
+            session,
+            owner_id=owner_id,
+            stream=args.stream,
+            events=[NewEvent(e.type, e.data, e.metadata, e.event_id) for e in args.events],
+            expected_version=args.expected_version,
+        )
+        return {
+            "first_version": result.first_version,
+            "last_version": result.last_version,
+            "positions": result.positions,
+        }
+
+
+class _ToolRefused(ServiceError):
+    status = 422
+
+
+def _failure(message: str) -> Outcome:
+    return Outcome(False, _truncate(orjson.dumps({"error": message}).decode()))
+
+
+def _truncate(text: str) -> str:
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return text[:MAX_RESULT_CHARS] + f"... [truncated {len(text) - MAX_RESULT_CHARS} characters]"

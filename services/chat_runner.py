@@ -1,0 +1,239 @@
+"""An agent on an OpenAI-compatible chat-completions endpoint: stream, call tools, repeat.
+
+Each step streams one model response. Text arrives as `job.output.delta` events, coalesced
+so a long answer makes a handful of events, not one per token. Tool calls are validated and
+run with the job owner's rights, and their results go back to the model. The run stops at
+the agent's `max_steps`, on cancellation or timeout (checked between chunks and steps), and
+never holds a database transaction while the model is working.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from services.agent_errors import PermanentAgentError
+from services.agent_runner import RunControl
+from services.agent_tools import ToolBox
+from services.llm import Providers, classify
+
+# Emit buffered text when this much has gathered or this long has passed.
+DELTA_FLUSH_CHARS = 400
+DELTA_FLUSH_S = 0.25
+MAX_CONTEXT_DOCUMENT_CHARS = 20_000
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, usage: Any) -> None:
+        if usage is None:
+            return
+        self.prompt_tokens += usage.prompt_tokens or 0
+        self.completion_tokens += usage.completion_tokens or 0
+        self.total_tokens += usage.total_tokens or 0
+
+    def as_dict(self) -> dict[str, int]:
+        return vars(self).copy()
+
+
+@dataclass
+class StepResult:
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class DeltaBuffer:
+    """Gathers streamed text and emits it in coalesced `job.output.delta` events."""
+
+    def __init__(self, control: RunControl, step: int) -> None:
+        self._control = control
+        self._step = step
+        self._pending: list[str] = []
+        self._size = 0
+        self._flushed_at = time.monotonic()
+        self.index = 0
+
+    def add(self, text: str) -> None:
+        self._pending.append(text)
+        self._size += len(text)
+        if self._size >= DELTA_FLUSH_CHARS or time.monotonic() - self._flushed_at >= DELTA_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending, self._size = [], 0
+        self._flushed_at = time.monotonic()
+        self._control.emit(
+            "job.output.delta", {"step": self._step, "index": self.index, "text": text}
+        )
+        self.index += 1
+
+
+class ChatRunner:
+    def __init__(self, providers: Providers, tools: ToolBox) -> None:
+        self._providers = providers
+        self._tools = tools
+
+    def __call__(
+        self, config: dict[str, Any], job_input: dict[str, Any], control: RunControl
+    ) -> dict[str, Any]:
+        provider = config["provider"]
+        client = self._providers.client(provider)
+        if not config.get("model"):
+            raise PermanentAgentError("the agent names no model for its provider")
+        tool_names = list(config.get("tools") or [])
+        messages = self._first_messages(config, job_input, control)
+        usage = Usage()
+        for step in range(1, int(config.get("max_steps") or 1) + 1):
+            control.checkpoint()
+            control.emit("job.step.started", {"step": step})
+            result = self._step(
+                client, provider, config, messages, tool_names, usage, control, step
+            )
+            control.emit(
+                "job.step.finished",
+                {"step": step, "finish_reason": result.finish_reason, "usage": usage.as_dict()},
+            )
+            if not result.tool_calls:
+                return {"text": result.text, "usage": usage.as_dict(), "steps": step}
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": result.text or None,
+                    "tool_calls": result.tool_calls,
+                }
+            )
+            for call in result.tool_calls:
+                control.checkpoint()
+                messages.append(self._run_tool(call, control, step))
+        return {
+            "text": None,
+            "usage": usage.as_dict(),
+            "steps": config.get("max_steps"),
+            "stopped": "max_steps",
+        }
+
+    def _first_messages(
+        self, config: dict[str, Any], job_input: dict[str, Any], control: RunControl
+    ) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if config.get("instructions"):
+            messages.append({"role": "system", "content": config["instructions"]})
+        document_ids = job_input.get("documents") or []
+        if document_ids:
+            context = self._tools.context_documents(control.owner_id, document_ids)
+            messages.append(
+                {"role": "system", "content": context[: MAX_CONTEXT_DOCUMENT_CHARS * 5]}
+            )
+        if job_input.get("messages"):
+            messages.extend(dict(m) for m in job_input["messages"])
+        if job_input.get("text") is not None:
+            messages.append({"role": "user", "content": job_input["text"]})
+        return messages
+
+    def _step(
+        self,
+        client: openai.OpenAI,
+        provider: str,
+        config: dict[str, Any],
+        messages: list[dict[str, Any]],
+        tool_names: list[str],
+        usage: Usage,
+        control: RunControl,
+        step: int,
+    ) -> StepResult:
+        params = dict(config.get("params") or {})
+        request: dict[str, Any] = {
+            "model": config["model"],
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            # Never wait past the job's deadline for the provider.
+            "timeout": max(1.0, min(self._providers.timeout_s(provider), control.remaining_s())),
+        }
+        for name in ("temperature", "top_p", "max_tokens", "seed", "stop"):
+            if name in params:
+                request[name] = params[name]
+        if tool_names:
+            request["tools"] = self._tools.specs(tool_names)
+        try:
+            stream = client.chat.completions.create(**request)
+        except openai.OpenAIError as error:
+            raise classify(error, provider) from None
+        control.on_stop(stream.close)
+        buffer = DeltaBuffer(control, step)
+        result = StepResult()
+        calls: dict[int, dict[str, Any]] = {}
+        try:
+            for chunk in _chunks(stream, provider, control):
+                control.checkpoint()
+                usage.add(getattr(chunk, "usage", None))
+                for choice in chunk.choices or []:
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        result.text += delta.content
+                        buffer.add(delta.content)
+                    for piece in (delta.tool_calls if delta is not None else None) or []:
+                        _merge_tool_call(calls, piece)
+                    if choice.finish_reason:
+                        result.finish_reason = choice.finish_reason
+        finally:
+            stream.close()
+        control.checkpoint()
+        buffer.flush()
+        result.tool_calls = [calls[i] for i in sorted(calls)]
+        return result
+
+    def _run_tool(self, call: dict[str, Any], control: RunControl, step: int) -> dict[str, Any]:
+        name = call["function"]["name"]
+        arguments = call["function"]["arguments"]
+        control.emit(
+            "job.tool_call",
+            {"step": step, "call_id": call["id"], "name": name, "arguments": arguments[:4000]},
+        )
+        outcome = self._tools.execute(name, arguments, owner_id=control.owner_id)
+        control.emit(
+            "job.tool_result",
+            {"step": step, "call_id": call["id"], "name": name, **outcome.as_event()},
+        )
+        return {"role": "tool", "tool_call_id": call["id"], "content": outcome.content}
+
+
+def _chunks(stream: Any, provider: str, control: RunControl) -> Iterator[Any]:
+    try:
+        yield from stream
+    except openai.OpenAIError as error:
+        control.checkpoint()  # a stream closed by a cancel or timeout is a stop, not an error
+        raise classify(error, provider) from None
+    except Exception:
+        control.checkpoint()
+        raise
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], piece: Any) -> None:
+    """Tool calls stream in fragments keyed by index: the id and name first, then the
+    arguments in pieces."""
+    call = calls.setdefault(
+        piece.index,
+        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+    )
+    if piece.id:
+        call["id"] = piece.id
+    if piece.function is not None:
+        if piece.function.name:
+            call["function"]["name"] += piece.function.name
+        if piece.function.arguments:
+            call["function"]["arguments"] += piece.function.arguments
+    if call["id"] is None:
+        call["id"] = f"call_{piece.index}"

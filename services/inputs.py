@@ -1,0 +1,46 @@
+"""Input models shared by the HTTP API and the agents' tools, so both accept exactly the
+same things. Unknown fields are an error, never ignored."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MAX_METADATA_BYTES = 16 * 1024
+STREAM_PATTERN = r"^[A-Za-z0-9._:\-]{1,200}$"
+TYPE_PATTERN = r"^[A-Za-z0-9._:\-/]{1,200}$"
+MAX_APPEND = 1000
+# Streams the server writes itself: clients and agents read them but cannot forge events.
+RESERVED_STREAM_PREFIXES = ("job-", "document-")
+
+
+class Input(BaseModel):
+    """Base of every request body, query and tool argument object."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+def _small_json(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+SmallObject = Annotated[dict[str, Any], AfterValidator(_small_json)]
+
+
+class EventIn(Input):
+    type: str = Field(pattern=TYPE_PATTERN)
+    data: dict[str, Any]
+    metadata: SmallObject = Field(default_factory=dict)
+    event_id: uuid.UUID | None = None
+
+
+ExpectedVersionIn = int | Literal["any", "no_stream"]
+
+
+def is_reserved_stream(stream: str) -> bool:
+    return stream.startswith(RESERVED_STREAM_PREFIXES)

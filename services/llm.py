@@ -1,0 +1,82 @@
+"""OpenAI-compatible chat providers: clients by configured name, and errors sorted into
+transient and permanent in words a job's owner understands, never with the API key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import openai
+
+from services.agent_errors import PermanentAgentError, TransientAgentError
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    base_url: str
+    api_key: str | None
+    request_timeout_s: float = 60.0
+
+
+class Providers:
+    """One client per configured provider, shared by the process (it pools connections)."""
+
+    def __init__(self, configs: Mapping[str, ProviderConfig]) -> None:
+        self._configs = dict(configs)
+        self._clients: dict[str, openai.OpenAI] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._configs)
+
+    def client(self, name: str) -> openai.OpenAI:
+        if name not in self._configs:
+            raise PermanentAgentError(f"provider {name!r} is not configured on this server")
+        if name not in self._clients:
+            config = self._configs[name]
+            self._clients[name] = openai.OpenAI(
+                base_url=config.base_url,
+                # The SDK refuses to start without a key; local servers (Ollama) need none.
+                api_key=config.api_key or "not-needed",
+                timeout=config.request_timeout_s,
+                # Retries belong to the job (backoff, Retry-After, attempts), not the SDK.
+                max_retries=0,
+            )
+        return self._clients[name]
+
+    def timeout_s(self, name: str) -> float:
+        return self._configs[name].request_timeout_s
+
+
+def classify(error: Exception, provider: str) -> Exception:
+    """The agent error for a provider failure: transient (retry) or permanent (fail now)."""
+    if isinstance(error, openai.APITimeoutError):
+        return TransientAgentError(f"the {provider} provider did not answer in time")
+    if isinstance(error, openai.APIConnectionError):
+        return TransientAgentError(f"the {provider} provider could not be reached")
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        if status == 429 or status >= 500 or status == 408:
+            return TransientAgentError(
+                f"the {provider} provider answered {status}; will retry",
+                retry_after_s=_retry_after(error),
+            )
+        reason = _PERMANENT_REASONS.get(status, "rejected the request")
+        return PermanentAgentError(f"the {provider} provider {reason} ({status})")
+    return error
+
+
+_PERMANENT_REASONS = {
+    400: "rejected the request as invalid",
+    401: "refused the API key configured for it",
+    403: "does not allow this request with the configured API key",
+    404: "does not know this model or endpoint",
+    422: "could not process the request",
+}
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    value = error.response.headers.get("retry-after")
+    try:
+        return min(float(value), 3600.0) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,241 @@
+"""Agents on an OpenAI-compatible provider, run in-process against a real fake server.
+
+The watch thread is told to stay away from the database (long poll intervals): these tests
+share one connection, and only the runner thread may use it.
+"""
+
+import json
+import uuid
+
+import pytest
+
+from services import job_execution
+from services.agent_runner import AgentRunner
+from services.agent_tools import ToolBox
+from services.chat_runner import ChatRunner
+from services.job_policy import JobPolicy
+from services.llm import ProviderConfig, Providers
+from tests.fake_openai import FakeOpenAI, Turn
+
+API_KEY = "sk-test-do-not-leak-4242"
+POLICY = JobPolicy(lease_s=3600, cancel_poll_s=3600, retry_base_s=0.01)
+
+
+@pytest.fixture
+def fake():
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def runner(fake, session_factory):
+    providers = Providers({"openai": ProviderConfig(fake.base_url, API_KEY, 10.0)})
+    return AgentRunner(ChatRunner(providers, ToolBox(session_factory)))
+
+
+@pytest.fixture
+def run(runner, session_factory):
+    def run(job_id):
+        return job_execution.execute(
+            session_factory, uuid.UUID(job_id), policy=POLICY, runner=runner
+        )
+
+    return run
+
+
+def agent(client, **fields):
+    return client.create_agent(
+        provider="openai", model="fake-model", instructions="Be brief.", **fields
+    )
+
+
+def events(client, job_id):
+    return client.get(f"/v1/jobs/{job_id}/events?limit=1000").json["items"]
+
+
+def test_plain_answer_streams_coalesced_deltas(alice, fake, run):
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    fake.then(Turn(text=text, chunk_size=4))
+    job = alice.submit(agent(alice)["id"], text="Tell me about foxes")
+    assert run(job["id"]) == "succeeded"
+    done = alice.get(f"/v1/jobs/{job['id']}").json
+    assert done["output"]["text"] == text
+    assert done["output"]["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "total_tokens": 18,
+    }
+    stream = events(alice, job["id"])
+    deltas = [e["data"] for e in stream if e["type"] == "job.output.delta"]
+    assert "".join(d["text"] for d in deltas) == text
+    assert [d["index"] for d in deltas] == list(range(len(deltas)))
+    # Coalesced: far fewer events than the 225 chunks the server sent.
+    assert 1 <= len(deltas) <= 5
+    types = [e["type"] for e in stream]
+    assert types[:3] == ["job.queued", "job.started", "job.step.started"]
+    assert types[-2:] == ["job.step.finished", "job.succeeded"]
+    request = fake.requests[0]
+    assert request["model"] == "fake-model" and request["stream"] is True
+    assert request["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me about foxes"},
+    ]
+    assert request["_authorization"] == f"Bearer {API_KEY}"
+
+
+def test_tool_loop_reads_and_writes_documents(alice, fake, run):
+    source = alice.post(
+        "/v1/documents", json={"title": "Notes", "content": "Conveyor runs agents."}
+    ).json
+    fake.then(
+        Turn(tool_calls=[("documents.read", {"id": source["id"]})]),
+        Turn(
+            tool_calls=[
+                ("documents.write", {"title": "Summary", "content": "It runs agents."}),
+                (
+                    "events.append",
+                    {
+                        "stream": "summaries",
+                        "events": [{"type": "summary.written", "data": {"of": source["id"]}}],
+                    },
+                ),
+            ]
+        ),
+        Turn(text="Done: wrote a summary."),
+    )
+    job = alice.submit(
+        agent(alice, tools=["documents.read", "documents.write", "events.append"])["id"],
+        text="Summarize my notes",
+    )
+    assert run(job["id"]) == "succeeded"
+    output = alice.get(f"/v1/jobs/{job['id']}").json["output"]
+    assert output["text"] == "Done: wrote a summary." and output["steps"] == 3
+
+    stream = events(alice, job["id"])
+    calls = [e["data"] for e in stream if e["type"] == "job.tool_call"]
+    results = [e["data"] for e in stream if e["type"] == "job.tool_result"]
+    assert [c["name"] for c in calls] == ["documents.read", "documents.write", "events.append"]
+    assert all(r["ok"] for r in results)
+    assert "Conveyor runs agents." in results[0]["result"]
+    written = json.loads(results[1]["result"])
+    assert alice.get(f"/v1/documents/{written['id']}").json["content"] == "It runs agents."
+    assert [e["type"] for e in alice.get("/v1/streams/summaries/events").json["items"]] == [
+        "summary.written"
+    ]
+    # The tool results went back to the model, paired with their calls.
+    second = fake.requests[1]["messages"]
+    assert second[-2]["tool_calls"][0]["function"]["name"] == "documents.read"
+    assert second[-1]["role"] == "tool" and second[-1]["tool_call_id"] == calls[0]["call_id"]
+    assert [t["function"]["name"] for t in fake.requests[0]["tools"]] == [
+        "documents.read",
+        "documents.write",
+        "events.append",
+    ]
+
+
+def test_tools_act_with_the_owners_rights_only(alice, bob, fake, run):
+    secret = bob.post("/v1/documents", json={"title": "Bob's", "content": "secret"}).json
+    fake.then(
+        Turn(tool_calls=[("documents.read", {"id": secret["id"]})]),
+        Turn(
+            tool_calls=[
+                (
+                    "events.append",
+                    {"stream": "job-forged", "events": [{"type": "job.succeeded", "data": {}}]},
+                )
+            ]
+        ),
+        Turn(text="could not"),
+    )
+    job = alice.submit(agent(alice, tools=["documents.read", "events.append"])["id"])
+    assert run(job["id"]) == "succeeded"
+    results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert [r["ok"] for r in results] == [False, False]
+    assert "no document with this id" in results[0]["result"]
+    assert "secret" not in results[0]["result"]
+    assert "written by the server only" in results[1]["result"]
+
+
+def test_malformed_tool_calls_become_errors_for_the_model(alice, fake, run):
+    fake.then(
+        Turn(tool_calls=[("documents.read", "{not json")]),
+        Turn(tool_calls=[("documents.read", {"id": "x", "extra": 1})]),
+        Turn(tool_calls=[("shell.exec", {"cmd": "rm -rf /"})]),
+        Turn(text="gave up"),
+    )
+    job = alice.submit(agent(alice, tools=["documents.read"])["id"])
+    assert run(job["id"]) == "succeeded"
+    results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert [r["ok"] for r in results] == [False, False, False]
+    assert "invalid arguments" in results[0]["result"]
+    assert "extra" in results[1]["result"] and "id" in results[1]["result"]
+    assert "no tool named" in results[2]["result"]
+
+
+def test_stops_at_max_steps(alice, fake, run):
+    fake.then(*[Turn(tool_calls=[("documents.search", {"query": "x"})]) for _ in range(3)])
+    job = alice.submit(agent(alice, tools=["documents.search"], max_steps=2)["id"])
+    assert run(job["id"]) == "succeeded"
+    output = alice.get(f"/v1/jobs/{job['id']}").json["output"]
+    assert output["stopped"] == "max_steps" and len(fake.requests) == 2
+
+
+def test_rate_limit_is_retried_after_retry_after(alice, fake, run, session_factory):
+    fake.then(Turn(status=429, headers={"Retry-After": "7"}))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "queued"
+    scheduled = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"]
+    assert scheduled[0]["retry_in_s"] >= 7
+    assert scheduled[0]["error"]["type"] == "transient"
+    with session_factory.begin() as session:  # the backoff has passed
+        from models import Job
+
+        session.execute(Job.__table__.update().values(run_after=None))
+    assert run(job["id"]) == "succeeded"
+    assert alice.get(f"/v1/jobs/{job['id']}").json["attempt"] == 2
+
+
+def test_server_errors_are_transient_then_fail_when_attempts_run_out(alice, fake, run):
+    fake.then(Turn(status=500))
+    job = alice.submit(agent(alice)["id"], max_attempts=1)
+    assert run(job["id"]) == "failed"
+    error = alice.get(f"/v1/jobs/{job['id']}").json["error"]
+    assert error["type"] == "transient" and "500" in error["message"]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_client_errors_fail_at_once_without_leaking_the_key(alice, fake, run, status):
+    fake.then(Turn(status=status))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "failed"
+    failed = alice.get(f"/v1/jobs/{job['id']}")
+    assert failed.json["error"]["type"] == "permanent"
+    assert str(status) in failed.json["error"]["message"]
+    assert failed.json["attempt"] == 1
+    assert API_KEY not in failed.get_data(as_text=True)
+    assert API_KEY not in json.dumps(events(alice, job["id"]))
+
+
+def test_job_runs_the_agent_version_it_was_submitted_with(alice, fake, run):
+    created = agent(alice)
+    job = alice.submit(created["id"])
+    alice.patch(
+        f"/v1/agents/{created['id']}", json={"instructions": "Be verbose.", "model": "other"}
+    )
+    assert run(job["id"]) == "succeeded"
+    request = fake.requests[0]
+    assert request["model"] == "fake-model"
+    assert request["messages"][0]["content"] == "Be brief."
+
+
+def test_documents_in_the_input_are_given_as_context(alice, fake, run):
+    doc = alice.post("/v1/documents", json={"title": "Spec", "content": "Use UUIDv7."}).json
+    body = {
+        "agent_id": agent(alice)["id"],
+        "input": {"text": "What ids?", "documents": [doc["id"]]},
+    }
+    job = alice.post("/v1/jobs", json=body).json
+    assert run(job["id"]) == "succeeded"
+    context = fake.requests[0]["messages"][1]
+    assert context["role"] == "system" and "Use UUIDv7." in context["content"]
