@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services.documents import Limits as DocumentLimits
 from services.job_policy import JobPolicy
 from services.llm import ProviderConfig
+from services.webhook_policy import DEFAULT_RETRY_SCHEDULE_S, WebhookPolicy, parse_networks
 
 # The development default is public, so it must never sign tokens anywhere else.
 DEV_JWT_SECRET = "conveyor-development-secret-change-me"  # noqa: S105
@@ -91,6 +92,16 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     llm_request_timeout_s: float = Field(default=120.0, gt=0)
 
+    # Webhook deliveries (services/webhook_policy.py says what each one does).
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_retry_schedule: Annotated[list[Annotated[float, Field(ge=0)]], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S)
+    )
+    webhook_timeout_s: float = Field(default=15.0, gt=0, le=60)
+    webhook_disable_after_s: float = Field(default=5 * 86_400, gt=0)
+    webhook_secret_overlap_s: float = Field(default=86_400, ge=0)
+    webhook_republish_after_s: float = Field(default=10.0, gt=0)
+
     # Fault tests only: "exit_before_publish" kills the process right after a commit, before
     # its Celery messages are published. Refused in production.
     fault_injection: Literal["exit_before_publish"] | None = None
@@ -136,6 +147,17 @@ class Settings(BaseSettings):
             parse_many(value)
         except ValueError as error:
             raise ValueError(f'not a rate limit such as "30/minute;500/hour": {error}') from None
+        return value
+
+    @field_validator("webhook_allowed_networks", "webhook_retry_schedule", mode="before")
+    @classmethod
+    def _webhook_lists(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # a ValueError names the CIDR that is not one
         return value
 
     @field_validator("database_url")
@@ -194,6 +216,16 @@ class Settings(BaseSettings):
                 request_timeout_s=self.llm_request_timeout_s,
             )
         }
+
+    def webhook_policy(self) -> WebhookPolicy:
+        return WebhookPolicy(
+            allowed_networks=parse_networks(self.webhook_allowed_networks),
+            retry_schedule_s=tuple(self.webhook_retry_schedule),
+            timeout_s=self.webhook_timeout_s,
+            disable_after_s=self.webhook_disable_after_s,
+            secret_overlap_s=self.webhook_secret_overlap_s,
+            republish_after_s=self.webhook_republish_after_s,
+        )
 
     @property
     def is_development(self) -> bool:

@@ -11,7 +11,7 @@ from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
 from api.openapi import describe_security
 from api.queue_depth import QueueDepth
-from api.routes import agents, documents, events, health, jobs
+from api.routes import agents, documents, events, health, jobs, webhooks
 from api.routes import auth as auth_routes
 from api.runtime import Runtime, make_redis
 from models.db import make_engine, make_session_factory
@@ -75,7 +75,16 @@ def create_app(
         access_ttl_s=settings.jwt_access_ttl_s,
         refresh_ttl_s=settings.jwt_refresh_ttl_s,
     )
-    for blueprint in (health.bp, auth_routes.bp, agents.bp, jobs.bp, events.bp, documents.bp):
+    for blueprint in (
+        health.bp,
+        auth_routes.bp,
+        agents.bp,
+        jobs.bp,
+        events.bp,
+        documents.bp,
+        webhooks.bp,
+        webhooks.deliveries_bp,
+    ):
         app.register_blueprint(blueprint)
     app.spec_processor(describe_security)
     return app

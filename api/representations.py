@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from models import Agent, Document, Event, EventBatch, Job, User
+from models import Agent, Document, Event, EventBatch, User
 from services.documents import DocumentVersion, VersionSummary
+from services.job_view import job_json as job_json  # shared with job webhooks
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -26,26 +27,6 @@ def agent_json(agent: Agent) -> dict[str, Any]:
         "version": agent.version,
         "created_at": agent.created_at,
         "updated_at": agent.updated_at,
-    }
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "agent_id": job.agent_id,
-        "agent_version": job.agent_version,
-        "status": job.status,
-        "input": job.input,
-        "output": job.output,
-        "error": job.error,
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "timeout_s": job.timeout_s,
-        "webhook_url": job.webhook_url,
-        "metadata": job.metadata_,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
     }
 
 

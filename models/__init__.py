@@ -7,6 +7,12 @@ from models.events import Event, EventBatch, Stream
 from models.idempotency import IdempotencyKey
 from models.jobs import JOB_STATUSES, TERMINAL_STATUSES, Job
 from models.users import User
+from models.webhooks import (
+    WebhookAttempt,
+    WebhookCallbackSecret,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "JOB_STATUSES",
@@ -20,4 +26,8 @@ __all__ = [
     "Job",
     "Stream",
     "User",
+    "WebhookAttempt",
+    "WebhookCallbackSecret",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

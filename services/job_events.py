@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services import event_store
+from services import event_store, webhooks
 from services.after_commit import Announce, SendTask, defer, job_key
 from services.event_store import NewEvent
-from services.event_types import job_stream
+from services.event_types import TERMINAL_JOB_EVENTS, job_stream
 
 RUN_JOB_TASK = "conveyor.jobs.run"
 AGENTS_QUEUE = "agents"
@@ -35,6 +35,8 @@ def record(
         events=[NewEvent(event_type, {"job_id": str(job_id), **data}, metadata)],
     )
     defer(session, Announce(job_key(job_id), status))
+    if event_type in TERMINAL_JOB_EVENTS:  # webhook outbox rows, in this same transaction
+        webhooks.job_ended(session, owner_id=owner_id, job_id=job_id, event_type=event_type)
 
 
 def publish_run(

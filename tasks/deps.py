@@ -5,13 +5,14 @@ Tasks import this, never `workers`, so the import direction stays `workers -> ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.job_execution import Runner
 from services.job_policy import JobPolicy
+from services.webhook_policy import WebhookPolicy
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class TaskDeps:
     session_factory: sessionmaker[Session]
     job_policy: JobPolicy
     runner: Runner
+    webhook_policy: WebhookPolicy = field(default_factory=WebhookPolicy)
 
 
 def deps_of(task: Any) -> TaskDeps:

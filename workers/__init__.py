@@ -46,7 +46,10 @@ def _build_deps() -> TaskDeps:
     tools = ToolBox(session_factory, settings.document_limits())
     runner = AgentRunner(ChatRunner(Providers(settings.llm_providers()), tools))
     return TaskDeps(
-        session_factory=session_factory, job_policy=settings.job_policy(), runner=runner
+        session_factory=session_factory,
+        job_policy=settings.job_policy(),
+        runner=runner,
+        webhook_policy=settings.webhook_policy(),
     )
 
 

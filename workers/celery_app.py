@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services import after_commit
 
 QUEUES = ("agents", "events", "webhooks", "maintenance")
-TASK_MODULES = ("tasks.jobs", "tasks.maintenance", "tasks.events")
+TASK_MODULES = ("tasks.jobs", "tasks.maintenance", "tasks.events", "tasks.webhooks")
 
 
 def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
@@ -53,7 +53,12 @@ def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
                 "task": "conveyor.maintenance.sweep_jobs",
                 "schedule": sweep_interval_s,
                 "options": {"queue": "maintenance", "expires": sweep_interval_s * 2},
-            }
+            },
+            "sweep-webhooks": {
+                "task": "conveyor.webhooks.sweep",
+                "schedule": sweep_interval_s,
+                "options": {"queue": "maintenance", "expires": sweep_interval_s * 2},
+            },
         },
     )
     return app

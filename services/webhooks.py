@@ -1,0 +1,340 @@
+"""Webhook subscriptions, callback secrets, the outbox rows events create, and the log.
+
+Sending lives in `webhook_delivery`; the SSRF guard in `ssrf`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models import (
+    Job,
+    WebhookAttempt,
+    WebhookCallbackSecret,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from models.ids import new_id
+from services import ssrf
+from services.after_commit import SendTask, defer
+from services.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from services.event_types import TERMINAL_JOB_EVENTS
+from services.job_view import job_json
+from services.pagination import Page, decode_cursor, page_of
+from services.webhook_policy import WebhookPolicy
+
+DELIVER_TASK = "conveyor.webhooks.deliver"
+WEBHOOKS_QUEUE = "webhooks"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
+SECRET_BYTES = 32
+# The event types an endpoint may subscribe to.
+EVENT_TYPES = tuple(sorted(str(t) for t in TERMINAL_JOB_EVENTS))
+
+
+def new_secret() -> str:
+    """A Standard Webhooks key: `whsec_` and the base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def create(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    url: str,
+    event_types: Sequence[str],
+    description: str | None,
+    policy: WebhookPolicy,
+    resolver: ssrf.Resolver | None = None,
+) -> WebhookEndpoint:
+    """Subscribe `url` to `event_types`, after the SSRF guard has accepted it."""
+    _check_url(url, policy, resolver)
+    endpoint = WebhookEndpoint(
+        owner_id=owner_id,
+        url=url,
+        event_types=list(dict.fromkeys(event_types)),
+        description=description,
+        secret=new_secret(),
+        enabled=True,
+    )
+    session.add(endpoint)
+    session.flush()
+    session.refresh(endpoint)
+    return endpoint
+
+
+def get(session: Session, *, owner_id: uuid.UUID, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    endpoint = session.get(WebhookEndpoint, endpoint_id, populate_existing=True)
+    if endpoint is None or endpoint.owner_id != owner_id:
+        raise NotFound("no webhook endpoint with this id")
+    return endpoint
+
+
+def list_page(
+    session: Session, *, owner_id: uuid.UUID, limit: int, cursor: str | None
+) -> Page[WebhookEndpoint]:
+    return _newest_first(
+        session, WebhookEndpoint, [WebhookEndpoint.owner_id == owner_id], limit, cursor
+    )
+
+
+def update(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    endpoint_id: uuid.UUID,
+    fields: dict[str, Any],
+    policy: WebhookPolicy,
+    resolver: ssrf.Resolver | None = None,
+) -> WebhookEndpoint:
+    """Change the URL, event types, description, or enable or disable the endpoint.
+    Enabling clears the reason it was disabled and its record of failures."""
+    endpoint = _lock(session, owner_id=owner_id, endpoint_id=endpoint_id)
+    if "url" in fields:
+        _check_url(fields["url"], policy, resolver)
+        endpoint.url = fields["url"]
+    if "event_types" in fields:
+        endpoint.event_types = list(dict.fromkeys(fields["event_types"]))
+    if "description" in fields:
+        endpoint.description = fields["description"]
+    enabled = fields.get("enabled")
+    if enabled is True and not endpoint.enabled:
+        endpoint.enabled = True
+        endpoint.disabled_reason = endpoint.disabled_at = endpoint.failing_since = None
+    elif enabled is False and endpoint.enabled:
+        endpoint.enabled = False
+        endpoint.disabled_reason = fields.get("disabled_reason") or "disabled by its owner"
+        endpoint.disabled_at = func.now()
+    session.flush()
+    session.refresh(endpoint)
+    return endpoint
+
+
+def delete(session: Session, *, owner_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
+    """Remove the endpoint with its deliveries and their log."""
+    session.delete(_lock(session, owner_id=owner_id, endpoint_id=endpoint_id))
+    session.flush()
+
+
+def rotate_secret(
+    session: Session, *, owner_id: uuid.UUID, endpoint_id: uuid.UUID, policy: WebhookPolicy
+) -> WebhookEndpoint:
+    """A new key signs from now on; the current one keeps signing beside it for
+    `policy.secret_overlap_s`, so receivers can switch keys without missing a delivery."""
+    endpoint = _lock(session, owner_id=owner_id, endpoint_id=endpoint_id)
+    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_secret_expires_at = func.now() + dt.timedelta(seconds=policy.secret_overlap_s)
+    endpoint.secret = new_secret()
+    session.flush()
+    session.refresh(endpoint)
+    return endpoint
+
+
+def signing_secrets(endpoint: WebhookEndpoint) -> tuple[str, ...]:
+    """The keys that sign the endpoint's deliveries now: the current one, and the previous
+    one while its overlap lasts."""
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret and expires is not None and expires > dt.datetime.now(dt.UTC):
+        return (endpoint.secret, endpoint.previous_secret)
+    return (endpoint.secret,)
+
+
+def callback_secret(session: Session, *, owner_id: uuid.UUID) -> str:
+    """The owner's key for jobs' own `webhook_url` deliveries, made on first use."""
+    session.execute(
+        insert(WebhookCallbackSecret)
+        .values(owner_id=owner_id, secret=new_secret())
+        .on_conflict_do_nothing(index_elements=["owner_id"])
+    )
+    secret = session.scalar(
+        select(WebhookCallbackSecret.secret).where(WebhookCallbackSecret.owner_id == owner_id)
+    )
+    assert secret is not None
+    return secret
+
+
+def _check_url(url: str, policy: WebhookPolicy, resolver: ssrf.Resolver | None) -> None:
+    try:
+        if resolver is None:
+            ssrf.check(url, allowed=policy.allowed_networks)
+        else:
+            ssrf.check(url, allowed=policy.allowed_networks, resolver=resolver)
+    except ssrf.UnsafeUrl as refused:
+        raise InvalidInput(problems=[FieldProblem("url", str(refused))]) from None
+
+
+def _lock(session: Session, *, owner_id: uuid.UUID, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    endpoint = session.scalar(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.owner_id == owner_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if endpoint is None:
+        raise NotFound("no webhook endpoint with this id")
+    return endpoint
+
+
+# --------------------------------------------------------------------------- the outbox
+
+
+def job_ended(
+    session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, event_type: str
+) -> list[uuid.UUID]:
+    """Write the deliveries of a job's terminal event, in the transaction that records it:
+    one per enabled endpoint subscribed to the type, and one to the job's `webhook_url`."""
+    endpoint_ids = list(
+        session.scalars(
+            select(WebhookEndpoint.id).where(
+                WebhookEndpoint.owner_id == owner_id,
+                WebhookEndpoint.enabled.is_(True),
+                WebhookEndpoint.event_types.contains([str(event_type)]),
+            )
+        )
+    )
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    targets: list[dict[str, Any]] = [{"endpoint_id": e, "url": None} for e in endpoint_ids]
+    if job.webhook_url:
+        targets.append({"endpoint_id": None, "url": job.webhook_url})
+    if not targets:
+        return []
+    happened_at = job.finished_at or job.updated_at
+    payload = {
+        "type": str(event_type),
+        "timestamp": happened_at,
+        "data": job_json(job),
+    }
+    # One message per event: every receiver sees the same `webhook-id`, on every attempt.
+    message_id = f"msg_{new_id().hex}"
+    plain = orjson.loads(orjson.dumps(payload, option=orjson.OPT_UTC_Z))
+    delivery_ids = list(
+        session.scalars(
+            insert(WebhookDelivery).returning(WebhookDelivery.id),
+            [
+                {
+                    "id": new_id(),
+                    "owner_id": owner_id,
+                    "job_id": job_id,
+                    "event_type": str(event_type),
+                    "message_id": message_id,
+                    "payload": plain,
+                    **target,
+                }
+                for target in targets
+            ],
+        )
+    )
+    for delivery_id in delivery_ids:
+        publish(session, delivery_id)
+    return delivery_ids
+
+
+def publish(session: Session, delivery_id: uuid.UUID, *, countdown_s: float = 0) -> None:
+    """Ask a worker to attempt the delivery, after commit."""
+    options = {"countdown": round(countdown_s, 3)} if countdown_s > 0 else {}
+    defer(session, SendTask(DELIVER_TASK, WEBHOOKS_QUEUE, (str(delivery_id),), options))
+
+
+# --------------------------------------------------------------------------- the log
+
+
+def deliveries_page(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    endpoint_id: uuid.UUID | None = None,
+    job_id: uuid.UUID | None = None,
+) -> Page[WebhookDelivery]:
+    """The owner's deliveries, newest first, by endpoint or job."""
+    if endpoint_id is not None:
+        get(session, owner_id=owner_id, endpoint_id=endpoint_id)
+    where = [WebhookDelivery.owner_id == owner_id]
+    if endpoint_id is not None:
+        where.append(WebhookDelivery.endpoint_id == endpoint_id)
+    if job_id is not None:
+        where.append(WebhookDelivery.job_id == job_id)
+    return _newest_first(session, WebhookDelivery, where, limit, cursor)
+
+
+Row = TypeVar("Row", WebhookEndpoint, WebhookDelivery)
+
+
+def _newest_first(
+    session: Session,
+    model: type[Row],
+    where: list[ColumnElement[bool]],
+    limit: int,
+    cursor: str | None,
+) -> Page[Row]:
+    query = select(model).where(*where)
+    after = decode_cursor(cursor)
+    if after is not None:
+        query = query.where(model.id < after)
+    return page_of(list(session.scalars(query.order_by(model.id.desc()).limit(limit + 1))), limit)
+
+
+def get_delivery(
+    session: Session, *, owner_id: uuid.UUID, delivery_id: uuid.UUID
+) -> WebhookDelivery:
+    delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
+    if delivery is None or delivery.owner_id != owner_id:
+        raise NotFound("no delivery with this id")
+    return delivery
+
+
+def attempts_of(
+    session: Session, delivery_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[WebhookAttempt]]:
+    """Each delivery's attempts, oldest first."""
+    found: dict[uuid.UUID, list[WebhookAttempt]] = {d: [] for d in delivery_ids}
+    if delivery_ids:
+        rows = session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(delivery_ids))
+            .order_by(WebhookAttempt.delivery_id, WebhookAttempt.id)
+        )
+        for row in rows:
+            found[row.delivery_id].append(row)
+    return found
+
+
+def redeliver(session: Session, *, owner_id: uuid.UUID, delivery_id: uuid.UUID) -> WebhookDelivery:
+    """Send the message again, with the same `webhook-id`, on a fresh retry schedule.
+    The log keeps every earlier attempt."""
+    delivery = session.scalar(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.owner_id == owner_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if delivery is None:
+        raise NotFound("no delivery with this id")
+    if delivery.endpoint_id is not None:
+        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+        if endpoint is not None and not endpoint.enabled:
+            raise Conflict(
+                "the endpoint is disabled; enable it first",
+                extra={"disabled_reason": endpoint.disabled_reason},
+            )
+    delivery.status = "pending"
+    delivery.attempts = 0
+    delivery.next_attempt_at = func.statement_timestamp()
+    session.flush()
+    session.refresh(delivery)
+    publish(session, delivery.id)
+    return delivery
