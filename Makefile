@@ -1,6 +1,7 @@
 # Conveyor: the same commands for local runs and CI.  `make help` lists the targets.
 
-VENV := .venv
+# Dockerfile.dev sets VENV to the image's virtualenv (/opt/venv).
+VENV ?= .venv
 BIN := $(VENV)/bin
 # The interpreter that creates the venv: python3.11 when it runs, else python3.
 PYTHON := $(shell for p in python3.11 python3; do $$p -c '' >/dev/null 2>&1 && { echo $$p; break; }; done)

@@ -28,3 +28,41 @@ accesslog = None
 # concurrent instances (make run, end-to-end tests, other checkouts) would take it from
 # each other. Nothing here uses `gunicornc`.
 control_socket_disable = True
+
+
+# --------------------------------------------------------------------------- metrics
+# prometheus_client's multiprocess mode: every worker writes its samples to files in
+# PROMETHEUS_MULTIPROC_DIR and GET /metrics, answered by any one worker, sums them all. The
+# directory is fresh for each start (or emptied, when the environment names one) and set
+# before any worker imports prometheus_client.
+_metrics_dir: dict[str, object] = {}
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    from telemetry import multiproc
+
+    path, created = multiproc.prepare("conveyor-web-metrics-")
+    _metrics_dir.update(path=path, created=created)
+    # SIGINT (Ctrl-C) stops as gracefully as SIGTERM; gunicorn's own INT is a quick stop.
+    # A second INT or a QUIT during the graceful stop still makes it quick.
+    server.handle_int = server.handle_term
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    # A terminal's Ctrl-C reaches the workers too: finish in-flight requests there as well.
+    import signal
+
+    signal.signal(signal.SIGINT, worker.handle_exit)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from telemetry import multiproc
+
+    multiproc.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    from telemetry import multiproc
+
+    if _metrics_dir.get("created"):
+        multiproc.remove(_metrics_dir["path"])  # type: ignore[arg-type]

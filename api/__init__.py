@@ -6,7 +6,7 @@ import structlog
 from apiflask import APIFlask
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import auth, problems, request_context
+from api import auth, metrics, problems, request_context
 from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
 from api.openapi import describe_security
@@ -68,6 +68,7 @@ def create_app(
     )
 
     request_context.install(app)
+    metrics.install(app)  # after request_context: reads the start time it sets
     problems.install(app)
     auth.install(
         app,

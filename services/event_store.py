@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from models import Event, Stream
 from models.ids import new_id
+from services import metrics
 from services.after_commit import Announce, defer, events_key
 from services.errors import Conflict, FieldProblem, InvalidInput
 
@@ -134,6 +135,7 @@ def insert_rows(session: Session, owner_id: uuid.UUID, rows: list[dict[str, Any]
     result = session.execute(_INSERT_ROWS, {"owner_id": owner_id, "rows": payload})
     position_of = {str(event_id): position for event_id, position in result}
     defer(session, Announce(events_key(owner_id)))
+    metrics.count_after_commit(session, metrics.EVENTS_APPENDED, len(rows))
     return [position_of[str(row["event_id"])] for row in rows]
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
-from services import agents, event_store, job_events
+from services import agents, event_store, job_events, metrics
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
@@ -77,6 +77,7 @@ def submit(
         correlation_id=correlation_id,
     )
     job_events.publish_run(session, job.id, timeout_s=job.timeout_s, grace_s=policy.grace_s)
+    metrics.count_after_commit(session, metrics.JOBS_SUBMITTED)
     return job
 
 

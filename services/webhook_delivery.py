@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from services import ssrf, webhook_http, webhooks
+from services import metrics, ssrf, webhook_http, webhooks
 from services.webhook_http import Answer
 from services.webhook_policy import WebhookPolicy
 
@@ -61,6 +61,7 @@ def deliver(
     answer = attempt(claim, policy=policy, resolver=resolver)
     with session_factory.begin() as session:
         status = record(session, claim, answer, attempted_at=attempted_at, policy=policy)
+    metrics.count(metrics.WEBHOOK_DELIVERIES, outcome=status)
     log.info(
         "webhook.attempted",
         delivery_id=str(delivery_id),

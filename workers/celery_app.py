@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from services import after_commit
 
 QUEUES = ("agents", "events", "webhooks", "maintenance")
+# The message header that carries the id of the HTTP request (or of the task) that caused a
+# task, so the worker's log lines name it (workers/operations.py binds it).
+REQUEST_ID_HEADER = "conveyor_request_id"
 TASK_MODULES = ("tasks.jobs", "tasks.maintenance", "tasks.events", "tasks.webhooks")
 
 
@@ -64,6 +67,12 @@ def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
     return app
 
 
+def trace_headers() -> dict[str, str]:
+    """The request id bound to this thread's log context (a request's, or a task's)."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    return {REQUEST_ID_HEADER: str(request_id)} if request_id else {}
+
+
 def install_after_commit(
     factory: sessionmaker[Session],
     app: Celery,
@@ -75,7 +84,7 @@ def install_after_commit(
     log = structlog.get_logger("conveyor.after_commit")
     dispatch = after_commit.make_dispatcher(
         send_task=lambda task: app.send_task(
-            task.name, args=task.args, queue=task.queue, **task.options
+            task.name, args=task.args, queue=task.queue, headers=trace_headers(), **task.options
         ),
         announce=lambda channel, status: announcer.publish(channel, status),
         on_error=lambda message, error: log.warning(
