@@ -2,9 +2,13 @@
 
 Two apps on one scratch database, the same in all but `DOCUMENT_CACHE_MAX_BYTES` (0, or
 the default), each read through the Flask test client: the whole request path (JWT check
-with its Redis blocklist lookup, the session, the query, JSON) without a socket. For each
-content size, DOCS documents are read round robin REQUESTS times per app, after a warm-up,
-one request at a time (THREADS > 1 reads from that many threads at once).
+with its Redis blocklist lookup, the session, the queries, JSON) without a socket. For each
+content size, DOCS documents are read round robin, REQUESTS times per app, one request at a
+time, after a warm-up that fills the cache.
+
+The two apps take turns request by request, so load from anything else on the machine falls
+on both alike; req/s is requests over the summed latency of that app's requests, and `cpu`
+is this process's CPU time per request (PostgreSQL's work is not in it).
 
 Run: `.venv/bin/python -m bench.document_reads` (DATABASE_URL: a server to create the
 scratch database on, default local; REDIS_URL, default local). The database is dropped.
@@ -14,11 +18,10 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
 import string
-import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from api import create_app
@@ -28,12 +31,26 @@ from tests.conftest import create_migrated_database, drop_database
 
 SIZES = [int(s) for s in os.environ.get("SIZES", "1024,16384,131072,1048000").split(",")]
 DOCS = int(os.environ.get("DOCS", "20"))
-REQUESTS = int(os.environ.get("REQUESTS", "2000"))
-THREADS = int(os.environ.get("THREADS", "1"))
-# Runs per app and size, alternating between the apps so that drift on a shared machine hits
-# both alike; a cell shows the median rate and the latencies of all its runs.
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
+REQUESTS = int(os.environ.get("REQUESTS", "3000"))
 PASSWORD = "bench password 1234"  # noqa: S105 (a throwaway user in a scratch database)
+
+
+@dataclass
+class Timings:
+    latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / sum(self.latencies)
+
+    def ms(self, share: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
+
+    def cell(self) -> str:
+        cpu_ms = self.cpu / len(self.latencies) * 1000
+        return f"{self.rate:>7,.0f} {self.ms(0.5):>6.2f} {self.ms(0.95):>6.2f} {cpu_ms:>6.2f}"
 
 
 def text_of(size: int, rng: random.Random) -> str:
@@ -47,50 +64,27 @@ def text_of(size: int, rng: random.Random) -> str:
     return " ".join(parts)[:size]
 
 
-def measure(app: Any, headers: dict[str, str], ids: list[str]) -> tuple[float, list[float], float]:
-    """Requests per second, every request's latency in seconds, and this process's CPU
-    seconds per request (less disturbed than wall time by other load on the machine)."""
-    per_thread = REQUESTS // THREADS
-    latencies: list[float] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(THREADS + 1)
-
-    failures: list[str] = []
-
-    def reader(offset: int) -> None:
-        client = app.test_client()
-        mine = []
-        barrier.wait()
-        for n in range(per_thread):
-            t0 = time.perf_counter()
-            response = client.get(f"/v1/documents/{ids[(n + offset) % len(ids)]}", headers=headers)
-            mine.append(time.perf_counter() - t0)
-            if response.status_code != 200:
-                failures.append(f"{response.status_code}: {response.get_data(as_text=True)}")
-                return
-        with lock:
-            latencies.extend(mine)
-
-    client = app.test_client()
-    for _ in range(3):  # warm-up: connections, caches, code paths
-        for document_id in ids:
-            assert client.get(f"/v1/documents/{document_id}", headers=headers).status_code == 200
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for thread in threads:
-        thread.join()
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    if failures:
-        raise SystemExit(f"a read failed: {failures[0]}")
-    return len(latencies) / elapsed, latencies, cpu / len(latencies)
+def read(client: Any, document_id: str, headers: dict[str, str], timings: Timings) -> None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    response = client.get(f"/v1/documents/{document_id}", headers=headers)
+    timings.latencies.append(time.perf_counter() - wall)
+    timings.cpu += time.process_time() - cpu
+    if response.status_code != 200:
+        raise SystemExit(f"a read failed: {response.status_code} {response.get_data(as_text=True)}")
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+def compare(apps: dict[str, Any], headers: dict[str, str], ids: list[str]) -> dict[str, Timings]:
+    clients = {label: app.test_client() for label, app in apps.items()}
+    for client in clients.values():  # warm-up: connections, code paths, the cache
+        for document_id in ids * 3:
+            read(client, document_id, headers, Timings())
+    timings = {label: Timings() for label in apps}
+    for n in range(REQUESTS):
+        # Alternate which app goes first, so neither always follows the other.
+        order = list(clients) if n % 2 == 0 else list(clients)[::-1]
+        for label in order:
+            read(clients[label], ids[n % len(ids)], headers, timings[label])
+    return timings
 
 
 def main() -> None:
@@ -117,24 +111,20 @@ def main() -> None:
     try:
         client = apps["with cache"].test_client()
         email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-        assert (
-            client.post(
-                "/v1/auth/register", json={"email": email, "password": PASSWORD}
-            ).status_code
-            == 201
-        )
-        token = client.post("/v1/auth/login", json={"email": email, "password": PASSWORD}).json
-        headers = {"Authorization": f"Bearer {token['access_token']}"}
+        credentials = {"email": email, "password": PASSWORD}
+        assert client.post("/v1/auth/register", json=credentials).status_code == 201
+        token = client.post("/v1/auth/login", json=credentials).json["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
         rng = random.Random(7)
         print(
-            f"document reads: {DOCS} documents per size, {REQUESTS} requests per run, "
-            f"{ROUNDS} runs per cell, {THREADS} thread(s), Flask test client"
+            f"document reads: {DOCS} documents per size, {REQUESTS} requests per app and size, "
+            "one at a time, apps alternating request by request, Flask test client"
         )
         print(f"{'':>9} | {'without cache':^28} | {'with cache':^28} |")
         heading = f"{'req/s':>7} {'p50':>6} {'p95':>6} {'cpu':>6}"
-        print(f"{'content':>9} | {heading} | {heading} | ratio (req/s)")
         units = f"{'':>7} {'ms':>6} {'ms':>6} {'ms':>6}"
-        print(f"{'bytes':>9} | {units} | {units} |")
+        print(f"{'content':>9} | {heading} | {heading} | ratio")
+        print(f"{'bytes':>9} | {units} | {units} | (req/s)")
         for size in SIZES:
             ids = []
             for i in range(DOCS):
@@ -145,20 +135,10 @@ def main() -> None:
                 )
                 assert response.status_code == 201, response.json
                 ids.append(response.json["id"])
-            runs: dict[str, list[tuple[float, list[float], float]]] = {label: [] for label in apps}
-            for _ in range(ROUNDS):
-                for label, app in apps.items():
-                    runs[label].append(measure(app, headers, ids))
-            rates = {label: statistics.median(r[0] for r in runs[label]) for label in apps}
-            cells = []
-            for label in apps:
-                latencies = [value for run in runs[label] for value in run[1]]
-                p50 = percentile(latencies, 0.50) * 1000
-                p95 = percentile(latencies, 0.95) * 1000
-                cpu = statistics.median(r[2] for r in runs[label]) * 1000
-                cells.append(f"{rates[label]:>7,.0f} {p50:>6.2f} {p95:>6.2f} {cpu:>6.2f}")
-            ratio = rates["with cache"] / rates["without cache"]
-            print(f"{size:>9,} | {cells[0]} | {cells[1]} | {ratio:.2f}x")
+            timings = compare(apps, headers, ids)
+            without, with_ = timings["without cache"], timings["with cache"]
+            ratio = with_.rate / without.rate
+            print(f"{size:>9,} | {without.cell()} | {with_.cell()} | {ratio:.2f}x")
         stats = apps["with cache"].extensions["conveyor.document_cache"].stats()
         print(
             f"cache: {stats.hits} hits, {stats.misses} misses, {stats.entries} entries, "
