@@ -127,6 +127,43 @@ _SET_VERSIONS = text(
 )
 
 
+_APPEND_SERIALIZED = text(
+    """
+    INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
+    SELECT CAST(:event_id AS uuid), CAST(:owner_id AS uuid), CAST(:stream AS varchar),
+           coalesce(max(version), 0) + 1, CAST(:type AS varchar),
+           CAST(:data AS jsonb), CAST(:metadata AS jsonb)
+    FROM events WHERE owner_id = CAST(:owner_id AS uuid) AND stream = CAST(:stream AS varchar)
+    RETURNING position
+    """
+)
+
+
+def append_serialized(
+    session: Session, *, owner_id: uuid.UUID, stream: str, event: NewEvent
+) -> int:
+    """Append one event in one round trip, for a server-written stream whose writers the
+    caller already serializes with a row lock of its own (a job's row for `job-<id>`).
+
+    It skips the `streams` row that client streams use; reserved streams are never written
+    by clients, so nothing else relies on that row for them. Returns the position.
+    """
+    position: int = session.execute(
+        _APPEND_SERIALIZED,
+        {
+            "event_id": event.event_id or new_id(),
+            "owner_id": owner_id,
+            "stream": stream,
+            "type": str(event.type),
+            "data": orjson.dumps(dict(event.data), default=str).decode(),
+            "metadata": orjson.dumps(dict(event.metadata), default=str).decode(),
+        },
+    ).scalar_one()
+    defer(session, Announce(events_key(owner_id)))
+    metrics.count_after_commit(session, metrics.EVENTS_APPENDED, 1)
+    return position
+
+
 def insert_rows(session: Session, owner_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[int]:
     """Insert prepared rows of one owner in one statement; their positions in row order."""
     if not rows:

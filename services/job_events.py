@@ -26,13 +26,16 @@ def record(
     data: dict[str, Any],
     correlation_id: str | None,
 ) -> None:
-    """Append the transition's event to the job's stream and announce it after commit."""
+    """Append the transition's event to the job's stream and announce it after commit.
+
+    Every transition first updates (and so locks) the job's row, which serializes the
+    writers of its stream: the one-round-trip append is safe here."""
     metadata = {"correlation_id": correlation_id} if correlation_id else {}
-    event_store.append(
+    event_store.append_serialized(
         session,
         owner_id=owner_id,
         stream=job_stream(job_id),
-        events=[NewEvent(event_type, {"job_id": str(job_id), **data}, metadata)],
+        event=NewEvent(event_type, {"job_id": str(job_id), **data}, metadata),
     )
     defer(session, Announce(job_key(job_id), status))
     if event_type in TERMINAL_JOB_EVENTS:  # webhook outbox rows, in this same transaction

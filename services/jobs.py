@@ -9,18 +9,50 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select, update
+import orjson
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
+from models.ids import new_id
 from services import agents, event_store, job_events, metrics
+from services.after_commit import Announce, defer, events_key
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
-from services.job_transitions import end_jobs, seconds
+from services.job_transitions import end_jobs
 from services.pagination import Page, decode_cursor, page_of
 
 RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
+
+_AGENT_CONFIG = ", ".join(f"'{name}', a.{name}" for name in agents.CONFIG_FIELDS)
+# Only constants are formatted into this statement; every value is a bound parameter.
+_SUBMIT = text(  # noqa: S608
+    f"""
+    WITH job AS (
+        INSERT INTO jobs (
+            id, owner_id, agent_id, agent_version, agent_config, status, input, attempt,
+            max_attempts, attempt_budget, timeout_s, queue_deadline_at, webhook_url, metadata,
+            correlation_id
+        )
+        SELECT :job_id, a.owner_id, a.id, a.version, jsonb_build_object({_AGENT_CONFIG}),
+               'queued', CAST(:input AS jsonb), 0, :max_attempts, :max_attempts,
+               coalesce(:timeout_s, a.timeout_s, :default_timeout_s),
+               now() + make_interval(secs => :queue_timeout_s), :webhook_url,
+               CAST(:metadata AS jsonb), :correlation_id
+        FROM agents AS a
+        WHERE a.id = :agent_id AND a.owner_id = :owner_id AND a.deleted_at IS NULL
+        RETURNING *
+    ), queued AS (
+        INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
+        SELECT :event_id, owner_id, :stream, 1, '{EventType.JOB_QUEUED}',
+               jsonb_build_object('job_id', id::text, 'agent_version', agent_version),
+               CAST(:event_metadata AS jsonb)
+        FROM job
+    )
+    SELECT * FROM job
+    """
+)
 
 
 def submit(
@@ -41,41 +73,37 @@ def submit(
     """Queue a job for the owner's agent; the run message is published after commit."""
     if queue_depth is not None and queue_depth() >= policy.max_queue_depth:
         raise Overloaded("the job queue is full; try again shortly", retry_after_s=5)
-    try:
-        agent = agents.get(session, owner_id=owner_id, agent_id=agent_id)
-    except NotFound:
-        raise InvalidInput(problems=[FieldProblem("agent_id", "no agent with this id")]) from None
     _check_limit("timeout_s", timeout_s, policy.max_timeout_s)
     _check_limit("queue_timeout_s", queue_timeout_s, policy.max_queue_timeout_s)
     attempts = max_attempts or policy.default_max_attempts
-    job = Job(
-        owner_id=owner_id,
-        agent_id=agent.id,
-        agent_version=agent.version,
-        agent_config=agents.config_of(agent),
-        status="queued",
-        input=input,
-        attempt=0,
-        max_attempts=attempts,
-        attempt_budget=attempts,
-        timeout_s=timeout_s or agent.timeout_s or policy.default_timeout_s,
-        queue_deadline_at=func.now() + seconds(queue_timeout_s or policy.default_queue_timeout_s),
-        webhook_url=webhook_url,
-        metadata_=metadata or {},
-        correlation_id=correlation_id,
-    )
-    session.add(job)
-    session.flush()
-    session.refresh(job)
-    job_events.record(
-        session,
-        owner_id=owner_id,
-        job_id=job.id,
-        event_type=EventType.JOB_QUEUED,
-        status="queued",
-        data={"agent_version": job.agent_version},
-        correlation_id=correlation_id,
-    )
+    job_id = new_id()
+    # The hot path: one round trip reads the agent, inserts the job with a copy of the
+    # agent's configuration, and appends `job.queued` as version 1 of the new job's stream.
+    job: Job | None = session.scalars(
+        select(Job).from_statement(_SUBMIT),
+        {
+            "job_id": job_id,
+            "owner_id": owner_id,
+            "agent_id": agent_id,
+            "input": orjson.dumps(input).decode(),
+            "max_attempts": attempts,
+            "timeout_s": timeout_s,
+            "default_timeout_s": policy.default_timeout_s,
+            "queue_timeout_s": queue_timeout_s or policy.default_queue_timeout_s,
+            "webhook_url": webhook_url,
+            "metadata": orjson.dumps(metadata or {}).decode(),
+            "correlation_id": correlation_id,
+            "stream": job_stream(job_id),
+            "event_id": new_id(),
+            "event_metadata": orjson.dumps(
+                {"correlation_id": correlation_id} if correlation_id else {}
+            ).decode(),
+        },
+    ).one_or_none()
+    if job is None:
+        raise InvalidInput(problems=[FieldProblem("agent_id", "no agent with this id")])
+    defer(session, Announce(events_key(owner_id)))
+    metrics.count_after_commit(session, metrics.EVENTS_APPENDED, 1)
     job_events.publish_run(session, job.id, timeout_s=job.timeout_s, grace_s=policy.grace_s)
     metrics.count_after_commit(session, metrics.JOBS_SUBMITTED)
     return job
