@@ -36,7 +36,9 @@ class SweepReport:
         return sum(len(ids) for ids in vars(self).values())
 
 
-def sweep(session: Session, *, policy: JobPolicy) -> SweepReport:
+def sweep(
+    session: Session, *, policy: JobPolicy, waiting_messages: int | None = None
+) -> SweepReport:
     report = SweepReport()
     report.queue_timed_out = end_jobs(
         session,
@@ -76,7 +78,7 @@ def sweep(session: Session, *, policy: JobPolicy) -> SweepReport:
         ),
     )
     report.requeued = _requeue_lost(session, lease_expired, policy)
-    report.republished = _republish_waiting(session, policy)
+    report.republished = _republish_waiting(session, policy, waiting_messages)
     session.execute(
         delete(IdempotencyKey).where(
             IdempotencyKey.created_at < func.now() - seconds(IDEMPOTENCY_TTL_S)
@@ -115,18 +117,35 @@ def _requeue_lost(
     return [row.id for row in rows]
 
 
-def _republish_waiting(session: Session, policy: JobPolicy) -> list[uuid.UUID]:
+def _republish_waiting(
+    session: Session, policy: JobPolicy, waiting_messages: int | None
+) -> list[uuid.UUID]:
     """Publish again queued jobs that are due but untouched for a while: their message may
-    be lost (Redis restarted, a publish failed). A duplicate finds nothing to claim."""
+    be lost (Redis restarted, a publish failed). A duplicate finds nothing to claim.
+
+    With `waiting_messages` (the agents queue's length), only as many are published as the
+    queue lacks: at least `due queued jobs - waiting messages` messages are missing. Without
+    it every stale job would be published again each period while it merely waits in line,
+    and the duplicates would fill the queue (and trip backpressure).
+    """
+    due = (Job.status == "queued") & (Job.run_after.is_(None) | (Job.run_after <= func.now()))
+    limit = BATCH
+    if waiting_messages is not None:
+        due_jobs = session.scalar(select(func.count()).select_from(Job).where(due)) or 0
+        limit = min(BATCH, due_jobs - waiting_messages)
+        if limit <= 0:
+            return []
     waited_since = func.greatest(Job.updated_at, func.coalesce(Job.run_after, Job.updated_at))
+    stale = (
+        select(Job.id)
+        .where(due & (waited_since < func.now() - seconds(policy.republish_after_s)))
+        .order_by(Job.updated_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     rows = session.execute(
         update(Job)
-        .where(
-            _batch(
-                (Job.status == "queued")
-                & (waited_since < func.now() - seconds(policy.republish_after_s))
-            )
-        )
+        .where(Job.id.in_(stale.scalar_subquery()))
         .values(updated_at=func.now())
         .returning(Job.id, Job.timeout_s)
         .execution_options(synchronize_session=False)

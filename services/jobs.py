@@ -27,7 +27,7 @@ RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
 
 _AGENT_CONFIG = ", ".join(f"'{name}', a.{name}" for name in agents.CONFIG_FIELDS)
 # Only constants are formatted into this statement; every value is a bound parameter.
-_SUBMIT = text(  # noqa: S608
+_SUBMIT = text(
     f"""
     WITH job AS (
         INSERT INTO jobs (
@@ -51,7 +51,7 @@ _SUBMIT = text(  # noqa: S608
         FROM job
     )
     SELECT * FROM job
-    """
+    """  # noqa: S608
 )
 
 

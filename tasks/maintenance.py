@@ -1,3 +1,5 @@
+from typing import Any
+
 import structlog
 from celery import shared_task
 
@@ -18,8 +20,9 @@ log = structlog.get_logger(__name__)
 def sweep_jobs(self) -> int:
     """End, re-queue or re-publish jobs and event batches whose worker or message was lost."""
     deps = deps_of(self)
+    waiting = _queue_length(self.app, "agents")
     with deps.session_factory.begin() as session:
-        report = job_sweeper.sweep(session, policy=deps.job_policy)
+        report = job_sweeper.sweep(session, policy=deps.job_policy, waiting_messages=waiting)
         batches = event_batches.republish_pending(
             session, older_than_s=deps.job_policy.republish_after_s
         )
@@ -27,3 +30,15 @@ def sweep_jobs(self) -> int:
         counts = {k: len(v) for k, v in vars(report).items() if v}
         log.info("swept", event_batches_republished=len(batches), **counts)
     return report.total() + len(batches)
+
+
+def _queue_length(app: Any, queue: str) -> int | None:
+    """Messages waiting in a broker queue; None when the broker cannot say (then the sweep
+    re-publishes every stale job, which is right after a broker restart)."""
+    try:
+        with app.connection_for_read() as connection:
+            _, count, _ = connection.default_channel.queue_declare(queue)
+            return int(count)
+    except Exception:
+        log.warning("sweep.queue_length_unknown", queue=queue, exc_info=True)
+        return None

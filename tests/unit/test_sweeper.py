@@ -170,3 +170,20 @@ def test_a_delayed_retry_is_not_claimed_early(session_factory, submit):
     assert claim(session_factory, job_id) is None
     set_past(session_factory, job_id, "run_after", 1)
     assert claim(session_factory, job_id).attempt == 2
+
+
+def test_republishes_only_what_the_queue_lacks(session_factory, submit, published):
+    jobs_ = [submit() for _ in range(3)]
+    for age_s, job_id in zip((60, 50, 40), jobs_, strict=True):
+        set_past(session_factory, job_id, "updated_at", age_s)
+
+    def republish(waiting):
+        with session_factory.begin() as session:
+            return job_sweeper.sweep(session, policy=POLICY, waiting_messages=waiting).republished
+
+    # Three due jobs and three messages waiting: nothing is missing, nothing is sent.
+    assert republish(3) == []
+    # Two messages for three jobs: one is missing, so the oldest job is published again.
+    assert republish(2) == [jobs_[0]]
+    # The broker lost everything (or cannot say): every stale job is published again.
+    assert set(republish(0)) == set(jobs_[1:])
