@@ -191,3 +191,7 @@ def alice(client) -> AuthClient:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def bob(client) -> AuthClient:  # type: ignore[no-untyped-def]
     return AuthClient.register(client, f"bob-{uuid.uuid4().hex[:8]}@example.com")
+
+
+# The fault tests' measurements, gathered in the terminal summary (tests/faults/summary.py).
+from tests.faults.summary import pytest_terminal_summary  # noqa: E402, F401
