@@ -1,0 +1,92 @@
+"""An agent on an OpenAI-compatible provider through real processes: the worker streams
+from the fake provider, and a cancel or a timeout stops it mid-stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Servers
+from tests.fake_openai import FakeOpenAI, Turn
+from tests.stack import Api, Scenario, stack_on
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def running(
+    servers: Servers,
+    worker_id: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake: FakeOpenAI,
+) -> Iterator[tuple[Scenario, Api]]:
+    workdir = tmp_path_factory.mktemp("agent-runs")
+    env = {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-e2e", "JOB_GRACE_S": "1"}
+    with stack_on(servers, worker_id, workdir, "agents", **env) as scenario:
+        api = scenario.stack.start_web()
+        scenario.stack.start_worker(concurrency=2)
+        api.sign_up()
+        yield scenario, api
+
+
+def create_agent(api: Api) -> str:
+    body = {"name": "llm", "provider": "openai", "model": "fake", "instructions": "hi"}
+    reply = api.post("/v1/agents", body)
+    assert reply.status == 201, reply
+    return str(reply.body["id"])
+
+
+def test_a_streamed_answer_arrives_as_events(running, fake):
+    scenario, api = running
+    fake.then(Turn(text="streamed through a real worker", chunk_size=5))
+    with scenario.stack.logs_on_failure():
+        job_id = api.submit(create_agent(api), "go").body["id"]
+        job = api.wait_terminal(job_id, timeout=30)
+        assert job["status"] == "succeeded", job
+        assert job["output"]["text"] == "streamed through a real worker"
+        types = [t for _, t in api.event_types(job_id)]
+        assert types[:3] == ["job.queued", "job.started", "job.step.started"]
+        assert "job.output.delta" in types and types[-1] == "job.succeeded"
+
+
+def test_cancel_stops_a_run_mid_stream(running, fake):
+    scenario, api = running
+    # A slow model: a chunk every 0.3 s for about 30 s.
+    fake.then(Turn(text="x" * 100, chunk_size=1, chunk_delay_s=0.3))
+    with scenario.stack.logs_on_failure():
+        job_id = api.submit(create_agent(api), "slow").body["id"]
+        scenario.stack.within(
+            20,
+            lambda: "job.output.delta" in [t for _, t in api.event_types(job_id)],
+            "no output arrived",
+        )
+        asked_at = time.monotonic()
+        assert api.post(f"/v1/jobs/{job_id}/cancel").status == 200
+        job = api.wait_terminal(job_id, timeout=15)
+        assert job["status"] == "cancelled", job
+        assert time.monotonic() - asked_at < 3.0
+        assert [t for _, t in api.event_types(job_id)][-1] == "job.cancelled"
+
+
+def test_a_run_past_its_timeout_ends_timed_out(running, fake):
+    scenario, api = running
+    fake.then(Turn(text="y" * 100, chunk_size=1, chunk_delay_s=0.3))
+    with scenario.stack.logs_on_failure():
+        reply = api.post(
+            "/v1/jobs",
+            {"agent_id": create_agent(api), "input": {"text": "slow"}, "timeout_s": 2},
+        )
+        assert reply.status == 202, reply
+        job = api.wait_terminal(reply.body["id"], timeout=20)
+        assert job["status"] == "timed_out", job
+        assert job["error"]["type"] == "timeout"
+        assert job["attempt"] == 1
