@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PYTHON := $(shell for p in python3.11 python3; do $$p -c '' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run migrate test lint
+.PHONY: help venv install run migrate test lint bench soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,3 +34,9 @@ lint: install ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+bench: install ## the benchmark suite on real PostgreSQL and Redis: prints the table (bench/README.md)
+	$(BIN)/python -m bench.suite
+
+soak: install ## steady load for SOAK_S seconds (default 1800) sampling memory; prints growth %
+	$(BIN)/python -m bench.soak
