@@ -14,6 +14,18 @@ from tests.conftest import FAST_PASSWORDS
 POLICY = JobPolicy(republish_after_s=10, grace_s=5)
 
 
+@pytest.fixture(autouse=True)
+def only_this_tests_jobs(session_factory):
+    """The sweeper looks at every job; jobs other tests committed (the committed-database
+    tests leave some) are ended inside this test's transaction, which is rolled back."""
+    with session_factory.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.status.in_(("queued", "running")))
+            .values(status="cancelled", finished_at=text("now()"), lease_expires_at=None)
+        )
+
+
 @pytest.fixture
 def published(session_factory):
     messages = []
