@@ -125,10 +125,12 @@ class Settings(BaseSettings):
     rate_limit_auth_per_email: str = "10/minute"
     # Proxies (CIDRs) whose X-Forwarded-For is believed; otherwise the socket's address counts.
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
-    # JSON request bodies: nesting depth (orjson cannot write back past 254) and the length of
-    # any one string or key, checked before schema validation.
+    # JSON request bodies, checked before schema validation: nesting depth (orjson cannot
+    # write back past 254), object keys, and any one string (a backstop: per-field limits
+    # such as DOCUMENT_MAX_CONTENT_BYTES are lower and answer first).
     json_max_depth: int = Field(default=32, ge=2, le=200)
-    json_max_string_chars: int = Field(default=1024 * 1024, ge=256)
+    json_max_key_chars: int = Field(default=1024, ge=16)
+    json_max_string_chars: int = Field(default=2 * 1024 * 1024, ge=256)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

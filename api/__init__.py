@@ -6,12 +6,12 @@ import structlog
 from apiflask import APIFlask
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import auth, metrics, problems, request_context
+from api import auth, cors, json_limits, metrics, problems, rate_limits, request_context
 from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
 from api.openapi import describe_security
 from api.queue_depth import QueueDepth
-from api.routes import agents, documents, events, health, jobs, webhooks
+from api.routes import agents, api_keys, documents, events, health, jobs, webhooks
 from api.routes import auth as auth_routes
 from api.runtime import Runtime, make_redis
 from models.db import make_engine, make_session_factory
@@ -70,15 +70,24 @@ def create_app(
     request_context.install(app)
     metrics.install(app)  # after request_context: reads the start time it sets
     problems.install(app)
+    json_limits.install(
+        app,
+        max_depth=settings.json_max_depth,
+        max_key_chars=settings.json_max_key_chars,
+        max_string_chars=settings.json_max_string_chars,
+    )
+    cors.install(app, settings.cors_origins)  # preflights answer before auth and limits
     auth.install(
         app,
         secret=settings.jwt_secret_key,
         access_ttl_s=settings.jwt_access_ttl_s,
         refresh_ttl_s=settings.jwt_refresh_ttl_s,
     )
+    rate_limits.install(app, settings)  # after auth: counts per the user it identified
     for blueprint in (
         health.bp,
         auth_routes.bp,
+        api_keys.bp,
         agents.bp,
         jobs.bp,
         events.bp,
@@ -87,5 +96,5 @@ def create_app(
         webhooks.deliveries_bp,
     ):
         app.register_blueprint(blueprint)
-    app.spec_processor(describe_security)
+    app.spec_processor(lambda spec: describe_security(spec, app))
     return app

@@ -152,5 +152,7 @@ def _framework_detail(error: HTTPException) -> str:
             return "The request body is larger than this server accepts."
         case 415:
             return "Send the body as application/json."
+        case 429:
+            return f"Too many requests (at most {error.description}); see Retry-After."
         case _:
             return error.description or "The request failed."

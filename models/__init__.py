@@ -1,6 +1,7 @@
 """SQLAlchemy models. Imports nothing of the application."""
 
 from models.agents import Agent
+from models.api_keys import ApiKey
 from models.base import Base
 from models.documents import Document
 from models.events import Event, EventBatch, Stream
@@ -18,6 +19,7 @@ __all__ = [
     "JOB_STATUSES",
     "TERMINAL_STATUSES",
     "Agent",
+    "ApiKey",
     "Base",
     "Document",
     "Event",

@@ -148,6 +148,11 @@ def settings(database_url: str, redis_url: str) -> Settings:
         redis_url=redis_url,
         jwt_secret_key=TEST_JWT_SECRET,
         log_level="WARNING",
+        # Every test client is 127.0.0.1 and a worker's tests share one Redis: limits stay on
+        # but out of the way; tests/security sets its own low ones.
+        rate_limit_default="100000/minute",
+        rate_limit_auth_per_ip="100000/minute",
+        rate_limit_auth_per_email="1000/minute",
     )
 
 

@@ -10,6 +10,7 @@ from api.auth import (
     current_principal,
     issue_tokens,
     require_access_token,
+    require_bearer_token,
     require_refresh_token,
     revoke_current,
     revoke_encoded,
@@ -55,23 +56,30 @@ def login(body: LoginIn):  # type: ignore[no-untyped-def]
 
 @bp.post("/refresh")
 @bp.output(TokensOut)
-@bp.doc(summary="A new access token for a refresh token (sent as the bearer token)")
+@bp.doc(
+    summary="A new access token for a refresh token (sent as the bearer token)",
+    security="BearerAuth",
+    responses=[200, 401],
+)
 def refresh():  # type: ignore[no-untyped-def]
     payload = require_refresh_token()
-    principal = Principal(uuid.UUID(payload["sub"]), payload.get("role", "user"))
-    if users.get(db(), principal.user_id) is None:
+    user = users.get(db(), uuid.UUID(payload["sub"]))
+    if user is None:
         raise Unauthorized("the token is invalid, expired or revoked")
-    return issue_tokens(principal, with_refresh=False)
+    # The role as it is now, not as it was when the refresh token was issued.
+    return issue_tokens(Principal(user.id, user.role), with_refresh=False)
 
 
 @bp.post("/logout")
 @bp.doc(
     summary="Revoke the presented token, and a refresh token given in the body",
-    description='The body is optional: `{"refresh_token": "..."}`.',
+    description='The body is optional: `{"refresh_token": "..."}`. An API key is revoked '
+    "with `DELETE /v1/api-keys/<id>` instead.",
+    security="BearerAuth",
     responses=[204, 401],
 )
 def logout():  # type: ignore[no-untyped-def]
-    require_access_token()
+    require_bearer_token()
     body = optional_body(LogoutIn)
     if body.refresh_token:
         revoke_encoded(body.refresh_token, owner=current_principal().user_id)

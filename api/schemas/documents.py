@@ -25,6 +25,8 @@ def _json_object(value: object) -> object:
         return value
     if len(value) > MAX_FILTER_CHARS:
         raise ValueError(f"must be at most {MAX_FILTER_CHARS} characters")
+    if "\\u0000" in value:  # PostgreSQL's jsonb holds no NUL: a 500 otherwise
+        raise ValueError("must not contain NUL characters (\\u0000)")
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:

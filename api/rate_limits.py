@@ -1,0 +1,157 @@
+"""Rate limits: Flask-Limiter counting in Redis, so every gunicorn worker counts together.
+
+- Every `/v1` request counts for its principal's user (`auth.identify` ran before this),
+  or for its client address when it carries no valid credential: `RATE_LIMIT_DEFAULT`.
+- Login and register also count per client address and per email in the body.
+- A refused request gets a 429 problem with `Retry-After`; every limited answer carries
+  `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and `RateLimit-Policy`.
+- Redis unreachable: each process counts in its own memory (Flask-Limiter's in-memory
+  fallback, logged as a warning) and tries Redis again after 1, 2, 4 ... 32 s. Limits then
+  hold per process instead of for the whole server; requests are never refused for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import time
+from collections.abc import Sequence
+
+import structlog
+from flask import Flask, Response, g, request
+from flask_limiter import ApplicationLimit, Limit, Limiter
+from pydantic import IPvAnyNetwork
+
+from services.users import normalize_email
+from settings import Settings
+
+log = structlog.get_logger("conveyor.api")
+
+LIMITED_PATHS = "/v1/"
+AUTH_ENDPOINTS = frozenset({"auth.login", "auth.register"})
+# Redis calls made for a limit give up quickly: the fallback is better than a slow request.
+STORAGE_TIMEOUT_S = 0.5
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def client_ip(
+    remote_addr: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPvAnyNetwork]
+) -> str:
+    """The client's address: the socket's peer, unless that peer is a trusted proxy; then the
+    rightmost X-Forwarded-For hop that is not a trusted proxy (hops further left were written
+    by the client and prove nothing)."""
+    peer = _parse(remote_addr)
+    if peer is None:
+        return remote_addr or "unknown"
+    if not _trusted(peer, trusted):
+        return str(peer)
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        address = _parse(hop)
+        if address is None:
+            return hop[:64]  # a trusted proxy vouches for it; count it as it came
+        if not _trusted(address, trusted):
+            return str(address)
+        peer = address
+    return str(peer)
+
+
+def _parse(value: str | None) -> IpAddress | None:
+    try:
+        return ipaddress.ip_address(value or "")
+    except ValueError:
+        return None
+
+
+def _trusted(address: IpAddress, trusted: Sequence[IPvAnyNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in trusted)
+
+
+def install(app: Flask, settings: Settings) -> Limiter:
+    """Attach the limiter. Call after `auth.install`: its `identify` must run first."""
+    trusted = list(settings.trusted_proxies)
+
+    def ip_key() -> str:
+        return "ip:" + client_ip(
+            request.remote_addr, request.headers.getlist("X-Forwarded-For"), trusted
+        )
+
+    def principal_key() -> str:
+        principal = g.get("principal")
+        return f"user:{principal.user_id}" if principal is not None else ip_key()
+
+    def not_auth() -> bool:
+        return request.endpoint not in AUTH_ENDPOINTS
+
+    limiter = Limiter(
+        principal_key,
+        application_limits=[
+            ApplicationLimit(settings.rate_limit_default, key_function=principal_key)
+        ],
+        default_limits=[
+            Limit(
+                settings.rate_limit_auth_per_ip,
+                key_function=ip_key,
+                scope="auth-ip",
+                shared=True,
+                exempt_when=not_auth,
+            ),
+            Limit(
+                settings.rate_limit_auth_per_email,
+                key_function=_email_key,
+                scope="auth-email",
+                shared=True,
+                exempt_when=not_auth,
+            ),
+        ],
+        storage_uri=settings.redis_url,
+        storage_options={
+            "socket_timeout": STORAGE_TIMEOUT_S,
+            "socket_connect_timeout": STORAGE_TIMEOUT_S,
+        },
+        strategy="sliding-window-counter",
+        key_prefix="conveyor",
+        headers_enabled=False,  # written below, in the RateLimit-* form
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+        enabled=settings.rate_limit_enabled,
+    )
+    limiter.request_filter(lambda: not request.path.startswith(LIMITED_PATHS))
+    limiter.init_app(app)
+
+    @app.after_request
+    def _rate_limit_headers(response: Response) -> Response:
+        current = limiter.current_limit
+        if current is None:
+            return response
+        try:
+            reset_at, remaining = current.window  # one read of the counter's store
+        except Exception as error:  # the store failed between the check and the answer
+            log.warning("rate_limit.headers_unavailable", error=type(error).__name__)
+            return response
+        reset_in = max(0, math.ceil(reset_at - time.time()))
+        amount, window = current.limit.amount, current.limit.get_expiry()
+        response.headers["RateLimit-Limit"] = str(amount)
+        response.headers["RateLimit-Remaining"] = str(max(0, remaining))
+        response.headers["RateLimit-Reset"] = str(reset_in)
+        response.headers["RateLimit-Policy"] = f"{amount};w={window}"
+        if response.status_code == 429:
+            response.headers["Retry-After"] = str(max(1, reset_in))
+        return response
+
+    return limiter
+
+
+def _email_key() -> str:
+    """The login or register body's email, hashed (no addresses in Redis or in logs). A body
+    without one shares a bucket: it is refused by validation anyway."""
+    try:
+        body = request.get_json(silent=True)
+    except Exception:  # a key function must never raise: Flask-Limiter would blame Redis
+        body = None
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or len(email) > 320:
+        return "email:-"
+    return "email:" + hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]

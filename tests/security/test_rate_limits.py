@@ -1,0 +1,186 @@
+"""Rate limits on the test's Redis: per email and per address on login and register, per user
+everywhere else, the 429 problem and its headers, proxies, and Redis being away.
+
+Each test's clients come from random addresses and its users are new, so counters that
+other tests left in the worker's Redis never meet these."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+
+import pytest
+
+from api.rate_limits import client_ip
+from tests.helpers import PASSWORD, AuthClient
+from tests.security.conftest import client_at
+from tests.security.support import new_key
+
+FREE = "100000/minute"
+
+
+def _email() -> str:
+    return f"limits-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def _login(client, email: str, password: str = "wrong password!"):  # type: ignore[no-untyped-def]  # noqa: S107
+    return client.post("/v1/auth/login", json={"email": email, "password": password})
+
+
+def assert_limited(response, amount: int, window_s: int = 60) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == 429, response.json
+    assert response.mimetype == "application/problem+json"
+    assert response.json["type"] == "/problems/rate-limited"
+    assert response.json["status"] == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= window_s
+    assert response.headers["RateLimit-Limit"] == str(amount)
+    assert response.headers["RateLimit-Remaining"] == "0"
+    assert 0 <= int(response.headers["RateLimit-Reset"]) <= window_s
+    assert response.headers["RateLimit-Policy"] == f"{amount};w={window_s}"
+
+
+def test_login_is_limited_per_email_from_any_address(make_app):
+    app = make_app(rate_limit_auth_per_email="4/minute", rate_limit_auth_per_ip=FREE)
+    here, there = client_at(app), client_at(app)
+    email = _email()
+    registered = here.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+    assert registered.status_code == 201  # 1 of 4: register counts too
+    assert [_login(c, email).status_code for c in (here, there, here)] == [401, 401, 401]
+
+    # The right password no longer helps, from either address, in any letter case.
+    assert_limited(_login(there, email, PASSWORD), amount=4)
+    assert_limited(_login(here, email.upper(), PASSWORD), amount=4)
+    # Another account from the same addresses is not held back.
+    assert _login(here, _email()).status_code == 401
+
+
+def test_login_and_register_are_limited_per_address(make_app):
+    app = make_app(rate_limit_auth_per_ip="5/minute", rate_limit_auth_per_email=FREE)
+    attacker, bystander = client_at(app), client_at(app)
+    answers = [_login(attacker, _email()).status_code for _ in range(5)]
+    assert answers == [401] * 5
+    assert_limited(_login(attacker, _email()), amount=5)
+    new_account = {"email": _email(), "password": PASSWORD}
+    assert_limited(attacker.post("/v1/auth/register", json=new_account), amount=5)
+    assert bystander.post("/v1/auth/register", json=new_account).status_code == 201
+
+
+def test_other_routes_are_limited_per_user_whatever_the_credential(make_app):
+    app = make_app(rate_limit_default="6/minute")
+    alice = AuthClient.register(client_at(app), _email())  # register, login: alice's address
+    bob = AuthClient.register(client_at(app), _email())
+    keyed = new_key(alice)  # 1 of alice's 6
+    remaining = []
+    for who in (alice, keyed, alice, keyed, alice):
+        response = who.get("/v1/agents")
+        assert response.status_code == 200
+        remaining.append(int(response.headers["RateLimit-Remaining"]))
+    assert remaining == [4, 3, 2, 1, 0]
+    assert_limited(alice.get("/v1/agents"), amount=6)
+    assert_limited(keyed.get("/v1/auth/me"), amount=6)
+    assert bob.get("/v1/agents").status_code == 200
+    # Alice's address is not alice: a request without credentials from it still counts alone.
+    assert alice.client.get("/v1/agents").status_code == 401
+
+
+def test_requests_without_valid_credentials_count_per_address(make_app):
+    app = make_app(rate_limit_default="3/minute")
+    client = client_at(app)
+    bad_token = {"Authorization": "Bearer not-a-token"}
+    answers = [
+        client.get("/v1/agents").status_code,
+        client.get("/v1/jobs", headers=bad_token).status_code,
+        client.get("/v1/agents", headers={"X-API-Key": "cvk_guess"}).status_code,
+    ]
+    assert answers == [401, 401, 401]
+    assert_limited(client.get("/v1/documents", headers=bad_token), amount=3)
+    assert client_at(app).get("/v1/agents").status_code == 401
+
+
+def test_operational_endpoints_are_not_limited(make_app):
+    app = make_app(rate_limit_default="2/minute")
+    client = client_at(app)
+    for _ in range(5):
+        response = client.get("/healthz")
+        assert response.status_code == 200
+        assert "RateLimit-Limit" not in response.headers
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_forwarded_for_counts_only_behind_a_trusted_proxy(make_app):
+    app = make_app(rate_limit_default="2/minute", trusted_proxies="127.0.0.0/8")
+    proxy = client_at(app, "127.0.0.1")
+    one, other = "203.0.113.5", "203.0.113.6"
+
+    def via_proxy(forwarded: str):  # type: ignore[no-untyped-def]
+        return proxy.get("/v1/agents", headers={"X-Forwarded-For": forwarded})
+
+    assert [via_proxy(one).status_code, via_proxy(one).status_code] == [401, 401]
+    assert_limited(via_proxy(one), amount=2)
+    # A client cannot escape by prepending hops: the proxy appended the address it saw.
+    assert_limited(via_proxy(f"198.51.100.1, {one}"), amount=2)
+    assert via_proxy(other).status_code == 401
+
+    # From an untrusted peer the header is ignored: every "client" is that peer.
+    direct = client_at(app)
+    answers = [
+        direct.get("/v1/agents", headers={"X-Forwarded-For": f"192.0.2.{n}"}).status_code
+        for n in range(3)
+    ]
+    assert answers == [401, 401, 429]
+
+
+def _nets(*cidrs: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(c) for c in cidrs]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        ("203.0.113.9", ["1.2.3.4"], [], "203.0.113.9"),
+        ("203.0.113.9", ["1.2.3.4"], ["10.0.0.0/8"], "203.0.113.9"),
+        ("10.0.0.2", ["1.2.3.4"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["6.6.6.6, 1.2.3.4"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["1.2.3.4, 10.0.0.7"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["1.2.3.4", "10.0.0.7"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", [], ["10.0.0.0/8"], "10.0.0.2"),
+        ("10.0.0.2", ["10.0.0.5"], ["10.0.0.0/8"], "10.0.0.5"),
+        ("10.0.0.2", ["2001:db8::1"], ["10.0.0.0/8"], "2001:db8::1"),
+        ("::1", ["1.2.3.4"], ["::1/128"], "1.2.3.4"),
+        ("::1", ["1.2.3.4"], ["127.0.0.0/8"], "::1"),
+        (None, ["1.2.3.4"], ["10.0.0.0/8"], "unknown"),
+    ],
+)
+def test_client_ip(peer, forwarded, trusted, expected):
+    assert client_ip(peer, forwarded, _nets(*trusted)) == expected
+
+
+def test_without_redis_limits_hold_per_process_and_nothing_fails(make_app, app, capsys):
+    """Redis unreachable: login still answers, limits still bite (in this process's memory,
+    with a warning), and token checks answer 503, not 500."""
+    alice = AuthClient.register(client_at(app), _email())
+    keyed = new_key(alice)  # made while Redis is there
+    closed_port = _closed_port()
+    cut_off = make_app(
+        redis_url=f"redis://127.0.0.1:{closed_port}/0",
+        rate_limit_auth_per_ip="3/minute",
+        rate_limit_auth_per_email=FREE,
+    )
+    client = client_at(cut_off)
+    assert [_login(client, alice.email).status_code for _ in range(3)] == [401, 401, 401]
+    assert_limited(_login(client, alice.email), amount=3)
+    assert "falling back to in-memory storage" in capsys.readouterr().out
+
+    keyed_cut_off = client_at(cut_off)
+    assert keyed_cut_off.get("/v1/agents", headers=keyed.headers).status_code == 200
+    by_token = keyed_cut_off.get("/v1/agents", headers=alice.headers)
+    assert by_token.status_code == 503
+    assert by_token.json["type"] != "/problems/internal-error"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,151 @@
+"""What one request may carry: body size (413), JSON depth, key and string lengths (422,
+checked before validation), and page sizes (every list's `limit` has a maximum)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from api.json_limits import JsonLimits, check_shape
+from services.errors import InvalidInput
+from tests.helpers import AuthClient
+from tests.security.conftest import client_at
+from tests.security.support import send
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """An object `depth` levels deep: {"a": {"a": ... {}}}."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def _post_raw(user: AuthClient, url: str, body: Any, deep: int | None = None) -> Any:
+    """`body` as JSON, with the string "DEEP" replaced by an object `deep` levels deep
+    (written by hand: encoders stop at a few hundred levels)."""
+    data = json.dumps(body)
+    if deep is not None:
+        data = data.replace('"DEEP"', '{"a":' * (deep - 1) + "{}" + "}" * (deep - 1))
+    return user.client.post(url, data=data, content_type="application/json", headers=user.headers)
+
+
+# Where free-form JSON goes in: each body's own depth is counted in, see `test_depth_boundary`.
+FREE_FORM = {
+    "agent params": ("/v1/agents", lambda v: {"name": "n", "provider": "echo", "params": v}),
+    "job metadata": ("/v1/jobs", None),
+    "event data": ("/v1/streams/orders/events", lambda v: {"events": [{"type": "t", "data": v}]}),
+    "document metadata": ("/v1/documents", lambda v: {"title": "t", "content": "", "metadata": v}),
+}
+
+
+@pytest.mark.parametrize("where", sorted(FREE_FORM))
+@pytest.mark.parametrize("depth", [40, 300, 1000])
+def test_deep_bodies_are_422_not_500(alice, where, depth):
+    """300 levels once passed validation and then failed to serialize: a 500."""
+    url, make = FREE_FORM[where]
+    if make is None:
+        agent_id = alice.create_agent()["id"]
+
+        def make(v):  # type: ignore[no-untyped-def]
+            return {"agent_id": agent_id, "input": {"text": "x"}, "metadata": v}
+
+    response = _post_raw(alice, url, make("DEEP"), deep=depth)
+    assert response.status_code == 422, response.json
+    assert response.json["type"] == "/problems/validation-error"
+    assert "nests deeper than 32 levels" in response.json["errors"][0]["detail"]
+    assert alice.get(url).json["items"] == []  # nothing was written
+
+
+def test_depth_boundary(alice):
+    # The body is one level, params the second: 32 levels in all pass, 33 do not.
+    ok = _post_raw(alice, "/v1/agents", {"name": "n", "provider": "echo", "params": _nested(31)})
+    assert ok.status_code == 201, ok.json
+    deep = _post_raw(alice, "/v1/agents", {"name": "n", "provider": "echo", "params": _nested(32)})
+    assert deep.status_code == 422
+    assert deep.json["errors"][0]["field"].startswith("params.a.a")
+
+
+def test_long_keys_are_422(alice):
+    params = {"k" * 1025: 1}
+    response = alice.post("/v1/agents", json={"name": "n", "provider": "echo", "params": params})
+    assert response.status_code == 422
+    assert "key longer than 1024" in response.json["errors"][0]["detail"]
+    fine = alice.post(
+        "/v1/agents", json={"name": "n", "provider": "echo", "params": {"k" * 1024: 1}}
+    )
+    assert fine.status_code == 201
+
+
+def test_long_strings_are_422_before_validation(make_app):
+    app = make_app(json_max_string_chars=300)
+    user = AuthClient.register(client_at(app), "strings@example.com")
+    body = {"title": "t", "content": "c" * 301}
+    response = user.post("/v1/documents", json=body)
+    assert response.status_code == 422
+    assert response.json["errors"] == [
+        {"location": "body", "field": "content", "detail": "is longer than 300 characters"}
+    ]
+    assert user.post("/v1/documents", json={"title": "t", "content": "c" * 300}).status_code == 201
+
+
+def test_bodies_over_the_limit_are_413(make_app):
+    app = make_app(max_body_bytes=4096)
+    user = AuthClient.register(client_at(app), "big@example.com")
+    response = user.post("/v1/documents", json={"title": "t", "content": "x" * 5000})
+    assert response.status_code == 413
+    assert response.mimetype == "application/problem+json"
+    assert user.get("/v1/documents").json["items"] == []
+
+
+def test_the_shape_check_walks_only_when_it_must():
+    limits = JsonLimits(max_depth=3, max_key_chars=5, max_string_chars=10)
+    # Few brackets and a short body: not walked, whatever the parsed value holds.
+    check_shape({"a": {"b": {"c": {"d": 1}}}}, raw=b"{}", limits=limits)
+    with pytest.raises(InvalidInput):
+        check_shape(_nested(4), raw=b"{{{{}}}}", limits=limits)
+    with pytest.raises(InvalidInput):
+        check_shape([["x" * 11]], raw=b'[["xxxxxxxxxxx"]]', limits=limits)
+    check_shape([["x" * 10]], raw=b'[["xxxxxxxxxx"]]', limits=limits)
+
+
+def test_every_list_has_a_bounded_page_size(alice, client):
+    """From the OpenAPI document, so that a new list endpoint is covered when it lands."""
+    spec = client.get("/openapi.json").json
+    lists = 0
+    for path, operations in spec["paths"].items():
+        if "{" in path or "get" not in operations:
+            continue
+        params = {p["name"]: p for p in operations["get"].get("parameters", [])}
+        if "limit" not in params:
+            continue
+        lists += 1
+        maximum = params["limit"]["schema"]["maximum"]
+        assert maximum <= 1000, path
+        assert alice.get(f"{path}?limit={maximum + 1}").status_code == 422, path
+        assert alice.get(f"{path}?limit=0").status_code == 422, path
+        assert alice.get(f"{path}?limit={maximum}").status_code == 200, path
+    assert lists >= 6
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("GET", "/v1/documents?q=%00", None),
+        ("GET", "/v1/documents?q=a%00b", None),
+        ("GET", "/v1/events?type=a%00b", None),
+        ("GET", "/v1/documents?metadata=%7B%22a%22%3A%22%5Cu0000%22%7D", None),
+        ("GET", "/v1/agents?%00=1", None),
+        ("POST", "/v1/agents", {"name": "a\x00", "provider": "echo"}),
+        ("POST", "/v1/agents", {"name": "a", "provider": "echo", "params": {"k\x00": 1}}),
+        ("POST", "/v1/documents", {"title": "t", "content": "x\x00y"}),
+        ("POST", "/v1/streams/s/events", {"events": [{"type": "t", "data": {"v": ["\x00"]}}]}),
+    ],
+)
+def test_nul_characters_are_422_not_500(alice, method, url, body):
+    """PostgreSQL stores no NUL, in text or jsonb; these were 500s."""
+    response = send(alice.client, method, url, alice.headers, body)
+    assert response.status_code == 422, response.json
+    assert response.json["type"] == "/problems/validation-error"
