@@ -79,8 +79,10 @@ class Run:
     failures: dict[str, str] = field(default_factory=dict)
 
     def report(self, title: str) -> str:
+        operations = {label.rsplit(" (", 1)[0] for label in self.examples}
         lines = [
-            f"{title}: {len(self.examples)} operations, {sum(self.examples.values())} examples, "
+            f"{title}: {len(operations)} operations in {len(self.examples)} runs (valid and "
+            f"invalid input), {sum(self.examples.values())} examples, "
             f"{len(self.failures)} failing"
         ]
         lines += [f"--- {label}\n{failure}" for label, failure in sorted(self.failures.items())]
