@@ -141,8 +141,9 @@ during the scenario; ratio: to the ceiling measured in this run (http, celery) o
 target (20k events/s); CPU ms/op: CPU time of the web tree, the worker tree and the
 scratch database's PostgreSQL backends per request (job, task, event), which the machine's
 other load changes far less than the rates; load1: the 1-minute load average at the
-scenario's end; others: CPU cores used meanwhile by processes that are not this benchmark's
-(tests of other sessions), the noise to read the absolute figures against."""
+scenario's end (it counts this benchmark's own threads too: the overload's 256); others:
+CPU cores used meanwhile by processes that are not this benchmark's (tests of other
+sessions), the noise to read the absolute figures against."""
 
 
 def to_json(rows: list[Row]) -> str:
