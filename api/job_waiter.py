@@ -10,14 +10,13 @@ import time
 import uuid
 from collections.abc import Callable
 
+from api.live import FALLBACK_POLL_S
 from api.notifier import Busy, Notifier
 from models import Job
 from services.after_commit import job_key
 from services.jobs import is_terminal
 
 ReadJob = Callable[[], Job]
-# Without the notifier's subscription (Redis away), re-read this often instead.
-FALLBACK_POLL_S = 1.0
 
 
 def wait_until_terminal(notifier: Notifier, job_id: uuid.UUID, read: ReadJob, wait_s: float) -> Job:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from models import Agent
 from services.errors import NotFound, PreconditionFailed
-from services.pagination import Page, decode_cursor, page_of
+from services.pagination import Page, newest_first
 
 # The fields a job copies at submit time; changing the agent later does not change the job.
 CONFIG_FIELDS = ("provider", "model", "instructions", "params", "tools", "max_steps", "timeout_s")
@@ -35,11 +35,7 @@ def list_page(
     session: Session, *, owner_id: uuid.UUID, limit: int, cursor: str | None
 ) -> Page[Agent]:
     query = select(Agent).where(Agent.owner_id == owner_id, Agent.deleted_at.is_(None))
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(Agent.id < after)
-    rows = list(session.scalars(query.order_by(Agent.id.desc()).limit(limit + 1)))
-    return page_of(rows, limit)
+    return newest_first(session, query, Agent.id, limit=limit, cursor=cursor)
 
 
 def update(
@@ -69,10 +65,6 @@ def delete(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Non
     agent = _lock(session, owner_id=owner_id, agent_id=agent_id)
     agent.deleted_at = func.now()
     session.flush()
-
-
-def config_of(agent: Agent) -> dict[str, Any]:
-    return {name: getattr(agent, name) for name in CONFIG_FIELDS}
 
 
 def _lock(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:

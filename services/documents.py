@@ -28,7 +28,7 @@ from services.cache import VersionedCache
 from services.errors import FieldProblem, InvalidInput, NotFound, PreconditionFailed, ServiceError
 from services.event_store import NewEvent
 from services.event_types import EventType, document_stream
-from services.pagination import Page, decode_cursor, page_of
+from services.pagination import Page, newest_first
 
 # What a client may set; `metadata` is the model's `metadata_`.
 FIELDS = ("title", "content", "content_type", "metadata")
@@ -251,11 +251,7 @@ def list_page(
         query = query.where(Document.metadata_.contains(metadata))
     if q is not None:
         return _search_page(session, query, q=q, limit=limit, cursor=cursor)
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(Document.id < after)
-    rows = list(session.scalars(query.order_by(Document.id.desc()).limit(limit + 1)))
-    return page_of(rows, limit)
+    return newest_first(session, query, Document.id, limit=limit, cursor=cursor)
 
 
 def _search_page(

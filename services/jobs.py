@@ -21,7 +21,7 @@ from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Over
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
 from services.job_transitions import end_jobs
-from services.pagination import Page, decode_cursor, page_of
+from services.pagination import Page, newest_first
 
 RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
 
@@ -130,11 +130,7 @@ def list_page(
         query = query.where(Job.status == status)
     if agent_id is not None:
         query = query.where(Job.agent_id == agent_id)
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(Job.id < after)
-    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    return page_of(rows, limit)
+    return newest_first(session, query, Job.id, limit=limit, cursor=cursor)
 
 
 def events(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from services.errors import FieldProblem, InvalidInput
 
@@ -35,3 +38,19 @@ def page_of(rows: list[T], limit: int) -> Page[T]:
         return Page(items=rows, next_cursor=None)
     items = rows[:limit]
     return Page(items=items, next_cursor=items[-1].id.hex)  # type: ignore[attr-defined]
+
+
+def newest_first(
+    session: Session,
+    query: Select[tuple[T]],
+    id_column: InstrumentedAttribute[Any],
+    *,
+    limit: int,
+    cursor: str | None,
+) -> Page[T]:
+    """One page of `query`, newest first, after the row the cursor names."""
+    after = decode_cursor(cursor)
+    if after is not None:
+        query = query.where(id_column < after)
+    rows = list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
+    return page_of(rows, limit)

@@ -204,13 +204,15 @@ def job_ended(
             )
         )
     )
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None
+    # Most jobs have nobody to tell: read the one column first, the whole job only if needed.
+    webhook_url = session.scalar(select(Job.webhook_url).where(Job.id == job_id))
     targets: list[dict[str, Any]] = [{"endpoint_id": e, "url": None} for e in endpoint_ids]
-    if job.webhook_url:
-        targets.append({"endpoint_id": None, "url": job.webhook_url})
+    if webhook_url:
+        targets.append({"endpoint_id": None, "url": webhook_url})
     if not targets:
         return []
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
     happened_at = job.finished_at or job.updated_at
     payload = {
         "type": str(event_type),
