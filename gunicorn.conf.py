@@ -9,7 +9,9 @@ import os
 
 # Threads, not processes, carry the concurrency: most requests wait on PostgreSQL or Redis,
 # and long-polling / SSE requests hold a thread each.
-worker_class = "gthread"
+# gthread, plus a note of when each request was queued for a thread (api/server_worker.py),
+# so admission control can turn away requests that waited too long.
+worker_class = "api.server_worker.AdmissionThreadWorker"
 # WEB_CONCURRENCY is gunicorn's (and Heroku's) own knob for the worker count.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Long-polls and SSE streams hold a thread each (bounded by MAX_WAITING_REQUESTS, 24 by

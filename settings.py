@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     conveyor_env: Literal["development", "test", "production"] = "development"
 
     database_url: str = DEFAULT_DATABASE_URL
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Per web process. Kept connections cover the usual concurrency of a gthread worker
+    # (32 threads); bursts overflow up to one per thread. A connection made and closed for
+    # each request past the pool costs more than the request itself.
+    database_pool_size: int = Field(default=16, ge=1, le=200)
+    database_max_overflow: int = Field(default=16, ge=0, le=200)
     redis_url: str = DEFAULT_REDIS_URL
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"
@@ -113,6 +117,12 @@ class Settings(BaseSettings):
     document_max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
     # Per web process: serialized current versions of hot documents; 0 turns the cache off.
     document_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+
+    # Admission control per web process (api/admission.py): requests in the application
+    # at once, and how long a request may wait for that, counted from its arrival, before
+    # it is answered 503 + Retry-After instead.
+    admission_slots: int = Field(default=8, ge=1, le=1024)
+    admission_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
 
     # Security (docs/DECISIONS.md, Security). Rate limits are Flask-Limiter strings such as
     # "30/minute;500/hour", counted in the Redis at REDIS_URL, so all web workers count together.

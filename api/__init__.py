@@ -6,7 +6,16 @@ import structlog
 from apiflask import APIFlask
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import auth, cors, json_limits, metrics, problems, rate_limits, request_context
+from api import (
+    admission,
+    auth,
+    cors,
+    json_limits,
+    metrics,
+    problems,
+    rate_limits,
+    request_context,
+)
 from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
 from api.openapi import describe_security
@@ -48,7 +57,12 @@ def create_app(
     )
     app.url_map.strict_slashes = False
 
-    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pre_ping=False,
+    )
     session_factory = session_factory or make_session_factory(engine)
     redis_client = make_redis(settings.redis_url, timeout_s=5)
     producer = make_celery(broker_url=settings.redis_url)
@@ -65,11 +79,18 @@ def create_app(
         job_policy=settings.job_policy(),
         queue_depth=QueueDepth(redis_client, AGENTS_QUEUE),
         notifier=Notifier(redis_client, slots=settings.max_waiting_requests),
+        # Its Redis calls give up quickly: a request had better count its rate limit in
+        # memory (or answer 503 for a token) than hang.
+        gate=rate_limits.make_gate(settings, make_redis(settings.redis_url, timeout_s=0.5)),
     )
 
     request_context.install(app)
     metrics.install(app)  # after request_context: reads the start time it sets
     problems.install(app)
+    # Before anything that costs: a request turned away under overload costs next to nothing.
+    admission.install(
+        app, slots=settings.admission_slots, max_wait_s=settings.admission_max_wait_ms / 1000
+    )
     json_limits.install(
         app,
         max_depth=settings.json_max_depth,
@@ -83,7 +104,7 @@ def create_app(
         access_ttl_s=settings.jwt_access_ttl_s,
         refresh_ttl_s=settings.jwt_refresh_ttl_s,
     )
-    rate_limits.install(app, settings)  # after auth: counts per the user it identified
+    rate_limits.install(app, settings)  # after auth: counts per the user it found
     for blueprint in (
         health.bp,
         auth_routes.bp,

@@ -1,12 +1,16 @@
 """Credentials: bearer tokens (one pinned algorithm, short access tokens, revocation in
 Redis) and API keys (`X-API-Key`, services/api_keys.py). Both give the same `Principal`.
 
-flask-jwt-extended signs and decodes; every failure it can raise is turned into one plain
-401 problem here, so a client never learns which check failed.
+flask-jwt-extended signs tokens and checks refresh tokens; access tokens, which come with
+nearly every request, are checked by api/tokens.py (verified claims remembered). Every
+failure is turned into one plain 401 problem here, so a client never learns which check
+failed.
 
-`identify` runs for every `/v1` request before the rate limiter, so that limits count per
-user; it refuses nobody. Routes that need a caller call `require_access_token` (usually as
-their blueprint's `before_request`), which answers 401 (or 503) for what `identify` found.
+`identify` runs for every `/v1` request before the gate (api/gate.py), so that limits count
+per user; it refuses nobody. The gate then asks Redis, in the same round trip as the rate
+limit, whether the token was revoked, and tells `settle_revocation`. Routes that need a
+caller call `require_access_token` (usually as their blueprint's `before_request`), which
+answers 401 (or 503) for what `identify` and the gate found.
 """
 
 from __future__ import annotations
@@ -30,14 +34,11 @@ from flask_jwt_extended import (
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
 
+from api import gate
+from api.tokens import ALGORITHM, ISSUER, AccessTokens, InvalidToken, complete
 from services import api_keys
 from services.errors import Overloaded, Unauthorized
 
-ALGORITHM = "HS256"
-ISSUER = "conveyor"
-# Claims every token we sign carries; a token without one is refused, signed or not.
-REQUIRED_CLAIMS = ("sub", "jti", "iat", "nbf", "exp", "iss", "type")
-_REVOKED_PREFIX = "conveyor:revoked:"
 API_KEY_HEADER = "X-API-Key"
 _CREDENTIALS_HINT = f"send Authorization: Bearer <access token> or {API_KEY_HEADER}: <key>"
 
@@ -63,20 +64,9 @@ def install(app: Flask, *, secret: str, access_ttl_s: int, refresh_ttl_s: int) -
     )
     jwt = JWTManager(app)
     jwt.token_in_blocklist_loader(lambda _header, payload: is_revoked(payload.get("jti")))
-    jwt.token_verification_loader(lambda _header, payload: _complete(payload))
+    jwt.token_verification_loader(lambda _header, payload: complete(payload))
+    app.extensions["conveyor.access_tokens"] = AccessTokens(secret)
     app.before_request(identify)
-
-
-def _complete(payload: dict[str, Any]) -> bool:
-    """Every claim we sign is there, and `sub` is a user id (flask-jwt-extended itself only
-    insists on `sub`, and PyJWT checks `exp` and `nbf` only when they are present)."""
-    if any(claim not in payload for claim in REQUIRED_CLAIMS):
-        return False
-    try:
-        uuid.UUID(str(payload["sub"]))
-    except ValueError:
-        return False
-    return isinstance(payload["jti"], str) and payload["type"] in ("access", "refresh")
 
 
 def current_principal() -> Principal:
@@ -97,15 +87,43 @@ def identify() -> None:
         g.auth_error = error
 
 
+def settle_revocation(revoked: bool | None) -> None:
+    """What the gate found about the token `identify` accepted: not revoked (it stands),
+    revoked (401), or unknown because Redis is away (503)."""
+    g.pop("unchecked_jti", None)
+    if revoked is False:
+        return
+    g.pop("principal", None)
+    g.pop("claims", None)
+    g.auth_error = (
+        Unauthorized(_missing_or_invalid())
+        if revoked
+        else Overloaded("token revocation cannot be checked right now", retry_after_s=2)
+    )
+
+
+def unchecked_jti() -> str | None:
+    """The id of the token `identify` accepted whose revocation is still to be checked."""
+    jti: str | None = g.get("unchecked_jti")
+    return jti
+
+
 def require_access_token() -> None:
     """Authenticate the request or raise a 401 (503 when revocation cannot be checked);
     sets `g.principal`."""
+    jti = unchecked_jti()
+    if jti is not None:  # no gate ran (a route outside /v1): ask Redis here
+        try:
+            settle_revocation(is_revoked(jti))
+        except redis.RedisError:
+            settle_revocation(None)
     if "principal" in g:
         return
     error: Unauthorized | Overloaded | None = g.get("auth_error")
     if error is not None:
         raise error
     g.principal = _authenticate()
+    require_access_token()  # the token's revocation, when it was one
 
 
 def require_bearer_token() -> None:
@@ -117,9 +135,12 @@ def require_bearer_token() -> None:
 
 
 def _authenticate() -> Principal:
+    """The caller's principal. A bearer token's revocation is left to the gate: its id
+    waits in `g.unchecked_jti`."""
     key = request.headers.get(API_KEY_HEADER)
     if key is None:
-        payload = _verified(refresh=False)
+        payload = _access_claims()
+        g.claims, g.unchecked_jti = payload, payload["jti"]
         return Principal(uuid.UUID(payload["sub"]), payload.get("role", "user"))
     if "Authorization" in request.headers:
         raise Unauthorized(f"send Authorization or {API_KEY_HEADER}, not both")
@@ -132,13 +153,20 @@ def _authenticate() -> Principal:
     return Principal(owner.user_id, owner.role, api_key_id=owner.key_id)
 
 
-def require_refresh_token() -> dict[str, Any]:
-    return _verified(refresh=True)
-
-
-def _verified(*, refresh: bool) -> dict[str, Any]:
+def _access_claims() -> dict[str, Any]:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Bearer" or not token:
+        raise Unauthorized(_missing_or_invalid())
+    tokens: AccessTokens = current_app.extensions["conveyor.access_tokens"]
     try:
-        verify_jwt_in_request(refresh=refresh)
+        return tokens.claims(token.strip())
+    except InvalidToken:
+        raise Unauthorized(_missing_or_invalid()) from None
+
+
+def require_refresh_token() -> dict[str, Any]:
+    try:
+        verify_jwt_in_request(refresh=True)
     except (JWTExtendedException, PyJWTError):
         raise Unauthorized(_missing_or_invalid()) from None
     except redis.RedisError:
@@ -166,7 +194,7 @@ def issue_tokens(principal: Principal, *, with_refresh: bool = True) -> dict[str
 
 
 def revoke_current() -> None:
-    payload = get_jwt()
+    payload: dict[str, Any] = g.claims
     _revoke(payload["jti"], payload["exp"])
 
 
@@ -176,7 +204,7 @@ def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
         payload = decode_token(token)
     except (JWTExtendedException, PyJWTError):
         raise Unauthorized("the refresh token is invalid, expired or revoked") from None
-    if not _complete(payload) or payload["sub"] != str(owner):
+    if not complete(payload) or payload["sub"] != str(owner):
         raise Unauthorized("the refresh token is invalid, expired or revoked")
     _revoke(payload["jti"], payload["exp"])
 
@@ -184,13 +212,12 @@ def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
 def is_revoked(jti: object) -> bool:
     if not isinstance(jti, str):
         return True  # a token we did not sign: refused, never a KeyError
-    return bool(_redis().exists(_REVOKED_PREFIX + jti))
+    return gate.is_revoked(_redis(), jti)
 
 
 def _revoke(jti: str, expires_at: int) -> None:
     # Kept only as long as the token would have been valid; after that it is refused anyway.
-    ttl = max(1, expires_at - int(time.time()))
-    _redis().set(_REVOKED_PREFIX + jti, 1, ex=ttl)
+    gate.revoke(_redis(), jti, ttl_s=expires_at - int(time.time()))
 
 
 def _redis() -> redis.Redis:

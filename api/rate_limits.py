@@ -1,13 +1,15 @@
-"""Rate limits: Flask-Limiter counting in Redis, so every gunicorn worker counts together.
+"""Rate limits, counted in Redis, so every gunicorn worker counts together.
 
 - Every `/v1` request counts for its principal's user (`auth.identify` ran before this),
-  or for its client address when it carries no valid credential: `RATE_LIMIT_DEFAULT`.
-- Login and register also count per client address and per email in the body.
+  or for its client address when it carries no valid credential: `RATE_LIMIT_DEFAULT`,
+  counted by api/gate.py in the same Redis round trip that checks the token's revocation.
+- Login and register also count per client address and per email in the body
+  (Flask-Limiter: rare requests with keys of their own).
 - A refused request gets a 429 problem with `Retry-After`; every limited answer carries
   `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and `RateLimit-Policy`.
-- Redis unreachable: each process counts in its own memory (Flask-Limiter's in-memory
-  fallback, logged as a warning) and tries Redis again after 1, 2, 4 ... 32 s. Limits then
-  hold per process instead of for the whole server; requests are never refused for it.
+- Redis unreachable: each process counts in its own memory (logged as a warning) and tries
+  Redis again after 1, 2, 4 ... 32 s. Limits then hold per process instead of for the whole
+  server; requests are never refused for it (a bearer token is: its revocation is unknown).
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import math
 import time
 from collections.abc import Sequence
 
+import redis
 import structlog
-from flask import Flask, Response, g, request
-from flask_limiter import ApplicationLimit, Limit, Limiter
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import Limit, Limiter
 from pydantic import IPvAnyNetwork
+from werkzeug.exceptions import TooManyRequests
 
+from api import auth
+from api.gate import Gate, Verdict
 from services.users import normalize_email
 from settings import Settings
 
@@ -69,8 +75,13 @@ def _trusted(address: IpAddress, trusted: Sequence[IPvAnyNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
 
+def make_gate(settings: Settings, client: redis.Redis) -> Gate:
+    return Gate(client, settings.rate_limit_default if settings.rate_limit_enabled else None)
+
+
 def install(app: Flask, settings: Settings) -> Limiter:
-    """Attach the limiter. Call after `auth.install`: its `identify` must run first."""
+    """Attach the gate (the runtime's) and the limiter. Call after `auth.install`: its
+    `identify` must run first."""
     trusted = list(settings.trusted_proxies)
 
     def ip_key() -> str:
@@ -78,18 +89,27 @@ def install(app: Flask, settings: Settings) -> Limiter:
             request.remote_addr, request.headers.getlist("X-Forwarded-For"), trusted
         )
 
-    def principal_key() -> str:
-        principal = g.get("principal")
-        return f"user:{principal.user_id}" if principal is not None else ip_key()
-
     def not_auth() -> bool:
         return request.endpoint not in AUTH_ENDPOINTS
 
+    @app.before_request
+    def _through_the_gate() -> None:
+        if not request.path.startswith(LIMITED_PATHS):
+            return
+        gate: Gate = current_app.extensions["conveyor"].gate
+        principal, jti = g.get("principal"), auth.unchecked_jti()
+        key = f"user:{principal.user_id}" if principal is not None else ip_key()
+        verdict = gate.check(key, jti=jti)
+        if jti is not None:
+            auth.settle_revocation(verdict.revoked)
+            if verdict.revoked is not False:  # not this user after all: count the address
+                verdict = gate.check(ip_key(), jti=None)
+        g.rate_limit = verdict
+        if not verdict.allowed:
+            raise TooManyRequests(str(verdict.limit))
+
     limiter = Limiter(
-        principal_key,
-        application_limits=[
-            ApplicationLimit(settings.rate_limit_default, key_function=principal_key)
-        ],
+        ip_key,
         default_limits=[
             Limit(
                 settings.rate_limit_auth_per_ip,
@@ -118,30 +138,49 @@ def install(app: Flask, settings: Settings) -> Limiter:
         swallow_errors=True,
         enabled=settings.rate_limit_enabled,
     )
-    limiter.request_filter(lambda: not request.path.startswith(LIMITED_PATHS))
+    limiter.request_filter(not_auth)
     limiter.init_app(app)
 
     @app.after_request
     def _rate_limit_headers(response: Response) -> Response:
-        current = limiter.current_limit
-        if current is None:
+        verdict: Verdict | None = g.get("rate_limit")
+        if request.endpoint in AUTH_ENDPOINTS and limiter.current_limit is not None:
+            verdict = _auth_verdict(limiter, verdict, refused=response.status_code == 429)
+        if verdict is None or verdict.limit is None:
             return response
-        try:
-            reset_at, remaining = current.window  # one read of the counter's store
-        except Exception as error:  # the store failed between the check and the answer
-            log.warning("rate_limit.headers_unavailable", error=type(error).__name__)
-            return response
-        reset_in = max(0, math.ceil(reset_at - time.time()))
-        amount, window = current.limit.amount, current.limit.get_expiry()
-        response.headers["RateLimit-Limit"] = str(amount)
-        response.headers["RateLimit-Remaining"] = str(max(0, remaining))
-        response.headers["RateLimit-Reset"] = str(reset_in)
-        response.headers["RateLimit-Policy"] = f"{amount};w={window}"
+        response.headers["RateLimit-Limit"] = str(verdict.limit.amount)
+        response.headers["RateLimit-Remaining"] = str(verdict.remaining)
+        response.headers["RateLimit-Reset"] = str(verdict.reset_in_s)
+        response.headers["RateLimit-Policy"] = verdict.policy
         if response.status_code == 429:
-            response.headers["Retry-After"] = str(max(1, reset_in))
+            response.headers["Retry-After"] = str(max(1, verdict.reset_in_s))
         return response
 
     return limiter
+
+
+def _auth_verdict(limiter: Limiter, gate: Verdict | None, *, refused: bool) -> Verdict | None:
+    """On login and register, the auth limit the headers describe instead of the gate's:
+    the one that refused, or the one with less left."""
+    current = limiter.current_limit
+    assert current is not None
+    try:
+        reset_at, remaining = current.window  # one read of the counter's store
+    except Exception as error:  # the store failed between the check and the answer
+        log.warning("rate_limit.headers_unavailable", error=type(error).__name__)
+        return gate
+    auth = Verdict(
+        revoked=False,
+        allowed=not refused,
+        limit=current.limit,
+        remaining=max(0, remaining),
+        reset_in_s=max(0, math.ceil(reset_at - time.time())),
+    )
+    if gate is None or gate.limit is None:
+        return auth
+    if refused:
+        return gate if not gate.allowed else auth
+    return auth if auth.remaining < gate.remaining else gate
 
 
 def _email_key() -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import UnsupportedMediaType
 
+from api.admission import Admission
 from services.errors import FieldProblem, InvalidInput
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -51,7 +52,9 @@ def optional_body(model: type[M]) -> M:
 
 
 def end_session() -> None:
-    """Finish the request's transaction now (commit) and give its connection back."""
+    """Finish the request's transaction now (commit) and give its connection back, and
+    its admission slot: what follows waits on something other than the CPU."""
+    Admission.leave()
     session: Session | None = g.pop("db", None)
     if session is not None:
         try:

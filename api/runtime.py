@@ -10,6 +10,7 @@ from redis.retry import Retry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.gate import Gate
 from api.notifier import Notifier
 from api.queue_depth import QueueDepth
 from services.job_policy import JobPolicy
@@ -29,6 +30,8 @@ class Runtime:
     job_policy: JobPolicy
     queue_depth: QueueDepth
     notifier: Notifier
+    # Token revocation and rate limits in one Redis round trip per request.
+    gate: Gate
 
 
 def make_redis(url: str, *, timeout_s: float) -> redis.Redis:

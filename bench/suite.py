@@ -40,8 +40,9 @@ def main() -> int:
                 raise
             finally:
                 sampler.close()
-        say("in-process batch ingestion (bench/batch_ingest.py)")
-        rows.append(in_process_batch(admin_url))
+        if wanted(selected(), "batch"):
+            say("in-process batch ingestion (bench/batch_ingest.py)")
+            rows.append(in_process_batch(admin_url))
     cpu_ratios(rows)
     rows.append(memory_row(rows))
     text = "\n".join([
@@ -65,27 +66,49 @@ def run_all(bench: scenarios.Bench, rows: list[Row], profiles: dict[str, str], o
     bench.token = api.token
     submit_agent = bench.agent(delay_ms=0)
 
+    only = selected()
     step("http ceiling", rows, lambda: scenarios.http_ceiling(bench))
-    step("celery ceiling", rows, lambda: scenarios.celery_ceiling(bench))
-    step("submit", rows, lambda: scenarios.submit(bench, submit_agent))
-    step("get", rows, lambda: scenarios.get(bench))
-    step("append", rows, lambda: scenarios.append(bench))
+    if wanted(only, "celery ceiling", "end-to-end"):
+        step("celery ceiling", rows, lambda: scenarios.celery_ceiling(bench))
+    # get reads the jobs that submit leaves behind, and overload offers twice its rate.
+    if wanted(only, "submit", "get", "overload"):
+        step("submit", rows, lambda: scenarios.submit(bench, submit_agent))
+    if wanted(only, "get"):
+        step("get", rows, lambda: scenarios.get(bench))
+    if wanted(only, "append"):
+        step("append", rows, lambda: scenarios.append(bench))
     # Again, after the web scenarios: the ratios use the mean of both readings.
     step("http ceiling (again)", rows,
          lambda: scenarios.http_ceiling(bench, "http ceiling (again)"))  # fmt: skip
     refresh_ratios(bench, rows)
-    if os.environ.get("BENCH_PROFILE", "0") == "1":
+    if os.environ.get("BENCH_PROFILE", "0") == "1" and wanted(only, "submit", "get"):
         profile(bench, submit_agent, profiles, out)
 
     stack.redis().delete("agents")  # messages of jobs the web scenarios left queued
     stack.start_worker()
-    step("end-to-end", rows, lambda: scenarios.end_to_end(bench))
-    if os.environ.get("BENCH_PROFILE", "0") == "1":
+    # pickup offers half the end-to-end rate.
+    if wanted(only, "end-to-end", "pickup"):
+        step("end-to-end", rows, lambda: scenarios.end_to_end(bench))
+    if os.environ.get("BENCH_PROFILE", "0") == "1" and wanted(only, "end-to-end"):
         profile_worker(bench, profiles, out)
-    step("pickup", rows, lambda: scenarios.pickup(bench))
-    step("batch ingestion", rows, lambda: scenarios.batch_api(bench))
-    step("overload", rows, lambda: scenarios.overload(bench, submit_agent))
+    if wanted(only, "pickup"):
+        step("pickup", rows, lambda: scenarios.pickup(bench))
+    if wanted(only, "batch"):
+        step("batch ingestion", rows, lambda: scenarios.batch_api(bench))
+    if wanted(only, "overload"):
+        step("overload", rows, lambda: scenarios.overload(bench, submit_agent))
     stack.stack.assert_running()
+
+
+def selected() -> frozenset[str] | None:
+    """`BENCH_ONLY=submit,get` runs those scenarios (and what they build on) and the HTTP
+    ceiling; unset, everything runs."""
+    names = os.environ.get("BENCH_ONLY", "").strip()
+    return frozenset(n.strip() for n in names.split(",") if n.strip()) if names else None
+
+
+def wanted(only: frozenset[str] | None, *names: str) -> bool:
+    return only is None or any(name in only for name in names)
 
 
 def step(name: str, rows: list[Row], run: object) -> None:

@@ -4,12 +4,19 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int | None = None, pre_ping: bool = True
+) -> Engine:
+    """`pre_ping` costs a round trip per checkout. The web process goes without: a request
+    that meets a connection the server dropped answers 503 (problems.py) and SQLAlchemy
+    then discards every connection older than the failure, so one request per process
+    pays instead of every request. Workers keep it: a task that fails that way waits for
+    the sweeper."""
     return create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         # Fail fast instead of hanging a request when the server is gone.
         connect_args={"connect_timeout": 5},

@@ -8,6 +8,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from api.rate_limits import make_gate
 from api.runtime import make_redis
 from models import Job
 from services import job_execution
@@ -223,6 +224,7 @@ def test_full_queue_answers_503_and_writes_nothing(alice, agent, app, redis_url,
 def test_redis_down_is_503_not_500(alice, app):
     runtime = app.extensions["conveyor"]
     runtime.redis = make_redis("redis://127.0.0.1:1/0", timeout_s=5)  # nothing listens there
+    runtime.gate = make_gate(runtime.settings, runtime.redis)
     started = time.monotonic()
     response = alice.get("/v1/auth/me")
     assert time.monotonic() - started < 2  # promptly, not after seconds of retries

@@ -184,3 +184,42 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_several_limits_are_checked_together_and_the_tightest_is_reported(make_app):
+    app = make_app(rate_limit_default="5/minute;3/hour")
+    alice = AuthClient.register(client_at(app), _email())
+    answers = [alice.get("/v1/agents") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
+    assert answers[0].headers["RateLimit-Policy"] == "3;w=3600"
+    assert_limited(alice.get("/v1/agents"), amount=3, window_s=3600)
+
+
+def test_a_revoked_token_counts_for_its_address_not_its_user(make_app):
+    app = make_app(rate_limit_default="3/minute")
+    alice = AuthClient.register(client_at(app), _email())  # register, login: alice's address
+    stolen = dict(alice.headers)
+    assert alice.post("/v1/auth/logout", headers=stolen).status_code == 204  # 1 of alice's 3
+    thief = client_at(app)
+    answers = [thief.get("/v1/agents", headers=stolen).status_code for _ in range(3)]
+    assert answers == [401, 401, 401]
+    assert_limited(thief.get("/v1/agents", headers=stolen), amount=3)
+    # Alice's own new token still has her 2 requests left.
+    again = client_at(app)
+    tokens = again.post("/v1/auth/login", json={"email": alice.email, "password": PASSWORD})
+    fresh = AuthClient(again, alice.email, tokens.json)
+    assert fresh.get("/v1/agents").headers["RateLimit-Remaining"] == "1"
+
+
+def test_without_redis_api_key_requests_are_limited_in_process_memory(make_app, app):
+    alice = AuthClient.register(client_at(app), _email())
+    keyed = new_key(alice)
+    cut_off = make_app(
+        redis_url=f"redis://127.0.0.1:{_closed_port()}/0", rate_limit_default="2/minute"
+    )
+    client = client_at(cut_off)
+    answers = [client.get("/v1/agents", headers=keyed.headers) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["1", "0"]
+    assert_limited(client.get("/v1/agents", headers=keyed.headers), amount=2)
