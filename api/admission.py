@@ -72,4 +72,5 @@ def install(app: Flask, *, slots: int, max_wait_s: float) -> Admission:
             admission.enter()
 
     app.teardown_request(lambda _error: Admission.leave())
+    app.extensions["conveyor.admission"] = admission
     return admission
