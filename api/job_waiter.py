@@ -9,27 +9,30 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from api.live import FALLBACK_POLL_S
 from api.notifier import Busy, Notifier
-from models import Job
 from services.after_commit import job_key
 from services.jobs import is_terminal
 
-ReadJob = Callable[[], Job]
+JobView = dict[str, Any]  # services.job_view.job_json
+ReadJob = Callable[[], JobView]
 
 
-def wait_until_terminal(notifier: Notifier, job_id: uuid.UUID, read: ReadJob, wait_s: float) -> Job:
+def wait_until_terminal(
+    notifier: Notifier, job_id: uuid.UUID, read: ReadJob, wait_s: float
+) -> JobView:
     """The job once terminal, or as it is when `wait_s` has passed. When every waiting slot
     is taken the current state is answered at once: the client simply polls again."""
     job = read()
-    if wait_s <= 0 or is_terminal(job.status):
+    if wait_s <= 0 or is_terminal(job["status"]):
         return job
     deadline = time.monotonic() + wait_s
     try:
         with notifier.watch(job_key(job_id)) as changed:
             job = read()
-            while not is_terminal(job.status):
+            while not is_terminal(job["status"]):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

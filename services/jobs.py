@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
 from models.ids import new_id
-from services import agents, event_store, job_events, metrics
+from services import agents, event_store, job_events, job_view, metrics
 from services.after_commit import Announce, defer, events_key
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
@@ -107,6 +107,15 @@ def submit(
     job_events.publish_run(session, job.id, timeout_s=job.timeout_s, grace_s=policy.grace_s)
     metrics.count_after_commit(session, metrics.JOBS_SUBMITTED)
     return job
+
+
+def view(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
+    """The job as clients see it (job_view.job_json), read without the ORM: `GET
+    /v1/jobs/<id>` and every long-poll wake-up come here."""
+    row = session.execute(job_view.VIEW, {"job_id": job_id, "owner_id": owner_id}).first()
+    if row is None:
+        raise NotFound("no job with this id")
+    return job_view.job_json(row)
 
 
 def get(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:

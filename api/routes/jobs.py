@@ -140,12 +140,12 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
     owner_id = current_principal().user_id
 
     def read():  # type: ignore[no-untyped-def]
-        job = jobs.get(db(), owner_id=owner_id, job_id=job_id)
+        job = jobs.view(db(), owner_id=owner_id, job_id=job_id)
         end_session()  # give the connection back while we wait
         return job
 
     job = wait_until_terminal(_runtime().notifier, job_id, read, query.wait)
-    return job_json(job)
+    return _json_response(dumps_bytes(job), 200, None)
 
 
 @bp.get("/<uuid:job_id>/events")

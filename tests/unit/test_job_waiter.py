@@ -3,7 +3,6 @@
 import threading
 import time
 import uuid
-from types import SimpleNamespace
 
 import pytest
 import redis
@@ -36,7 +35,7 @@ def test_waiter_wakes_on_announcement(client, notifier):
 
     def read():
         reads.append(time.monotonic())
-        return SimpleNamespace(id=job_id, status=state["status"])
+        return {"id": job_id, "status": state["status"]}
 
     def finish():
         state["status"] = "succeeded"
@@ -47,28 +46,30 @@ def test_waiter_wakes_on_announcement(client, notifier):
     timer.start()
     job = wait_until_terminal(notifier, job_id, read, wait_s=10)
     timer.join()
-    assert job.status == "succeeded"
+    assert job["status"] == "succeeded"
     # Woken by the message, well before the 10 s limit, with a bounded number of reads.
     assert time.monotonic() - started < 5
     assert len(reads) <= 4
 
 
 def test_waiter_gives_up_at_the_deadline(notifier):
-    job = SimpleNamespace(status="queued")
+    job = {"status": "queued"}
     started = time.monotonic()
-    assert wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=0.3).status == "queued"
+    assert (
+        wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=0.3)["status"] == "queued"
+    )
     assert 0.25 <= time.monotonic() - started < 2
 
 
 def test_waiter_does_not_wait_for_terminal_jobs(notifier):
-    job = SimpleNamespace(status="failed")
+    job = {"status": "failed"}
     started = time.monotonic()
-    assert wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=10).status == "failed"
+    assert wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=10)["status"] == "failed"
     assert time.monotonic() - started < 0.5
 
 
 def test_waiters_beyond_the_slots_are_answered_at_once(notifier):
-    job = SimpleNamespace(status="queued")
+    job = {"status": "queued"}
     with notifier.watch(str(uuid.uuid4())), notifier.watch(str(uuid.uuid4())):
         with pytest.raises(Busy), notifier.watch(str(uuid.uuid4())):
             pass
