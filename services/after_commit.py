@@ -84,20 +84,28 @@ def job_channel(job_id: uuid.UUID | str) -> str:
 def make_dispatcher(
     *,
     send_task: Callable[[SendTask], None],
-    announce: Callable[[str, str], None],
+    announce: Callable[[Sequence[tuple[str, str]]], None],
     on_error: Callable[[Message, Exception], None],
 ) -> Dispatcher:
     """A dispatcher over the given transports. A failed send is reported, not raised: the
-    transaction has committed already, and the sweeper re-publishes what never arrived."""
+    transaction has committed already, and the sweeper re-publishes what never arrived.
+    A commit's announcements go out together (`announce` gets them all: one round trip)."""
 
     def dispatch(messages: Sequence[Message]) -> None:
+        announcements: list[Announce] = []
         for message in messages:
+            if isinstance(message, Announce):
+                announcements.append(message)
+                continue
             try:
-                if isinstance(message, SendTask):
-                    send_task(message)
-                else:
-                    announce(channel(message.key), message.payload)
+                send_task(message)
             except Exception as error:
                 on_error(message, error)
+        if announcements:
+            try:
+                announce([(channel(a.key), a.payload) for a in announcements])
+            except Exception as error:
+                for message in announcements:
+                    on_error(message, error)
 
     return dispatch

@@ -2,16 +2,21 @@
 
 `where` clauses carry the whole precondition (status, attempt, lease), so two processes
 can never both move a job, and a worker whose attempt was taken over matches no row.
+
+The two statements every job runs (claim, finish) are built once, on the table rather
+than the mapped class, with bound parameters: building an ORM UPDATE per call and
+generating its cache key cost the worker about a third of its CPU per echo job.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, update
+from sqlalchemy import ColumnElement, Interval, Row, Table, bindparam, func, update
 from sqlalchemy.orm import Session
 
 from models import Job
@@ -54,36 +59,64 @@ def seconds(value: Any) -> Any:
     return dt.timedelta(seconds=1) * value
 
 
+_JOBS = cast(Table, Job.__table__)
+_CLAIM = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.status == "queued",
+        _JOBS.c.attempt < _JOBS.c.max_attempts,
+        _JOBS.c.run_after.is_(None) | (_JOBS.c.run_after <= func.now()),
+        _JOBS.c.queue_deadline_at.is_(None) | (_JOBS.c.queue_deadline_at > func.now()),
+    )
+    .values(
+        status="running",
+        attempt=_JOBS.c.attempt + 1,
+        lease_expires_at=func.now() + bindparam("lease", type_=Interval),
+        deadline_at=func.now() + seconds(_JOBS.c.timeout_s),
+        run_after=None,
+        started_at=func.coalesce(_JOBS.c.started_at, func.now()),
+        updated_at=func.now(),
+    )
+    .returning(
+        _JOBS.c.owner_id,
+        _JOBS.c.attempt,
+        _JOBS.c.max_attempts,
+        _JOBS.c.agent_config,
+        _JOBS.c.input,
+        _JOBS.c.timeout_s,
+        _JOBS.c.correlation_id,
+    )
+)
+_ENDED = (_JOBS.c.id, _JOBS.c.owner_id, _JOBS.c.attempt, _JOBS.c.error, _JOBS.c.correlation_id)
+_END_VALUES = {
+    "lease_expires_at": None,
+    "deadline_at": None,
+    "run_after": None,
+    "finished_at": func.now(),
+    "updated_at": func.now(),
+}
+_FINISH = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.status == "running",
+        _JOBS.c.attempt == bindparam("held_attempt"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        output=bindparam("new_output", type_=_JOBS.c.output.type),
+        error=bindparam("new_error", type_=_JOBS.c.error.type),
+        **_END_VALUES,
+    )
+    .returning(*_ENDED)
+)
+
+
 def claim(session: Session, *, job_id: uuid.UUID, policy: JobPolicy) -> Claim | None:
     """Take a due queued job for its next attempt; None when there is nothing to take."""
     row = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == "queued",
-            Job.attempt < Job.max_attempts,
-            Job.run_after.is_(None) | (Job.run_after <= func.now()),
-            Job.queue_deadline_at.is_(None) | (Job.queue_deadline_at > func.now()),
-        )
-        .values(
-            status="running",
-            attempt=Job.attempt + 1,
-            lease_expires_at=func.now() + seconds(policy.lease_s),
-            deadline_at=func.now() + seconds(Job.timeout_s),
-            run_after=None,
-            started_at=func.coalesce(Job.started_at, func.now()),
-            updated_at=func.now(),
-        )
-        .returning(
-            Job.owner_id,
-            Job.attempt,
-            Job.max_attempts,
-            Job.agent_config,
-            Job.input,
-            Job.timeout_s,
-            Job.correlation_id,
-        )
-        .execution_options(synchronize_session=False)
+        _CLAIM, {"job_id": job_id, "lease": dt.timedelta(seconds=policy.lease_s)}
     ).one_or_none()
     if row is None:
         return None
@@ -155,7 +188,17 @@ def finish(
     error: dict[str, Any] | None = None,
 ) -> bool:
     """End the attempt's job in `status`; False when this worker no longer holds it."""
-    return bool(end_jobs(session, _holds(claim), status, output=output, error=error))
+    rows = session.execute(
+        _FINISH,
+        {
+            "job_id": claim.job_id,
+            "held_attempt": claim.attempt,
+            "new_status": status,
+            "new_output": output,
+            "new_error": error,
+        },
+    ).all()
+    return bool(_record_ends(session, rows, status, output=output, reason=None))
 
 
 def retry_later(
@@ -204,21 +247,23 @@ def end_jobs(
 ) -> list[uuid.UUID]:
     """Move every job matching `where` to the terminal `status`, with its event each."""
     rows = session.execute(
-        update(Job)
+        update(_JOBS)
         .where(where)
-        .values(
-            status=status,
-            output=output,
-            error=error,
-            lease_expires_at=None,
-            deadline_at=None,
-            run_after=None,
-            finished_at=func.now(),
-            updated_at=func.now(),
-        )
-        .returning(Job.id, Job.owner_id, Job.attempt, Job.error, Job.correlation_id)
-        .execution_options(synchronize_session=False)
+        .values(status=status, output=output, error=error, **_END_VALUES)
+        .returning(*_ENDED)
     ).all()
+    return _record_ends(session, rows, status, output=output, reason=reason)
+
+
+def _record_ends(
+    session: Session,
+    rows: Sequence[Row[Any]],
+    status: str,
+    *,
+    output: dict[str, Any] | None,
+    reason: str | None,
+) -> list[uuid.UUID]:
+    """The terminal event of each job the UPDATE ended, and the finished-jobs count."""
     metrics.count_after_commit(session, metrics.JOBS_FINISHED, len(rows), status=status)
     for job_id, owner_id, attempt, stored_error, correlation_id in rows:
         data: dict[str, Any] = {"attempt": attempt}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -190,22 +190,30 @@ def _lock(session: Session, *, owner_id: uuid.UUID, endpoint_id: uuid.UUID) -> W
 # --------------------------------------------------------------------------- the outbox
 
 
+# Built once: a statement built per call cost more than its round trip (job_ended runs for
+# every job that ends).
+_WHO_IS_TOLD = select(
+    select(func.array_agg(WebhookEndpoint.id))
+    .where(
+        WebhookEndpoint.owner_id == bindparam("owner_id"),
+        WebhookEndpoint.enabled.is_(True),
+        WebhookEndpoint.event_types.contains(bindparam("event_type")),
+    )
+    .scalar_subquery(),
+    select(Job.webhook_url).where(Job.id == bindparam("job_id")).scalar_subquery(),
+)
+
+
 def job_ended(
     session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, event_type: str
 ) -> list[uuid.UUID]:
     """Write the deliveries of a job's terminal event, in the transaction that records it:
     one per enabled endpoint subscribed to the type, and one to the job's `webhook_url`."""
-    endpoint_ids = list(
-        session.scalars(
-            select(WebhookEndpoint.id).where(
-                WebhookEndpoint.owner_id == owner_id,
-                WebhookEndpoint.enabled.is_(True),
-                WebhookEndpoint.event_types.contains([str(event_type)]),
-            )
-        )
-    )
-    # Most jobs have nobody to tell: read the one column first, the whole job only if needed.
-    webhook_url = session.scalar(select(Job.webhook_url).where(Job.id == job_id))
+    # Most jobs have nobody to tell: one round trip reads who, the whole job only if needed.
+    endpoint_ids, webhook_url = session.execute(
+        _WHO_IS_TOLD, {"owner_id": owner_id, "job_id": job_id, "event_type": [str(event_type)]}
+    ).one()
+    endpoint_ids = endpoint_ids or []
     targets: list[dict[str, Any]] = [{"endpoint_id": e, "url": None} for e in endpoint_ids]
     if webhook_url:
         targets.append({"endpoint_id": None, "url": webhook_url})

@@ -96,7 +96,7 @@ def install_after_commit(
             kwargsrepr="{}",
             **task.options,
         ),
-        announce=lambda channel, status: announcer.publish(channel, status),
+        announce=lambda announcements: _publish_all(announcer, announcements),
         on_error=lambda message, error: log.warning(
             "after_commit.dispatch_failed", message=repr(message), error=repr(error)
         ),
@@ -104,6 +104,16 @@ def install_after_commit(
     if fault_injection == "exit_before_publish":
         dispatch = _exit_before_publish
     after_commit.install(factory, dispatch)
+
+
+def _publish_all(client: redis.Redis, announcements: Sequence[tuple[str, str]]) -> None:
+    if len(announcements) == 1:
+        client.publish(*announcements[0])
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for channel, payload in announcements:
+            pipe.publish(channel, payload)
+        pipe.execute()
 
 
 def _exit_before_publish(messages: Sequence[after_commit.Message]) -> None:

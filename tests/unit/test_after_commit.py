@@ -43,10 +43,13 @@ def test_dispatcher_reports_failures_and_continues():
 
     dispatch = after_commit.make_dispatcher(
         send_task=broken_send,
-        announce=lambda channel, status: sent.append((channel, status)),
+        announce=sent.extend,
         on_error=lambda message, error: errors.append((message, type(error))),
     )
     job_id = uuid.uuid4()
-    dispatch([SendTask("t", "agents"), Announce(job_key(job_id), "running")])
+    dispatch(
+        [SendTask("t", "agents"), Announce(job_key(job_id), "running"), Announce("other", "x")]
+    )
     assert errors == [(SendTask("t", "agents"), ConnectionError)]
-    assert sent == [(after_commit.job_channel(job_id), "running")]
+    # Both announcements went out together.
+    assert sent == [(after_commit.job_channel(job_id), "running"), ("conveyor:other", "x")]
