@@ -25,6 +25,13 @@ timeout = 60
 # The app writes one structured log line per request itself.
 accesslog = None
 
+# Memory (issue 10: web + worker under 512 MB). The app is imported once, in the master,
+# and the workers fork from it: its code and data pages stay shared until written, and
+# gc.freeze() before each fork keeps the collector from writing to (and so copying) them.
+# create_app opens no connection: engine, Redis clients and the notifier's listener all
+# connect on first use, in the worker.
+preload_app = True
+
 # Gunicorn 25.1+ opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl or
 # ~/.gunicorn/gunicorn.ctl by default: one path shared by every gunicorn of the user, so
 # concurrent instances (make run, end-to-end tests, other checkouts) would take it from
@@ -37,14 +44,46 @@ control_socket_disable = True
 # PROMETHEUS_MULTIPROC_DIR and GET /metrics, answered by any one worker, sums them all. The
 # directory is fresh for each start (or emptied, when the environment names one) and set
 # before any worker imports prometheus_client.
+# With preload_app the app (and prometheus_client) is imported before on_starting runs,
+# so the directory is prepared here, when gunicorn reads this file.
 _metrics_dir: dict[str, object] = {}
 
 
-def on_starting(server):  # type: ignore[no-untyped-def]
+def _prepare_metrics_dir() -> None:
     from telemetry import multiproc
 
     path, created = multiproc.prepare("conveyor-web-metrics-")
     _metrics_dir.update(path=path, created=created)
+
+
+_prepare_metrics_dir()
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives threads their own malloc arenas, up to 8 per core, and 32 threads per
+    worker fragment memory across them (the usual fix is MALLOC_ARENA_MAX=2, which only
+    works when set before the process starts; mallopt does the same from here, and forked
+    workers inherit it)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        m_arena_max = -8  # from glibc's malloc.h
+        ctypes.CDLL(name).mallopt(m_arena_max, arenas)
+
+
+_limit_malloc_arenas()
+
+
+def pre_fork(server, worker):  # type: ignore[no-untyped-def]
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
     # SIGINT (Ctrl-C) stops as gracefully as SIGTERM; gunicorn's own INT is a quick stop.
     # A second INT or a QUIT during the graceful stop still makes it quick.
     server.handle_int = server.handle_term

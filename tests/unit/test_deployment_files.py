@@ -8,9 +8,9 @@ build tools, every long-running service has a health check, and CI runs `make te
 
 from __future__ import annotations
 
+import ast
 import json
 import re
-import runpy
 import shlex
 import tomllib
 from pathlib import Path
@@ -143,11 +143,23 @@ def test_production_compose_requires_its_secrets_and_outlasts_graceful_stops() -
         "${FLOWER_BASIC_AUTH:?"
     )
     assert ":?" in env["DATABASE_URL"], "no default database password"
-    graceful = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["graceful_timeout"]
+    graceful = _gunicorn_setting("graceful_timeout")
     assert int(services["api"]["stop_grace_period"].removesuffix("s")) > graceful
     for name in SERVICE_PROCESS:
         assert services[name]["read_only"] is True, name
         assert "/tmp" in services[name]["tmpfs"], name
+
+
+def _gunicorn_setting(name: str) -> object:
+    """A literal assignment of gunicorn.conf.py, read without running the file (running it
+    prepares the metrics directory and sets PROMETHEUS_MULTIPROC_DIR, as gunicorn needs)."""
+    tree = ast.parse((ROOT / "gunicorn.conf.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"gunicorn.conf.py does not set {name}")
 
 
 # --------------------------------------------------------------------------- Dockerfiles
