@@ -26,6 +26,8 @@ TASK_MODULES = ("tasks.jobs", "tasks.maintenance", "tasks.events", "tasks.webhoo
 def make_celery(*, broker_url: str, sweep_interval_s: float = 5.0) -> Celery:
     app = Celery("conveyor", broker=broker_url, include=list(TASK_MODULES))
     app.conf.update(
+        # kombu's Redis transport, keeping one publishing client (workers/broker.py).
+        broker_transport="workers.broker:Transport",
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
