@@ -1,5 +1,6 @@
 """Engine and session factory. The caller (a request or a task) owns the transaction."""
 
+import orjson
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,7 +21,14 @@ def make_engine(
         pool_recycle=1800,
         # Fail fast instead of hanging a request when the server is gone.
         connect_args={"connect_timeout": 5},
+        # JSONB values (job input and output, event data, batch results) serialized by
+        # orjson: several times faster than the json module on a batch's thousand results.
+        json_serializer=_dumps,
     )
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

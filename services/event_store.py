@@ -24,7 +24,6 @@ import orjson
 from sqlalchemy import any_, cast, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import Event, Stream
@@ -61,19 +60,25 @@ class DuplicateEventIds(Conflict):
     title = "Event ids already used"
 
 
+# Rows inserted in name order, so locks are taken in that order; one statement for any
+# number of streams (a VALUES list per call was compiled anew for every batch size).
+_LOCK_STREAMS = text(
+    """
+    INSERT INTO streams (owner_id, name, version)
+    SELECT CAST(:owner_id AS uuid), n.name, 0
+    FROM unnest(CAST(:names AS text[])) AS n(name)
+    ORDER BY n.name
+    ON CONFLICT (owner_id, name) DO UPDATE SET version = streams.version
+    RETURNING name, version
+    """
+)
+
+
 def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str]) -> dict[str, int]:
     """Lock the rows of these streams (creating missing ones at version 0) and return their
-    versions. Locking in sorted order keeps two batches that share streams from deadlocking."""
-    ordered = sorted(set(names))
-    statement = pg_insert(Stream).values(
-        [{"owner_id": owner_id, "name": name, "version": 0} for name in ordered]
-    )
-    rows = session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[Stream.owner_id, Stream.name],
-            set_={"version": Stream.version},  # a no-op write that takes the row lock
-        ).returning(Stream.name, Stream.version)
-    )
+    versions. Locking in sorted order keeps two batches that share streams from deadlocking;
+    `DO UPDATE` with the same value is the no-op write that takes the row lock."""
+    rows = session.execute(_LOCK_STREAMS, {"owner_id": owner_id, "names": sorted(set(names))})
     return {name: version for name, version in rows}
 
 
@@ -184,7 +189,7 @@ def set_versions(session: Session, *, owner_id: uuid.UUID, versions: Mapping[str
 
 
 def existing_events(
-    session: Session, owner_id: uuid.UUID, event_ids: Sequence[uuid.UUID]
+    session: Session, owner_id: uuid.UUID, event_ids: Sequence[uuid.UUID | str]
 ) -> dict[uuid.UUID, Event]:
     if not event_ids:
         return {}
