@@ -8,15 +8,15 @@ from sqlalchemy import Select, bindparam, select
 
 from models import Job
 
-# The columns `job_json` reads, for reads that skip the ORM (`metadata` keeps the ORM's
-# attribute name, so a row and a Job look alike to `job_json`).
+# The columns `job_json` reads, for reads and RETURNING clauses that skip the ORM (plus
+# `metadata`, under the ORM's attribute name `metadata_`, so a row and a Job look alike).
 _COLUMNS = Job.__table__.c
-_NAMES = (
+COLUMNS = (
     "id", "agent_id", "agent_version", "status", "input", "output", "error", "attempt",
     "max_attempts", "timeout_s", "webhook_url", "created_at", "started_at", "finished_at",
 )  # fmt: skip
 VIEW: Select[Any] = select(
-    *(_COLUMNS[name] for name in _NAMES), _COLUMNS["metadata"].label("metadata_")
+    *(_COLUMNS[name] for name in COLUMNS), _COLUMNS["metadata"].label("metadata_")
 ).where(_COLUMNS["id"] == bindparam("job_id"), _COLUMNS["owner_id"] == bindparam("owner_id"))
 
 

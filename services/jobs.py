@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
@@ -50,7 +50,7 @@ _SUBMIT = text(
                CAST(:event_metadata AS jsonb)
         FROM job
     )
-    SELECT * FROM job
+    SELECT {", ".join(job_view.COLUMNS)}, metadata AS metadata_ FROM job
     """  # noqa: S608
 )
 
@@ -69,8 +69,9 @@ def submit(
     queue_timeout_s: int | None = None,
     max_attempts: int | None = None,
     correlation_id: str | None = None,
-) -> Job:
-    """Queue a job for the owner's agent; the run message is published after commit."""
+) -> Row[Any]:
+    """Queue a job for the owner's agent; the run message is published after commit.
+    The answer is a row of the job's view (job_view.job_json takes it), not a loaded Job."""
     if queue_depth is not None and queue_depth() >= policy.max_queue_depth:
         raise Overloaded("the job queue is full; try again shortly", retry_after_s=5)
     _check_limit("timeout_s", timeout_s, policy.max_timeout_s)
@@ -79,8 +80,8 @@ def submit(
     job_id = new_id()
     # The hot path: one round trip reads the agent, inserts the job with a copy of the
     # agent's configuration, and appends `job.queued` as version 1 of the new job's stream.
-    job: Job | None = session.scalars(
-        select(Job).from_statement(_SUBMIT),
+    job: Row[Any] | None = session.execute(
+        _SUBMIT,
         {
             "job_id": job_id,
             "owner_id": owner_id,
