@@ -81,31 +81,27 @@ def job_channel(job_id: uuid.UUID | str) -> str:
     return channel(job_key(job_id))
 
 
+# Sends a commit's tasks and announcements, together; the outcome of each task, then of
+# each announcement, in order (None: sent).
+Publish = Callable[[Sequence[SendTask], Sequence[tuple[str, str]]], Sequence[Exception | None]]
+
+
 def make_dispatcher(
-    *,
-    send_task: Callable[[SendTask], None],
-    announce: Callable[[Sequence[tuple[str, str]]], None],
-    on_error: Callable[[Message, Exception], None],
+    *, publish: Publish, on_error: Callable[[Message, Exception], None]
 ) -> Dispatcher:
-    """A dispatcher over the given transports. A failed send is reported, not raised: the
-    transaction has committed already, and the sweeper re-publishes what never arrived.
-    A commit's announcements go out together (`announce` gets them all: one round trip)."""
+    """A dispatcher over the given transport. A failed send is reported, not raised: the
+    transaction has committed already, and the sweeper re-publishes what never arrived."""
 
     def dispatch(messages: Sequence[Message]) -> None:
-        announcements: list[Announce] = []
-        for message in messages:
-            if isinstance(message, Announce):
-                announcements.append(message)
-                continue
-            try:
-                send_task(message)
-            except Exception as error:
-                on_error(message, error)
-        if announcements:
-            try:
-                announce([(channel(a.key), a.payload) for a in announcements])
-            except Exception as error:
-                for message in announcements:
-                    on_error(message, error)
+        tasks = [m for m in messages if isinstance(m, SendTask)]
+        announcements = [m for m in messages if isinstance(m, Announce)]
+        ordered: list[Message] = [*tasks, *announcements]
+        try:
+            outcomes = publish(tasks, [(channel(a.key), a.payload) for a in announcements])
+        except Exception as error:
+            outcomes = [error] * len(ordered)
+        for message, outcome in zip(ordered, outcomes, strict=True):
+            if outcome is not None:
+                on_error(message, outcome)
 
     return dispatch

@@ -15,6 +15,7 @@ from kombu import Exchange, Queue
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import after_commit
+from workers.publisher import TaskPublisher
 
 QUEUES = ("agents", "events", "webhooks", "maintenance")
 # The message header that carries the id of the HTTP request (or of the task) that caused a
@@ -85,20 +86,14 @@ def install_after_commit(
     *,
     fault_injection: str | None = None,
 ) -> None:
-    """Publish deferred tasks with `app` and announce job changes on Redis after commits."""
+    """Publish deferred tasks (to `app`'s queues, written by workers/publisher.py onto the
+    broker, which is the Redis of `announcer`) and announce changes, after commits."""
     log = structlog.get_logger("conveyor.after_commit")
+    publisher = TaskPublisher(announcer, reply_to=app.thread_oid)
     dispatch = after_commit.make_dispatcher(
-        send_task=lambda task: app.send_task(
-            task.name,
-            args=task.args,
-            queue=task.queue,
-            headers=trace_headers(),
-            # Our arguments are ids and small scalars: plain repr, not Celery's saferepr.
-            argsrepr=repr(task.args),
-            kwargsrepr="{}",
-            **task.options,
+        publish=lambda tasks, announcements: publisher.publish(
+            tasks, announcements, trace_headers()
         ),
-        announce=lambda announcements: _publish_all(announcer, announcements),
         on_error=lambda message, error: log.warning(
             "after_commit.dispatch_failed", message=repr(message), error=repr(error)
         ),
@@ -106,16 +101,6 @@ def install_after_commit(
     if fault_injection == "exit_before_publish":
         dispatch = _exit_before_publish
     after_commit.install(factory, dispatch)
-
-
-def _publish_all(client: redis.Redis, announcements: Sequence[tuple[str, str]]) -> None:
-    if len(announcements) == 1:
-        client.publish(*announcements[0])
-        return
-    with client.pipeline(transaction=False) as pipe:
-        for channel, payload in announcements:
-            pipe.publish(channel, payload)
-        pipe.execute()
 
 
 def _exit_before_publish(messages: Sequence[after_commit.Message]) -> None:

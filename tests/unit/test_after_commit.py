@@ -35,21 +35,37 @@ def test_rollback_drops_messages(session_factory, delivered):
     assert delivered == []
 
 
-def test_dispatcher_reports_failures_and_continues():
-    sent, errors = [], []
+def test_dispatcher_sends_together_and_reports_each_failure():
+    calls, errors = [], []
+    job_id = uuid.uuid4()
+    broken = ConnectionError("broker down")
 
-    def broken_send(task):
-        raise ConnectionError("broker down")
+    def publish(tasks, announcements):
+        calls.append((list(tasks), list(announcements)))
+        return [broken] + [None] * (len(tasks) + len(announcements) - 1)
 
     dispatch = after_commit.make_dispatcher(
-        send_task=broken_send,
-        announce=sent.extend,
-        on_error=lambda message, error: errors.append((message, type(error))),
+        publish=publish, on_error=lambda message, error: errors.append((message, error))
     )
-    job_id = uuid.uuid4()
-    dispatch(
-        [SendTask("t", "agents"), Announce(job_key(job_id), "running"), Announce("other", "x")]
+    dispatch([Announce(job_key(job_id), "running"), SendTask("t", "agents"), Announce("o", "x")])
+    # One call for the whole commit: tasks first, then the announcements, in order.
+    assert calls == [
+        (
+            [SendTask("t", "agents")],
+            [(after_commit.job_channel(job_id), "running"), ("conveyor:o", "x")],
+        )
+    ]
+    assert errors == [(SendTask("t", "agents"), broken)]
+
+
+def test_dispatcher_reports_everything_when_the_transport_fails():
+    errors = []
+
+    def publish(tasks, announcements):
+        raise ConnectionError("redis down")
+
+    dispatch = after_commit.make_dispatcher(
+        publish=publish, on_error=lambda message, error: errors.append(message)
     )
-    assert errors == [(SendTask("t", "agents"), ConnectionError)]
-    # Both announcements went out together.
-    assert sent == [(after_commit.job_channel(job_id), "running"), ("conveyor:other", "x")]
+    dispatch([SendTask("t", "agents"), Announce("k", "x")])
+    assert errors == [SendTask("t", "agents"), Announce("k", "x")]
