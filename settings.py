@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     # at once, and how long a request may wait for that, counted from its arrival, before
     # it is answered 503 + Retry-After instead.
     admission_slots: int = Field(default=8, ge=1, le=1024)
-    admission_max_wait_ms: int = Field(default=250, ge=1, le=60_000)
+    admission_max_wait_ms: int = Field(default=500, ge=1, le=60_000)
 
     # Security (docs/DECISIONS.md, Security). Rate limits are Flask-Limiter strings such as
     # "30/minute;500/hour", counted in the Redis at REDIS_URL, so all web workers count together.
