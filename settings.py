@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     # Admission control per web process (api/admission.py): requests in the application
     # at once, and how long a request may wait for that, counted from its arrival, before
     # it is answered 503 + Retry-After instead.
-    admission_slots: int = Field(default=8, ge=1, le=1024)
+    admission_slots: int = Field(default=16, ge=1, le=1024)
     admission_max_wait_ms: int = Field(default=500, ge=1, le=60_000)
 
     # Security (docs/DECISIONS.md, Security). Rate limits are Flask-Limiter strings such as

@@ -28,8 +28,9 @@ RETRY_AFTER_S = 1
 _arrival = threading.local()
 
 
-def mark_arrival(monotonic_s: float) -> None:
-    """Called by the server in the thread about to run the request: when it arrived."""
+def mark_arrival(monotonic_s: float | None) -> None:
+    """Called by the server in the thread about to run the request: when it arrived
+    (None: unknown; the wait then counts from when the application sees it)."""
     _arrival.at = monotonic_s
 
 

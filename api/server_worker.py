@@ -22,5 +22,11 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
-        mark_arrival(getattr(conn, "conveyor_queued_at", time.monotonic()))
+        if not conn.initialized and not conn.data_ready:
+            # A new connection: gunicorn waits here for its first bytes, and the request
+            # arrives when they do, not when the connection was accepted. Count from when
+            # the application sees it.
+            mark_arrival(None)
+        else:
+            mark_arrival(getattr(conn, "conveyor_queued_at", None))
         return super().handle(conn)
