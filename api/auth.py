@@ -111,19 +111,17 @@ def unchecked_jti() -> str | None:
 def require_access_token() -> None:
     """Authenticate the request or raise a 401 (503 when revocation cannot be checked);
     sets `g.principal`."""
+    if "principal" not in g and "auth_error" not in g:
+        g.principal = _authenticate()  # `identify` did not run: no credential, or not /v1
     jti = unchecked_jti()
-    if jti is not None:  # no gate ran (a route outside /v1): ask Redis here
+    if jti is not None:  # no gate ran for this token: ask Redis here
         try:
             settle_revocation(is_revoked(jti))
         except redis.RedisError:
             settle_revocation(None)
-    if "principal" in g:
-        return
-    error: Unauthorized | Overloaded | None = g.get("auth_error")
-    if error is not None:
+    if "principal" not in g:
+        error: Unauthorized | Overloaded = g.auth_error
         raise error
-    g.principal = _authenticate()
-    require_access_token()  # the token's revocation, when it was one
 
 
 def require_bearer_token() -> None:

@@ -48,23 +48,24 @@ def test_a_remembered_token_is_refused_once_it_has_expired():
         tokens.claims(token)
 
 
+# Made when the test runs, not when it is collected: "not yet" must still lie ahead.
 @pytest.mark.parametrize(
-    "token",
+    "make",
     [
-        _token(secret="another-secret-of-more-than-thirty-two-characters"),
-        _token(type="refresh"),
-        _token(iss="someone-else"),
-        _token(jti=None),
-        _token(sub="not-a-user-id"),
-        _token(exp=int(time.time()) - 1),
-        _token(nbf=int(time.time()) + 30),
-        "not.a.token",
+        lambda: _token(secret="another-secret-of-more-than-thirty-two-characters"),
+        lambda: _token(type="refresh"),
+        lambda: _token(iss="someone-else"),
+        lambda: _token(jti=None),
+        lambda: _token(sub="not-a-user-id"),
+        lambda: _token(exp=int(time.time()) - 1),
+        lambda: _token(nbf=int(time.time()) + 30),
+        lambda: "not.a.token",
     ],
     ids=["wrong key", "refresh", "issuer", "no jti", "sub", "expired", "not yet", "garbage"],
 )
-def test_tokens_we_would_not_sign_now_are_refused(token):
+def test_tokens_we_would_not_sign_now_are_refused(make):
     with pytest.raises(InvalidToken):
-        AccessTokens(SECRET).claims(token)
+        AccessTokens(SECRET).claims(make())
 
 
 def test_refused_tokens_are_not_remembered_and_memory_is_bounded():
