@@ -63,16 +63,25 @@ def create_app(
         max_overflow=settings.database_max_overflow,
         pre_ping=False,
     )
-    session_factory = session_factory or make_session_factory(engine)
+    if session_factory is None:
+        session_factory = make_session_factory(engine)
+        # The same pool; a connection is switched to autocommit while it is checked out.
+        autocommit_session_factory = make_session_factory(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+    else:  # a test's: every statement stays inside the transaction the test rolls back
+        autocommit_session_factory = session_factory
     redis_client = make_redis(settings.redis_url, timeout_s=5)
     producer = make_celery(broker_url=settings.redis_url)
-    install_after_commit(
-        session_factory, producer, redis_client, fault_injection=settings.fault_injection
-    )
+    for factory in {session_factory, autocommit_session_factory}:
+        install_after_commit(
+            factory, producer, redis_client, fault_injection=settings.fault_injection
+        )
     app.extensions["conveyor"] = Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
+        autocommit_session_factory=autocommit_session_factory,
         redis=redis_client,
         redis_probe=make_redis(settings.redis_url, timeout_s=1),
         passwords=passwords or Passwords(),

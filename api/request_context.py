@@ -23,6 +23,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 log = structlog.get_logger("conveyor.api")
+_AUTOCOMMIT = "conveyor.autocommit"
 
 
 def db() -> Session:
@@ -30,6 +31,21 @@ def db() -> Session:
     session: Session | None = g.get("db")
     if session is None:
         session = current_app.extensions["conveyor"].session_factory()
+        g.db = session
+    elif session.info.get(_AUTOCOMMIT):
+        raise RuntimeError("this request chose single_statement_db(); it cannot also need db()")
+    return session
+
+
+def single_statement_db() -> Session:
+    """The session of a request that makes exactly one statement: the statement commits by
+    itself, which spares the BEGIN and COMMIT round trips (two of the three of a job read).
+    Deferred work (services/after_commit.py) still waits for the request's commit. A request
+    that opened `db()` already goes on in its transaction."""
+    session: Session | None = g.get("db")
+    if session is None:
+        session = current_app.extensions["conveyor"].autocommit_session_factory()
+        session.info[_AUTOCOMMIT] = True
         g.db = session
     return session
 

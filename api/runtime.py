@@ -23,6 +23,9 @@ class Runtime:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
+    # Sessions whose every statement commits by itself, for requests of one statement
+    # (request_context.single_statement_db); tests pass their transactional factory here too.
+    autocommit_session_factory: sessionmaker[Session]
     redis: redis.Redis
     # A client whose every call gives up after a second: readiness must answer promptly.
     redis_probe: redis.Redis

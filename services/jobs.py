@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
@@ -26,33 +26,32 @@ from services.pagination import Page, newest_first
 RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
 
 _AGENT_CONFIG = ", ".join(f"'{name}', a.{name}" for name in agents.CONFIG_FIELDS)
-# Only constants are formatted into this statement; every value is a bound parameter.
-_SUBMIT = text(
-    f"""
+# Only constants are formatted into this statement; every value is a bound parameter, in
+# psycopg's style: it goes to the driver as it is (see `view`).
+_SUBMIT = f"""
     WITH job AS (
         INSERT INTO jobs (
             id, owner_id, agent_id, agent_version, agent_config, status, input, attempt,
             max_attempts, attempt_budget, timeout_s, queue_deadline_at, webhook_url, metadata,
             correlation_id
         )
-        SELECT :job_id, a.owner_id, a.id, a.version, jsonb_build_object({_AGENT_CONFIG}),
-               'queued', CAST(:input AS jsonb), 0, :max_attempts, :max_attempts,
-               coalesce(:timeout_s, a.timeout_s, :default_timeout_s),
-               now() + make_interval(secs => :queue_timeout_s), :webhook_url,
-               CAST(:metadata AS jsonb), :correlation_id
+        SELECT %(job_id)s, a.owner_id, a.id, a.version, jsonb_build_object({_AGENT_CONFIG}),
+               'queued', %(input)s::jsonb, 0, %(max_attempts)s, %(max_attempts)s,
+               coalesce(%(timeout_s)s, a.timeout_s, %(default_timeout_s)s),
+               now() + make_interval(secs => %(queue_timeout_s)s), %(webhook_url)s,
+               %(metadata)s::jsonb, %(correlation_id)s
         FROM agents AS a
-        WHERE a.id = :agent_id AND a.owner_id = :owner_id AND a.deleted_at IS NULL
+        WHERE a.id = %(agent_id)s AND a.owner_id = %(owner_id)s AND a.deleted_at IS NULL
         RETURNING *
     ), queued AS (
         INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
-        SELECT :event_id, owner_id, :stream, 1, '{EventType.JOB_QUEUED}',
+        SELECT %(event_id)s, owner_id, %(stream)s, 1, '{EventType.JOB_QUEUED}',
                jsonb_build_object('job_id', id::text, 'agent_version', agent_version),
-               CAST(:event_metadata AS jsonb)
+               %(event_metadata)s::jsonb
         FROM job
     )
-    SELECT {", ".join(job_view.COLUMNS)}, metadata AS metadata_ FROM job
+    SELECT {job_view.SELECT_LIST} FROM job
     """  # noqa: S608
-)
 
 
 def submit(
@@ -69,7 +68,7 @@ def submit(
     queue_timeout_s: int | None = None,
     max_attempts: int | None = None,
     correlation_id: str | None = None,
-) -> Row[Any]:
+) -> job_view.JobRow:
     """Queue a job for the owner's agent; the run message is published after commit.
     The answer is a row of the job's view (job_view.job_json takes it), not a loaded Job."""
     if queue_depth is not None and queue_depth() >= policy.max_queue_depth:
@@ -80,29 +79,34 @@ def submit(
     job_id = new_id()
     # The hot path: one round trip reads the agent, inserts the job with a copy of the
     # agent's configuration, and appends `job.queued` as version 1 of the new job's stream.
-    job: Row[Any] | None = session.execute(
-        _SUBMIT,
-        {
-            "job_id": job_id,
-            "owner_id": owner_id,
-            "agent_id": agent_id,
-            "input": orjson.dumps(input).decode(),
-            "max_attempts": attempts,
-            "timeout_s": timeout_s,
-            "default_timeout_s": policy.default_timeout_s,
-            "queue_timeout_s": queue_timeout_s or policy.default_queue_timeout_s,
-            "webhook_url": webhook_url,
-            "metadata": orjson.dumps(metadata or {}).decode(),
-            "correlation_id": correlation_id,
-            "stream": job_stream(job_id),
-            "event_id": new_id(),
-            "event_metadata": orjson.dumps(
-                {"correlation_id": correlation_id} if correlation_id else {}
-            ).decode(),
-        },
-    ).one_or_none()
-    if job is None:
+    row = (
+        session.connection()
+        .exec_driver_sql(
+            _SUBMIT,
+            {
+                "job_id": job_id,
+                "owner_id": owner_id,
+                "agent_id": agent_id,
+                "input": orjson.dumps(input).decode(),
+                "max_attempts": attempts,
+                "timeout_s": timeout_s,
+                "default_timeout_s": policy.default_timeout_s,
+                "queue_timeout_s": queue_timeout_s or policy.default_queue_timeout_s,
+                "webhook_url": webhook_url,
+                "metadata": orjson.dumps(metadata or {}).decode(),
+                "correlation_id": correlation_id,
+                "stream": job_stream(job_id),
+                "event_id": new_id(),
+                "event_metadata": orjson.dumps(
+                    {"correlation_id": correlation_id} if correlation_id else {}
+                ).decode(),
+            },
+        )
+        .fetchone()
+    )
+    if row is None:
         raise InvalidInput(problems=[FieldProblem("agent_id", "no agent with this id")])
+    job = job_view.JobRow._make(row)
     defer(session, Announce(events_key(owner_id)))
     metrics.count_after_commit(session, metrics.EVENTS_APPENDED, 1)
     job_events.publish_run(session, job.id, timeout_s=job.timeout_s, grace_s=policy.grace_s)
@@ -112,11 +116,17 @@ def submit(
 
 def view(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
     """The job as clients see it (job_view.job_json), read without the ORM: `GET
-    /v1/jobs/<id>` and every long-poll wake-up come here."""
-    row = session.execute(job_view.VIEW, {"job_id": job_id, "owner_id": owner_id}).first()
+    /v1/jobs/<id>` and every long-poll wake-up come here. The statement goes to the driver
+    as written (`exec_driver_sql`), skipping SQLAlchemy's compilation; errors still pass
+    through SQLAlchemy, which maps them and drops dead connections."""
+    row = (
+        session.connection()
+        .exec_driver_sql(job_view.VIEW, {"job_id": job_id, "owner_id": owner_id})
+        .fetchone()
+    )
     if row is None:
         raise NotFound("no job with this id")
-    return job_view.job_json(row)
+    return job_view.job_json(job_view.JobRow._make(row))
 
 
 def get(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:

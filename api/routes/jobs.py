@@ -5,13 +5,14 @@ import uuid
 import orjson
 from apiflask import APIBlueprint
 from flask import Response, current_app, g, request
+from sqlalchemy.orm import Session
 
 from api import job_stream, live, sse
 from api.auth import current_principal, require_access_token
 from api.job_waiter import wait_until_terminal
 from api.json_provider import dumps_bytes
 from api.representations import event_json, job_json
-from api.request_context import db, end_session
+from api.request_context import db, end_session, single_statement_db
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from services import idempotency, jobs
@@ -37,8 +38,8 @@ def _runtime():  # type: ignore[no-untyped-def]
 def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return _submit(owner_id, body)
+    if key is None:  # the submit is the request's one statement
+        return _submit(single_statement_db(), owner_id, body)
     request_fingerprint = idempotency.fingerprint(
         request.method, request.path, orjson.dumps(request.get_json(), option=orjson.OPT_SORT_KEYS)
     )
@@ -46,7 +47,7 @@ def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
         db(), owner_id=owner_id, key=key, request_fingerprint=request_fingerprint
     )
     if stored is None:
-        response = _submit(owner_id, body)
+        response = _submit(db(), owner_id, body)
         stored = idempotency.StoredResponse(
             response.status_code, response.get_data(), response.headers.get("Location")
         )
@@ -63,10 +64,10 @@ def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
     return replay
 
 
-def _submit(owner_id: uuid.UUID, body: JobIn) -> Response:
+def _submit(session: Session, owner_id: uuid.UUID, body: JobIn) -> Response:
     runtime = _runtime()
     job = jobs.submit(
-        db(),
+        session,
         owner_id=owner_id,
         agent_id=body.agent_id,
         input=body.input.model_dump(mode="json", exclude_none=True),
@@ -140,7 +141,7 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
     owner_id = current_principal().user_id
 
     def read():  # type: ignore[no-untyped-def]
-        job = jobs.view(db(), owner_id=owner_id, job_id=job_id)
+        job = jobs.view(single_statement_db(), owner_id=owner_id, job_id=job_id)
         end_session()  # give the connection back while we wait
         return job
 
