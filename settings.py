@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # Login and register: per client IP, and per email address in the body.
     rate_limit_auth_per_ip: str = "30/minute"
     rate_limit_auth_per_email: str = "10/minute"
+    # How long a process trusts Redis's "not revoked" for an access token before asking
+    # again (api/gate.py): a token revoked through another web process may work that much
+    # longer. 0 asks on every request (a Redis round trip each).
+    token_revocation_recheck_s: float = Field(default=1.0, ge=0, le=60)
     # Proxies (CIDRs) whose X-Forwarded-For is believed; otherwise the socket's address counts.
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     # JSON request bodies, checked before schema validation: nesting depth (orjson cannot

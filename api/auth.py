@@ -216,6 +216,7 @@ def is_revoked(jti: object) -> bool:
 def _revoke(jti: str, expires_at: int) -> None:
     # Kept only as long as the token would have been valid; after that it is refused anyway.
     gate.revoke(_redis(), jti, ttl_s=expires_at - int(time.time()))
+    current_app.extensions["conveyor"].gate.forget(jti)  # refused here from now on
 
 
 def _redis() -> redis.Redis:

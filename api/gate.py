@@ -1,19 +1,29 @@
-"""The one Redis round trip of a `/v1` request: is its bearer token revoked, and is its
-caller within the rate limit (`RATE_LIMIT_DEFAULT`)?
+"""Token revocation and rate limits of `/v1` requests, with Redis consulted for only a few
+of them.
 
-Both used to be separate calls (a revocation lookup, a limiter script, and a second read
-for the RateLimit headers); a profile of `POST /v1/jobs` put them at a fifth of the web's
-CPU. One Lua script now answers both, and also what the headers need.
+Both used to cost one Redis round trip per request (one Lua script answering both, which
+itself replaced three calls); a profile put that script at a quarter of the
+request-specific CPU of `GET /v1/jobs/<id>`. Now:
 
-Limits are sliding-window counters (the `limits` library's "sliding-window-counter"
-algorithm, which Flask-Limiter used here before): the count of the previous fixed window,
-weighted by how much of it still overlaps the sliding window, plus the current window's.
-Several limits ("100/second;6000/minute") are checked together; a request counts against
-all of them only when all allow it.
+- **Revocation** of a token is asked of Redis at most once per `recheck_s` per process
+  (`TOKEN_REVOCATION_RECHECK_S`, 1 s by default; 0 asks every time). A token revoked
+  through this process is refused here at once; another process may accept it for up to
+  `recheck_s` more.
+- **Rate limits** are sliding-window counters (the `limits` library's
+  "sliding-window-counter" algorithm, which Flask-Limiter used here before): the count of
+  the previous fixed window, weighted by how much of it still overlaps the sliding window,
+  plus the current window's. A process *leases* permits from the shared counter in blocks
+  (1 % of the limit, at most 100; 1 for limits under 200, which stay exact) and spends them
+  locally. Leased permits count at once, spent or not, so a caller can be refused a little
+  early (at most a block per process per window), never let through late. Several limits
+  ("100/second;6000/minute") are checked together; a request counts against all of them
+  only when all allow it.
 
-Redis away: a token cannot be checked (the caller answers 503), and limits are counted in
-this process's memory, so they hold per process instead of for the whole server; Redis is
-tried again after 1, 2, 4 ... 32 s.
+Both questions travel in one Lua script, and only when one of them needs Redis.
+
+Redis away: a token that is due for a check cannot be checked (the caller answers 503), and
+limits are counted in this process's memory, so they hold per process instead of for the
+whole server; Redis is tried again after 1, 2, 4 ... 32 s.
 """
 
 from __future__ import annotations
@@ -33,36 +43,43 @@ _REVOKED_PREFIX = "conveyor:revoked:"
 _COUNTER_PREFIX = "conveyor:gate:"
 _NO_KEY = "conveyor:gate:-"  # stands in for "no token to check" (scripts take fixed KEYS)
 _MAX_BACKOFF_S = 32.0
+_MAX_LEASE = 100
+_REMEMBERED = 100_000  # keys or tokens; past that, forgotten all at once (a rare sweep)
 
 # KEYS: revocation key, then (current window, previous window) per limit.
-# ARGV: check revocation (0/1), then (amount, window_s, elapsed_s) per limit.
-# Returns {revoked, allowed, limit index (1-based) of the tightest one, its weighted count}.
+# ARGV: check revocation (0/1), then (amount, window_s, elapsed_s, wanted) per limit.
+# Returns {revoked} when revoked, else {0, allowed, refusing limit (1-based) or 0, then per
+# limit: permits granted, weighted count after the grant}. A limit with wanted = 0 is only
+# read. Nothing is granted unless every limit that wants permits can give one.
 _SCRIPT = """
 if ARGV[1] == "1" and redis.call("EXISTS", KEYS[1]) == 1 then
-  return {1, 0, 0, 0}
+  return {1}
 end
-local tightest, tightest_left, tightest_count, allowed = 0, math.huge, 0, 1
-local counts = {}
-for i = 1, (#ARGV - 1) / 3 do
-  local amount, window, elapsed = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+local n = (#ARGV - 1) / 4
+local grants, counts = {}, {}
+for i = 1, n do
+  local amount, window = tonumber(ARGV[4*i-2]), tonumber(ARGV[4*i-1])
+  local elapsed, wanted = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1])
   local current = tonumber(redis.call("GET", KEYS[2*i]) or "0")
   local previous = tonumber(redis.call("GET", KEYS[2*i+1]) or "0")
   local count = previous * (window - elapsed) / window + current
-  counts[i] = count
-  if count + 1 > amount then allowed = 0 end
-  if amount - count < tightest_left then
-    tightest, tightest_left, tightest_count = i, amount - count, count
+  local grant = math.min(wanted, math.floor(amount - count))
+  if wanted > 0 and grant < 1 then
+    return {0, 0, i, 0, tostring(count)}
   end
+  grants[i], counts[i] = math.max(grant, 0), count
 end
-if allowed == 1 then
-  for i = 1, (#ARGV - 1) / 3 do
-    if redis.call("INCR", KEYS[2*i]) == 1 then
-      redis.call("EXPIRE", KEYS[2*i], 2 * tonumber(ARGV[3*i]))
+local answer = {0, 1, 0}
+for i = 1, n do
+  if grants[i] > 0 then
+    if redis.call("INCRBY", KEYS[2*i], grants[i]) == grants[i] then
+      redis.call("EXPIRE", KEYS[2*i], 2 * tonumber(ARGV[4*i-1]))
     end
   end
-  tightest_count = tightest_count + 1
+  answer[#answer + 1] = grants[i]
+  answer[#answer + 1] = tostring(counts[i] + grants[i])
 end
-return {0, allowed, tightest, tostring(tightest_count)}
+return answer
 """
 
 
@@ -82,11 +99,28 @@ class Verdict:
         return f"{self.limit.amount};w={self.limit.get_expiry()}"
 
 
+@dataclass
+class _Lease:
+    """Permits of one key under one limit, leased from Redis for one window."""
+
+    window: int  # the fixed window's index
+    unspent: int  # may dip below 0 when threads race for the last one; the next lease repays
+    count: float  # the shared weighted count after the lease, for the headers
+
+
+def lease_size(item: RateLimitItem) -> int:
+    return max(1, min(_MAX_LEASE, item.amount // 100))
+
+
 def _windows(item: RateLimitItem, key: str, now: float) -> tuple[str, str, float]:
     window = item.get_expiry()
-    index = int(now // window)
+    index = _index(item, now)
     base = f"{_COUNTER_PREFIX}{window}:{key}:"
     return f"{base}{index}", f"{base}{index - 1}", now - index * window
+
+
+def _index(item: RateLimitItem, now: float) -> int:
+    return int(now // item.get_expiry())
 
 
 def _reset_in(item: RateLimitItem, elapsed: float) -> int:
@@ -104,52 +138,128 @@ def is_revoked(client: redis.Redis, jti: str) -> bool:
 
 
 class Gate:
-    def __init__(self, client: redis.Redis, limits: str | None) -> None:
+    def __init__(
+        self, client: redis.Redis, limits: str | None, *, revocation_recheck_s: float = 1.0
+    ) -> None:
         self._limits: list[RateLimitItem] = list(parse_many(limits)) if limits else []
         self._script = client.register_script(_SCRIPT)
         self._memory = _MemoryCounters()
+        self._recheck_s = revocation_recheck_s
+        self._leases: dict[str, list[_Lease | None]] = {}
+        self._checked: dict[str, float] = {}  # token id -> when Redis last said "not revoked"
         self._redis_after = 0.0  # monotonic time before which Redis is not tried
         self._backoff_s = 0.0
         self._lock = threading.Lock()
 
     def check(self, key: str, *, jti: str | None) -> Verdict:
         """Count one request of `key` (a user or an address) and check the token `jti`."""
-        if not self._limits and jti is None:
+        if not self._limits and (jti is None or self._fresh(jti)):
             return Verdict(revoked=False, allowed=True)
+        now = time.time()
+        local = self._spend_leased(key, jti, now)
+        if local is not None:
+            return local
         if time.monotonic() >= self._redis_after:
             try:
-                verdict = self._check_redis(key, jti)
+                verdict = self._check_redis(key, jti, now)
             except redis.RedisError as error:
                 self._redis_failed(error)
             else:
                 self._backoff_s = 0.0
                 return verdict
-        return self._memory.check(self._limits, key, revoked=None if jti else False)
+        revoked = False if jti is None or self._fresh(jti) else None
+        return self._memory.check(self._limits, key, revoked=revoked)
 
-    def _check_redis(self, key: str, jti: str | None) -> Verdict:
-        now = time.time()
-        keys = [_REVOKED_PREFIX + jti if jti else _NO_KEY]
-        args: list[str | int | float] = ["1" if jti else "0"]
-        elapsed_by_limit = []
-        for item in self._limits:
+    def forget(self, jti: str) -> None:
+        """The token was just revoked through this process: ask Redis next time."""
+        with self._lock:
+            self._checked.pop(jti, None)
+
+    def _fresh(self, jti: str) -> bool:
+        checked = self._checked.get(jti)
+        return checked is not None and time.monotonic() - checked < self._recheck_s
+
+    def _spend_leased(self, key: str, jti: str | None, now: float) -> Verdict | None:
+        """The verdict from this process's leases alone, or None when Redis must be asked."""
+        if jti is not None and not self._fresh(jti):
+            return None
+        with self._lock:
+            leases = self._leases.get(key)
+            if leases is None or any(
+                lease is None or lease.window != _index(item, now) or lease.unspent < 1
+                for item, lease in zip(self._limits, leases, strict=True)
+            ):
+                return None
+            for lease in leases:
+                assert lease is not None
+                lease.unspent -= 1
+            return self._verdict(leases, now)
+
+    def _check_redis(self, key: str, jti: str | None, now: float) -> Verdict:
+        check_token = jti is not None and not self._fresh(jti)
+        keys = [_REVOKED_PREFIX + jti if jti is not None and check_token else _NO_KEY]
+        args: list[str | int | float] = ["1" if check_token else "0"]
+        with self._lock:
+            leases = self._leases.get(key) or [None] * len(self._limits)
+            wanted = [
+                lease_size(item)
+                if lease is None or lease.window != _index(item, now) or lease.unspent < 1
+                else 0
+                for item, lease in zip(self._limits, leases, strict=True)
+            ]
+        for item, amount_wanted in zip(self._limits, wanted, strict=True):
             current, previous, elapsed = _windows(item, key, now)
             keys += [current, previous]
-            args += [item.amount, item.get_expiry(), elapsed]
-            elapsed_by_limit.append(elapsed)
-        revoked, allowed, index, count = self._script(keys=keys, args=args)
-        if revoked:
+            args += [item.amount, item.get_expiry(), elapsed, amount_wanted]
+        answer = self._script(keys=keys, args=args)
+        if answer[0]:
             return Verdict(revoked=True, allowed=True)
-        if not index:
+        if jti is not None and check_token:
+            with self._lock:
+                if len(self._checked) >= _REMEMBERED:
+                    self._checked.clear()
+                self._checked[jti] = time.monotonic()
+        _, allowed, refusing, *pairs = answer
+        if not allowed:
+            item = self._limits[int(refusing) - 1]
+            elapsed = now - _index(item, now) * item.get_expiry()
+            return Verdict(
+                revoked=False, allowed=False, limit=item, reset_in_s=_reset_in(item, elapsed)
+            )
+        with self._lock:
+            if key not in self._leases and len(self._leases) >= _REMEMBERED:
+                self._leases.clear()
+            leases = self._leases.setdefault(key, [None] * len(self._limits))
+            for i, item in enumerate(self._limits):
+                window, granted, count = (
+                    _index(item, now),
+                    int(pairs[2 * i]),
+                    float(pairs[2 * i + 1]),
+                )
+                lease = leases[i]
+                if lease is None or lease.window != window:
+                    lease = leases[i] = _Lease(window, 0, count)
+                lease.unspent += granted - 1
+                lease.count = count
+            return self._verdict(leases, now)
+
+    def _verdict(self, leases: list[_Lease | None], now: float) -> Verdict:
+        """An allowed request's verdict: the limit with the least left, for the headers.
+        Left = the shared budget not yet leased, plus what this process holds unspent."""
+        if not self._limits:
             return Verdict(revoked=False, allowed=True)
-        item = self._limits[int(index) - 1]
-        count_f = float(count)
-        elapsed = elapsed_by_limit[int(index) - 1]
+        left = []
+        for item, lease in zip(self._limits, leases, strict=True):
+            assert lease is not None  # every limit has its lease once a request is allowed
+            left.append(math.floor(item.amount - lease.count) + max(0, lease.unspent))
+        tightest = min(range(len(left)), key=left.__getitem__)
+        item = self._limits[tightest]
         return Verdict(
             revoked=False,
-            allowed=bool(allowed),
+            allowed=True,
             limit=item,
-            remaining=max(0, math.floor(item.amount - count_f)),
-            reset_in_s=_reset_in(item, elapsed),
+            remaining=max(0, left[tightest]),
+            reset_in_s=_reset_in(item, now - _index(item, now) * item.get_expiry()),
         )
 
     def _redis_failed(self, error: Exception) -> None:

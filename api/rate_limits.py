@@ -2,7 +2,8 @@
 
 - Every `/v1` request counts for its principal's user (`auth.identify` ran before this),
   or for its client address when it carries no valid credential: `RATE_LIMIT_DEFAULT`,
-  counted by api/gate.py in the same Redis round trip that checks the token's revocation.
+  counted by api/gate.py with permits leased from Redis in blocks, beside the token's
+  revocation check (itself remembered for `TOKEN_REVOCATION_RECHECK_S`).
 - Login and register also count per client address and per email in the body
   (Flask-Limiter: rare requests with keys of their own).
 - A refused request gets a 429 problem with `Retry-After`; every limited answer carries
@@ -76,7 +77,11 @@ def _trusted(address: IpAddress, trusted: Sequence[IPvAnyNetwork]) -> bool:
 
 
 def make_gate(settings: Settings, client: redis.Redis) -> Gate:
-    return Gate(client, settings.rate_limit_default if settings.rate_limit_enabled else None)
+    return Gate(
+        client,
+        settings.rate_limit_default if settings.rate_limit_enabled else None,
+        revocation_recheck_s=settings.token_revocation_recheck_s,
+    )
 
 
 def install(app: Flask, settings: Settings) -> Limiter:

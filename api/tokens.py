@@ -4,8 +4,8 @@ A client sends the same token with every request for its lifetime (15 minutes by
 and checking it from scratch (base64, JSON, HMAC, claims) cost a profile of `GET
 /v1/jobs/<id>` more than the database read. A verified token's claims are remembered, so
 later uses cost a dict lookup; the times (`exp`, `nbf`) are checked on every use, and
-revocation is not remembered at all (api/gate.py asks Redis each time). Refused tokens are
-not remembered: a forger gains nothing from it and cannot fill the memory.
+revocation is left to api/gate.py (which asks Redis about a token at most once a second).
+Refused tokens are not remembered: a forger gains nothing from it and cannot fill memory.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ SAMPLE_INTERVAL_S = 0.25
 MB = 1024 * 1024
 
 # The bench user's requests must not be refused by the per-user limit (6000/minute by
-# default); the limiter still counts every request in Redis, as in production.
+# default); the gate still counts every request, leasing permits from Redis in blocks.
 BENCH_ENV = {
     "RATE_LIMIT_DEFAULT": "100000000/minute",
     "JWT_ACCESS_TTL_S": "86400",  # a soak outlives the default 15 minutes
