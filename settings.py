@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     # it is answered 503 + Retry-After instead.
     admission_slots: int = Field(default=16, ge=1, le=1024)
     admission_max_wait_ms: int = Field(default=500, ge=1, le=60_000)
+    # ... and how long while the process is behind: at least ADMISSION_BEHIND_QUEUE
+    # requests waiting (a closed loop of clients, however busy, keeps fewer waiting than it
+    # has connections beyond the slots; only more offered work than is served queues more).
+    admission_behind_wait_ms: int = Field(default=50, ge=1, le=60_000)
+    admission_behind_queue: int = Field(default=16, ge=1, le=10_000)
 
     # Security (docs/DECISIONS.md, Security). Rate limits are Flask-Limiter strings such as
     # "30/minute;500/hour", counted in the Redis at REDIS_URL, so all web workers count together.

@@ -98,7 +98,11 @@ def create_app(
     problems.install(app)
     # Before anything that costs: a request turned away under overload costs next to nothing.
     admission.install(
-        app, slots=settings.admission_slots, max_wait_s=settings.admission_max_wait_ms / 1000
+        app,
+        slots=settings.admission_slots,
+        max_wait_s=settings.admission_max_wait_ms / 1000,
+        behind_wait_s=settings.admission_behind_wait_ms / 1000,
+        behind_queue=settings.admission_behind_queue,
     )
     json_limits.install(
         app,

@@ -8,6 +8,14 @@ behind others is one its client has probably given up on. So each process admits
 (api/server_worker.py), not from when a thread picked it up — gets a 503 problem with
 `Retry-After` before any authentication, database or Redis work.
 
+How long a request may wait depends on whether the process is *behind*: busy is fine
+(every slot taken, a few requests waiting their turn, as a closed loop of clients that
+saturates the CPU keeps it), behind is not (at least `behind_queue` requests waiting,
+which only more offered work than the process serves produces). While busy, a request may
+wait `max_wait_s`, so a slow moment of the machine sheds nobody; while behind, only
+`behind_wait_s`, so those admitted are answered promptly and the rest are told at once to
+come back, instead of all of them waiting out the long budget.
+
 Requests that wait on something other than the CPU (long-polls, SSE tails) give their slot
 back when they start waiting (`leave`, called by `request_context.end_session`). Health,
 readiness and metrics are never held back: a probe must not read overload as death.
@@ -24,14 +32,33 @@ from services.errors import Overloaded
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 RETRY_AFTER_S = 1
+DETAIL = "the server is at capacity; retry shortly"
 
 _arrival = threading.local()
+_queued = 0  # requests the server has queued for a thread that no thread has taken yet
+_queued_lock = threading.Lock()
+
+
+def mark_queued() -> None:
+    """Called by the server when it queues a request for a thread."""
+    global _queued
+    with _queued_lock:
+        _queued += 1
 
 
 def mark_arrival(monotonic_s: float | None) -> None:
-    """Called by the server in the thread about to run the request: when it arrived
-    (None: unknown; the wait then counts from when the application sees it)."""
+    """Called by the server in the thread about to run a request it queued: when the
+    request arrived (None: unknown; the wait then counts from when the application sees
+    it)."""
+    global _queued
+    with _queued_lock:
+        _queued = max(0, _queued - 1)
     _arrival.at = monotonic_s
+
+
+def _arrival_of_this_thread() -> float | None:
+    at: float | None = getattr(_arrival, "at", None)
+    return at
 
 
 def _arrived_at() -> float:
@@ -41,19 +68,48 @@ def _arrived_at() -> float:
 
 
 class Admission:
-    def __init__(self, *, slots: int, max_wait_s: float) -> None:
+    def __init__(
+        self, *, slots: int, max_wait_s: float, behind_wait_s: float, behind_queue: int
+    ) -> None:
         self._slots = threading.BoundedSemaphore(slots)
+        self._behind_queue = behind_queue
+        self._waiting = 0  # requests in threads, waiting for a slot
+        self._lock = threading.Lock()
         self.max_wait_s = max_wait_s
+        self.behind_wait_s = min(behind_wait_s, max_wait_s)
+
+    def behind(self) -> bool:
+        """At least `behind_queue` requests wait, for a thread or a slot."""
+        return _queued + self._waiting >= self._behind_queue
 
     def enter(self) -> None:
         """Take a slot for this request, or raise Overloaded."""
         waited = time.monotonic() - _arrived_at()
-        left = self.max_wait_s - waited
-        if left <= 0 or not self._slots.acquire(timeout=left):
-            raise Overloaded(
-                "the server is at capacity; retry shortly", retry_after_s=RETRY_AFTER_S
-            )
+        left = (self.behind_wait_s if self.behind() else self.max_wait_s) - waited
+        if left <= 0 or not self._acquire(left):
+            raise Overloaded(DETAIL, retry_after_s=RETRY_AFTER_S)
         g.admission_slot = self
+
+    def turns_away(self, path: str) -> bool:
+        """Whether the server should answer this thread's request 503 itself, before the
+        application sees it: the process is behind and the request has already waited its
+        budget. Under overload most requests end here, so this answer must cost next to
+        nothing; the application's own check (`enter`) would answer the same, dearer."""
+        if path in EXEMPT_PATHS or not self.behind():
+            return False
+        arrived = _arrival_of_this_thread()
+        return arrived is not None and time.monotonic() - arrived >= self.behind_wait_s
+
+    def _acquire(self, timeout_s: float) -> bool:
+        if self._slots.acquire(blocking=False):
+            return True
+        with self._lock:
+            self._waiting += 1
+        try:
+            return self._slots.acquire(timeout=timeout_s)
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     @staticmethod
     def leave() -> None:
@@ -63,9 +119,16 @@ class Admission:
             admission._slots.release()
 
 
-def install(app: Flask, *, slots: int, max_wait_s: float) -> Admission:
+def install(
+    app: Flask, *, slots: int, max_wait_s: float, behind_wait_s: float, behind_queue: int
+) -> Admission:
     """Register before the other `before_request` hooks that do real work (auth, limits)."""
-    admission = Admission(slots=slots, max_wait_s=max_wait_s)
+    admission = Admission(
+        slots=slots,
+        max_wait_s=max_wait_s,
+        behind_wait_s=behind_wait_s,
+        behind_queue=behind_queue,
+    )
 
     @app.before_request
     def _admit() -> None:
@@ -74,4 +137,13 @@ def install(app: Flask, *, slots: int, max_wait_s: float) -> Admission:
 
     app.teardown_request(lambda _error: Admission.leave())
     app.extensions["conveyor.admission"] = admission
+    _installed[:] = [admission]
     return admission
+
+
+_installed: list[Admission] = []  # the process's one application's (`installed()`)
+
+
+def installed() -> Admission | None:
+    """The admission control of this process's application, for the server."""
+    return _installed[0] if _installed else None

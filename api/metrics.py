@@ -37,10 +37,13 @@ def _observe(response: Response) -> Response:
     started = g.get("started")
     seconds = time.perf_counter() - started if started is not None else 0.0
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-    # Arbitrary methods would each make a series; they all end as 405 anyway.
-    method = request.method if request.method in _METHODS else "other"
-    prometheus.observe_request(method, route, response.status_code, seconds)
+    prometheus.observe_request(method_label(request.method), route, response.status_code, seconds)
     return response
+
+
+def method_label(method: str) -> str:
+    # Arbitrary methods would each make a series; they all end as 405 anyway.
+    return method if method in _METHODS else "other"
 
 
 class QueueDepths:

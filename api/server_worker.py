@@ -3,22 +3,70 @@
 Gunicorn's gthread worker hands each request to a thread pool; when every thread is busy
 the request waits in the pool's queue, where the application cannot see it. This worker
 notes when each request was queued and tells `api.admission` in the thread that runs it,
-so admission control counts that wait too.
+so admission control counts that wait too, and how many requests are queued meanwhile.
+
+While the process is behind, a request that has already waited its budget is answered
+503 here, from bytes made once, without the WSGI environment, Flask, logging or the
+problem handlers: under twice the capacity, most requests end this way, and a 503 made by
+the application cost a third of an accepted submit, which starved the accepted ones.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from typing import Any
 
+import orjson
+import structlog
 from gunicorn.workers.gthread import ThreadWorker
 
-from api.admission import mark_arrival
+from api import admission
+from api.metrics import method_label
+from api.problems import PROBLEM_MIMETYPE
+from api.request_context import REQUEST_ID_HEADER
+from services.errors import Overloaded
+from telemetry import prometheus
+
+log = structlog.get_logger("conveyor.api")
+# The route label of requests turned away before routing.
+TURNED_AWAY_ROUTE = "(turned away at admission)"
+_REPORT_EVERY_S = 1.0
+
+
+def overloaded_response(request_id: str) -> bytes:
+    """The whole HTTP/1.1 answer: the problem document `enter` would have produced."""
+    body = orjson.dumps(
+        {
+            "type": f"/problems/{Overloaded.slug}",
+            "title": Overloaded.title,
+            "status": Overloaded.status,
+            "detail": admission.DETAIL,
+            "request_id": request_id,
+        }
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Content-Type: {PROBLEM_MIMETYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Retry-After: {admission.RETRY_AFTER_S}\r\n"
+        f"{REQUEST_ID_HEADER}: {request_id}\r\n"
+        "\r\n"
+    )
+    return head.encode() + body
 
 
 class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turned_away = 0
+        self._turned_away_lock = threading.Lock()
+        self._reported_at = time.monotonic()
+
     def enqueue_req(self, conn: Any) -> None:
         conn.conveyor_queued_at = time.monotonic()
+        admission.mark_queued()
         super().enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
@@ -26,7 +74,33 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
             # A new connection: gunicorn waits here for its first bytes, and the request
             # arrives when they do, not when the connection was accepted. Count from when
             # the application sees it.
-            mark_arrival(None)
+            admission.mark_arrival(None)
         else:
-            mark_arrival(getattr(conn, "conveyor_queued_at", None))
+            admission.mark_arrival(getattr(conn, "conveyor_queued_at", None))
         return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        control = admission.installed()
+        if control is None or not control.turns_away(req.path):
+            return bool(super().handle_request(req, conn))
+        started = time.perf_counter()
+        req.body.read()  # the connection stays usable only once the body is consumed
+        conn.sock.sendall(overloaded_response(uuid.uuid4().hex))
+        prometheus.observe_request(
+            method_label(req.method),
+            TURNED_AWAY_ROUTE,
+            Overloaded.status,
+            time.perf_counter() - started,
+        )
+        self._count_turned_away()
+        return bool(self.alive) and not req.should_close()
+
+    def _count_turned_away(self) -> None:
+        """One warning a second at most, with the count, instead of a line per request."""
+        with self._turned_away_lock:
+            self._turned_away += 1
+            now = time.monotonic()
+            if now - self._reported_at < _REPORT_EVERY_S:
+                return
+            count, self._turned_away, self._reported_at = self._turned_away, 0, now
+        log.warning("admission.turned_away", requests=count, detail=admission.DETAIL)

@@ -51,3 +51,82 @@ def test_waiting_requests_give_their_slot_back(make_app):
         assert app.test_client().get("/v1/agents").status_code == 401
     finally:
         waiting.join(10)
+
+
+def test_while_the_process_is_behind_a_request_waits_only_the_short_budget(make_app):
+    """One slot, taken; one request already waiting for it makes the process behind
+    (ADMISSION_BEHIND_QUEUE=1): the next is refused after the short wait, not the long one."""
+    import threading
+
+    app = make_app(
+        admission_slots=1,
+        admission_max_wait_ms=5000,
+        admission_behind_wait_ms=50,
+        admission_behind_queue=1,
+    )
+    admission = app.extensions["conveyor.admission"]
+    with app.test_request_context("/v1/jobs"):
+        admission.enter()  # the only slot is taken
+        first = threading.Thread(target=lambda: app.test_client().get("/v1/jobs"))
+        first.start()  # waits for the slot, up to the long budget: the process is behind
+        deadline = time.monotonic() + 5
+        while not admission.behind():
+            assert time.monotonic() < deadline, "the first request never started waiting"
+            time.sleep(0.005)
+        started = time.monotonic()
+        refused = app.test_client().get("/v1/jobs")
+        waited = time.monotonic() - started
+        assert refused.status_code == 503
+        assert 0.04 <= waited < 1.0
+        assert admission.turns_away("/v1/jobs") is False  # this thread's request is not queued
+    first.join(10)  # the slot came back with the context; the first one was served
+    assert not admission.behind()
+
+
+def test_the_server_turns_away_requests_that_waited_while_behind(make_app):
+    from api import admission as control
+
+    app = make_app(admission_behind_wait_ms=50, admission_behind_queue=2)
+    admission = app.extensions["conveyor.admission"]
+    control.mark_arrival(time.monotonic() - 0.2)  # this thread's request arrived 200 ms ago
+    assert admission.turns_away("/v1/jobs") is False  # busy is not behind
+    for _ in range(2):
+        control.mark_queued()  # two more requests queued for a thread
+    try:
+        assert admission.behind()
+        assert admission.turns_away("/v1/jobs") is True
+        assert admission.turns_away("/healthz") is False  # probes always pass
+        control.mark_arrival(time.monotonic())  # just arrived (one of the queued two)
+        assert admission.turns_away("/v1/jobs") is False
+    finally:
+        control.mark_arrival(None)
+    assert not admission.behind()
+
+
+def test_the_servers_own_503_is_the_problem_document_the_application_sends():
+    import http.client
+    import io
+    import json
+
+    from api.server_worker import overloaded_response
+
+    class _Socket:
+        def __init__(self, data: bytes) -> None:
+            self._file = io.BytesIO(data)
+
+        def makefile(self, *_args: object, **_kwargs: object) -> io.BytesIO:
+            return self._file
+
+    response = http.client.HTTPResponse(_Socket(overloaded_response("req-1")))  # type: ignore[arg-type]
+    response.begin()
+    assert response.status == 503
+    assert response.getheader("Content-Type") == "application/problem+json"
+    assert response.getheader("Retry-After") == "1"
+    assert response.getheader("X-Request-ID") == "req-1"
+    assert json.loads(response.read()) == {
+        "type": "/problems/overloaded",
+        "title": "Service overloaded",
+        "status": 503,
+        "detail": "the server is at capacity; retry shortly",
+        "request_id": "req-1",
+    }
