@@ -73,15 +73,20 @@ def create_app(
         autocommit_session_factory = session_factory
     redis_client = make_redis(settings.redis_url, timeout_s=5)
     producer = make_celery(broker_url=settings.redis_url)
-    for factory in {session_factory, autocommit_session_factory}:
-        install_after_commit(
-            factory, producer, redis_client, fault_injection=settings.fault_injection
-        )
+    publisher = install_after_commit(
+        list({session_factory, autocommit_session_factory}),
+        producer,
+        redis_client,
+        fault_injection=settings.fault_injection,
+        in_background=True,
+    )
+    assert publisher is not None
     app.extensions["conveyor"] = Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
         autocommit_session_factory=autocommit_session_factory,
+        publisher=publisher,
         redis=redis_client,
         redis_probe=make_redis(settings.redis_url, timeout_s=1),
         passwords=passwords or Passwords(),

@@ -16,6 +16,7 @@ from api.queue_depth import QueueDepth
 from services.job_policy import JobPolicy
 from services.passwords import Passwords
 from settings import Settings
+from workers.publisher import BackgroundPublisher
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Runtime:
     # Sessions whose every statement commits by itself, for requests of one statement
     # (request_context.single_statement_db); tests pass their transactional factory here too.
     autocommit_session_factory: sessionmaker[Session]
+    # Sends the Celery messages and announcements of commits, from its own thread.
+    publisher: BackgroundPublisher
     redis: redis.Redis
     # A client whose every call gives up after a second: readiness must answer promptly.
     redis_probe: redis.Redis

@@ -39,7 +39,7 @@ engine = make_engine(settings.database_url, pool_size=2)
 def _build_deps() -> TaskDeps:
     session_factory = make_session_factory(engine)
     install_after_commit(
-        session_factory,
+        [session_factory],
         celery,
         redis.Redis.from_url(settings.redis_url),
         fault_injection=settings.fault_injection,

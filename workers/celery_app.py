@@ -15,7 +15,7 @@ from kombu import Exchange, Queue
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import after_commit
-from workers.publisher import TaskPublisher
+from workers.publisher import BackgroundPublisher, TaskPublisher
 
 QUEUES = ("agents", "events", "webhooks", "maintenance")
 # The message header that carries the id of the HTTP request (or of the task) that caused a
@@ -80,27 +80,32 @@ def trace_headers() -> dict[str, str]:
 
 
 def install_after_commit(
-    factory: sessionmaker[Session],
+    factories: Sequence[sessionmaker[Session]],
     app: Celery,
     announcer: redis.Redis,
     *,
     fault_injection: str | None = None,
-) -> None:
+    in_background: bool = False,
+) -> BackgroundPublisher | None:
     """Publish deferred tasks (to `app`'s queues, written by workers/publisher.py onto the
-    broker, which is the Redis of `announcer`) and announce changes, after commits."""
+    broker, which is the Redis of `announcer`) and announce changes, after commits of
+    sessions of `factories`. `in_background` (the web's choice): from one thread, which is
+    returned, so that callers can wait for it (`flush`)."""
     log = structlog.get_logger("conveyor.after_commit")
     publisher = TaskPublisher(announcer, reply_to=app.thread_oid)
+    background = BackgroundPublisher(publisher) if in_background else None
+    send = background.publish if background is not None else publisher.publish
     dispatch = after_commit.make_dispatcher(
-        publish=lambda tasks, announcements: publisher.publish(
-            tasks, announcements, trace_headers()
-        ),
+        publish=lambda tasks, announcements: send(tasks, announcements, trace_headers()),
         on_error=lambda message, error: log.warning(
             "after_commit.dispatch_failed", message=repr(message), error=repr(error)
         ),
     )
     if fault_injection == "exit_before_publish":
         dispatch = _exit_before_publish
-    after_commit.install(factory, dispatch)
+    for factory in factories:
+        after_commit.install(factory, dispatch)
+    return background
 
 
 def _exit_before_publish(messages: Sequence[after_commit.Message]) -> None:

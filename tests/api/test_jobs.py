@@ -38,6 +38,7 @@ def test_submit_publishes_the_job_id_after_commit(alice, agent, redis_url):
     client = redis.Redis.from_url(redis_url)
     client.delete("agents")
     job = alice.submit(agent["id"])
+    assert alice.client.application.extensions["conveyor"].publisher.flush()  # its thread sent it
     messages = [json.loads(raw) for raw in client.lrange("agents", 0, -1)]
     published = [m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == RUN_JOB_TASK]
     assert published == [repr((job["id"],))]
@@ -51,6 +52,7 @@ def test_rejected_submit_publishes_nothing(alice, redis_url):
     response = alice.post("/v1/jobs", json={"agent_id": str(uuid.uuid4()), "input": {"text": "x"}})
     assert response.status_code == 422
     assert response.json["errors"][0]["field"] == "agent_id"
+    assert alice.client.application.extensions["conveyor"].publisher.flush()
     assert client.llen("agents") == 0
 
 

@@ -96,6 +96,7 @@ def test_metrics_read_queue_depths_from_redis_at_scrape_time(client, alice, redi
         broker.rpush("webhooks", json.dumps({"fake": 1}), json.dumps({"fake": 2}))
         agent = alice.create_agent()
         alice.submit(agent["id"])
+        assert client.application.extensions["conveyor"].publisher.flush()
         samples = scrape(client)
         depths = {q: prom.value(samples, "conveyor_queue_depth", queue=q) for q in QUEUES}
         assert depths == {"agents": 1, "events": 0, "webhooks": 2, "maintenance": 0}

@@ -40,15 +40,18 @@ def settings(settings):
 class Broker:
     """The `webhooks` queue in the test's Redis, where the app publishes after commit."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, app) -> None:  # type: ignore[no-untyped-def]
         self.redis = redis.Redis.from_url(url)
         self.redis.delete(WEBHOOKS_QUEUE)
+        self._publisher = app.extensions["conveyor"].publisher
 
     def clear(self) -> None:
+        assert self._publisher.flush()
         self.redis.delete(WEBHOOKS_QUEUE)
 
     def deliveries(self) -> list[str]:
         """Delivery ids of the deliver tasks waiting in the queue, oldest first."""
+        assert self._publisher.flush()  # the web's publishing thread has sent what it had
         found = []
         for raw in reversed(self.redis.lrange(WEBHOOKS_QUEUE, 0, -1)):
             message = json.loads(raw)
@@ -60,7 +63,7 @@ class Broker:
 
 @pytest.fixture
 def published(app, settings):
-    broker = Broker(settings.redis_url)
+    broker = Broker(settings.redis_url, app)
     yield broker
     broker.redis.close()
 

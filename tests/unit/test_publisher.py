@@ -13,7 +13,7 @@ import redis
 
 from services.after_commit import SendTask
 from workers.celery_app import make_celery
-from workers.publisher import TaskPublisher
+from workers.publisher import BackgroundPublisher, TaskPublisher
 
 # Differ by nature between two messages: fresh ids, the publishing process, the send time.
 FRESH = {"id", "root_id", "origin", "eta"}
@@ -81,3 +81,69 @@ def test_each_outcome_is_reported(broker):
     )
     assert outcomes == [None, None]
     assert client.llen(queue) == 1
+
+
+def _args(client: redis.Redis, queue: str) -> list[str]:
+    """The first argument of each message in `queue`, oldest first."""
+    return [_decoded(raw)["body"][0][0] for raw in reversed(client.lrange(queue, 0, -1))]
+
+
+def test_the_background_publisher_sends_what_threads_hand_over(broker):
+    import threading
+
+    client, queue = broker
+    background = BackgroundPublisher(TaskPublisher(client, reply_to="x"))
+
+    def hand_over(thread: int) -> None:
+        for n in range(50):
+            outcome = background.publish([SendTask("t", queue, (f"{thread}-{n}",))], [], {})
+            assert outcome == [None]  # handed over
+
+    threads = [threading.Thread(target=hand_over, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert background.flush(timeout_s=10)
+    sent = _args(client, queue)
+    assert sorted(sent) == sorted(f"{t}-{n}" for t in range(8) for n in range(50))
+    for t in range(8):  # each thread's messages in the order it handed them over
+        assert [a for a in sent if a.startswith(f"{t}-")] == [f"{t}-{n}" for n in range(50)]
+
+
+def test_a_failed_send_is_logged_not_raised(capsys):
+    from tests.stack import private_redis
+
+    with private_redis() as server:
+        client = redis.Redis.from_url(server.url, socket_connect_timeout=0.5)
+        background = BackgroundPublisher(TaskPublisher(client, reply_to="x"))
+        server.stop()
+        assert background.publish([SendTask("t", "q", ("1",))], [], {}) == [None]
+        assert background.flush(timeout_s=10)
+        assert "after_commit.dispatch_failed" in capsys.readouterr().out
+        server.start()  # the thread lives on: the next message goes out
+        background.publish([SendTask("t", "q", ("2",))], [], {})
+        assert background.flush(timeout_s=10)
+        assert _args(client, "q") == ["2"]
+
+
+def test_a_process_that_exits_sends_what_it_handed_over_first(broker, redis_url):
+    import subprocess
+    import sys
+    import textwrap
+
+    client, queue = broker
+    script = textwrap.dedent(
+        f"""
+        import redis
+        from services.after_commit import SendTask
+        from workers.publisher import BackgroundPublisher, TaskPublisher
+
+        client = redis.Redis.from_url({redis_url!r})
+        background = BackgroundPublisher(TaskPublisher(client, reply_to="x"))
+        for n in range(100):
+            background.publish([SendTask("t", {queue!r}, (str(n),))], [], {{}})
+        """  # exits at once: atexit flushes
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert _args(client, queue) == [str(n) for n in range(100)]
