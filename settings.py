@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     admission_behind_wait_ms: int = Field(default=50, ge=1, le=60_000)
     admission_behind_queue: int = Field(default=16, ge=1, le=10_000)
 
-    # Security (docs/DECISIONS.md, Security). Rate limits are Flask-Limiter strings such as
+    # Security (docs/DECISIONS.md, Security). Rate limits are `limits` strings such as
     # "30/minute;500/hour", counted in the Redis at REDIS_URL, so all web workers count together.
     rate_limit_enabled: bool = True
     # Every request with a valid credential counts for its user (token and API keys alike);

@@ -4,8 +4,8 @@
   or for its client address when it carries no valid credential: `RATE_LIMIT_DEFAULT`,
   counted by api/gate.py with permits leased from Redis in blocks, beside the token's
   revocation check (itself remembered for `TOKEN_REVOCATION_RECHECK_S`).
-- Login and register also count per client address and per email in the body
-  (Flask-Limiter: rare requests with keys of their own).
+- Login and register also count per client address and per email in the body (gates of
+  their own: rare requests with keys of their own, and small limits, which stay exact).
 - A refused request gets a 429 problem with `Retry-After`; every limited answer carries
   `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and `RateLimit-Policy`.
 - Redis unreachable: each process counts in its own memory (logged as a warning) and tries
@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
-import time
 from collections.abc import Sequence
 
 import redis
-import structlog
 from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limit, Limiter
 from pydantic import IPvAnyNetwork
 from werkzeug.exceptions import TooManyRequests
 
 from api import auth
 from api.gate import Gate, Verdict
+from api.runtime import make_redis
 from services.users import normalize_email
 from settings import Settings
-
-log = structlog.get_logger("conveyor.api")
 
 LIMITED_PATHS = "/v1/"
 AUTH_ENDPOINTS = frozenset({"auth.login", "auth.register"})
@@ -84,18 +79,21 @@ def make_gate(settings: Settings, client: redis.Redis) -> Gate:
     )
 
 
-def install(app: Flask, settings: Settings) -> Limiter:
-    """Attach the gate (the runtime's) and the limiter. Call after `auth.install`: its
+def install(app: Flask, settings: Settings) -> None:
+    """Count `/v1` requests at the gate (the runtime's), login and register also per address
+    and per email, and write the RateLimit headers. Call after `auth.install`: its
     `identify` must run first."""
     trusted = list(settings.trusted_proxies)
+    enabled = settings.rate_limit_enabled
+    auth_client = make_redis(settings.redis_url, timeout_s=STORAGE_TIMEOUT_S)
+    # Rare requests with keys of their own: their limits are small, so they stay exact.
+    per_address = Gate(auth_client, settings.rate_limit_auth_per_ip if enabled else None)
+    per_email = Gate(auth_client, settings.rate_limit_auth_per_email if enabled else None)
 
     def ip_key() -> str:
         return "ip:" + client_ip(
             request.remote_addr, request.headers.getlist("X-Forwarded-For"), trusted
         )
-
-    def not_auth() -> bool:
-        return request.endpoint not in AUTH_ENDPOINTS
 
     @app.before_request
     def _through_the_gate() -> None:
@@ -112,45 +110,17 @@ def install(app: Flask, settings: Settings) -> Limiter:
         g.rate_limit = verdict
         if not verdict.allowed:
             raise TooManyRequests(str(verdict.limit))
-
-    limiter = Limiter(
-        ip_key,
-        default_limits=[
-            Limit(
-                settings.rate_limit_auth_per_ip,
-                key_function=ip_key,
-                scope="auth-ip",
-                shared=True,
-                exempt_when=not_auth,
-            ),
-            Limit(
-                settings.rate_limit_auth_per_email,
-                key_function=_email_key,
-                scope="auth-email",
-                shared=True,
-                exempt_when=not_auth,
-            ),
-        ],
-        storage_uri=settings.redis_url,
-        storage_options={
-            "socket_timeout": STORAGE_TIMEOUT_S,
-            "socket_connect_timeout": STORAGE_TIMEOUT_S,
-        },
-        strategy="sliding-window-counter",
-        key_prefix="conveyor",
-        headers_enabled=False,  # written below, in the RateLimit-* form
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
-        enabled=settings.rate_limit_enabled,
-    )
-    limiter.request_filter(not_auth)
-    limiter.init_app(app)
+        if request.endpoint not in AUTH_ENDPOINTS:
+            return
+        for limits, limit_key in ((per_address, ip_key), (per_email, _email_key)):
+            verdict = limits.check("auth-" + limit_key(), jti=None)
+            g.rate_limit = _tighter(g.rate_limit, verdict)
+            if not verdict.allowed:
+                raise TooManyRequests(str(verdict.limit))
 
     @app.after_request
     def _rate_limit_headers(response: Response) -> Response:
         verdict: Verdict | None = g.get("rate_limit")
-        if request.endpoint in AUTH_ENDPOINTS and limiter.current_limit is not None:
-            verdict = _auth_verdict(limiter, verdict, refused=response.status_code == 429)
         if verdict is None or verdict.limit is None:
             return response
         response.headers["RateLimit-Limit"] = str(verdict.limit.amount)
@@ -161,31 +131,14 @@ def install(app: Flask, settings: Settings) -> Limiter:
             response.headers["Retry-After"] = str(max(1, verdict.reset_in_s))
         return response
 
-    return limiter
 
-
-def _auth_verdict(limiter: Limiter, gate: Verdict | None, *, refused: bool) -> Verdict | None:
-    """On login and register, the auth limit the headers describe instead of the gate's:
-    the one that refused, or the one with less left."""
-    current = limiter.current_limit
-    assert current is not None
-    try:
-        reset_at, remaining = current.window  # one read of the counter's store
-    except Exception as error:  # the store failed between the check and the answer
-        log.warning("rate_limit.headers_unavailable", error=type(error).__name__)
-        return gate
-    auth = Verdict(
-        revoked=False,
-        allowed=not refused,
-        limit=current.limit,
-        remaining=max(0, remaining),
-        reset_in_s=max(0, math.ceil(reset_at - time.time())),
-    )
-    if gate is None or gate.limit is None:
-        return auth
-    if refused:
-        return gate if not gate.allowed else auth
-    return auth if auth.remaining < gate.remaining else gate
+def _tighter(counted: Verdict, other: Verdict) -> Verdict:
+    """The verdict the headers describe: the one that refused, else the one with less left."""
+    if not other.allowed or counted.limit is None:
+        return other
+    if other.limit is None:
+        return counted
+    return other if other.remaining < counted.remaining else counted
 
 
 def _email_key() -> str:
@@ -193,7 +146,7 @@ def _email_key() -> str:
     without one shares a bucket: it is refused by validation anyway."""
     try:
         body = request.get_json(silent=True)
-    except Exception:  # a key function must never raise: Flask-Limiter would blame Redis
+    except Exception:  # a body too deep or too long: validation answers it after the limits
         body = None
     email = body.get("email") if isinstance(body, dict) else None
     if not isinstance(email, str) or len(email) > 320:

@@ -126,6 +126,6 @@ def _inclusive(frame: Frame) -> bool:
 # Library entry points worth seeing inclusively (what a request spends in each library).
 INCLUSIVE_PACKAGES = {
     "sqlalchemy", "psycopg", "flask_jwt_extended", "jwt", "celery", "kombu", "redis",
-    "pydantic", "structlog", "flask_limiter", "limits", "prometheus_client", "apiflask",
+    "pydantic", "structlog", "limits", "prometheus_client", "apiflask",
     "werkzeug", "orjson",
 }  # fmt: skip
