@@ -25,8 +25,10 @@ def record(
     status: str,
     data: dict[str, Any],
     correlation_id: str | None,
+    told: webhooks.Told | None = None,
 ) -> None:
     """Append the transition's event to the job's stream and announce it after commit.
+    `told`: who hears of a terminal event, when the caller's statement returned it.
 
     Every transition first updates (and so locks) the job's row, which serializes the
     writers of its stream: the one-round-trip append is safe here."""
@@ -39,7 +41,9 @@ def record(
     )
     defer(session, Announce(job_key(job_id), status))
     if event_type in TERMINAL_JOB_EVENTS:  # webhook outbox rows, in this same transaction
-        webhooks.job_ended(session, owner_id=owner_id, job_id=job_id, event_type=event_type)
+        webhooks.job_ended(
+            session, owner_id=owner_id, job_id=job_id, event_type=event_type, told=told
+        )
 
 
 def publish_run(

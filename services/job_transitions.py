@@ -16,11 +16,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Interval, Row, Table, bindparam, func, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Interval,
+    Row,
+    String,
+    Table,
+    bindparam,
+    func,
+    literal,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models import Job
-from services import job_events, metrics
+from services import job_events, metrics, webhooks
 from services.event_types import EventType
 from services.job_policy import JobPolicy
 
@@ -88,7 +99,23 @@ _CLAIM = (
         _JOBS.c.correlation_id,
     )
 )
-_ENDED = (_JOBS.c.id, _JOBS.c.owner_id, _JOBS.c.attempt, _JOBS.c.error, _JOBS.c.correlation_id)
+
+
+# What recording an end needs of each job an UPDATE ended, who hears of it included: the
+# subscribed endpoints and the job's webhook_url come back with the row, one round trip
+# fewer per ending job than asking afterwards (webhooks.job_ended).
+def _ended(end_event: Any) -> tuple[Any, ...]:
+    return (
+        _JOBS.c.id,
+        _JOBS.c.owner_id,
+        _JOBS.c.attempt,
+        _JOBS.c.error,
+        _JOBS.c.correlation_id,
+        _JOBS.c.webhook_url,
+        webhooks.subscribers(_JOBS.c.owner_id, end_event).correlate(_JOBS),
+    )
+
+
 _END_VALUES = {
     "lease_expires_at": None,
     "deadline_at": None,
@@ -109,7 +136,7 @@ _FINISH = (
         error=bindparam("new_error", type_=_JOBS.c.error.type),
         **_END_VALUES,
     )
-    .returning(*_ENDED)
+    .returning(*_ended(bindparam("end_event", type_=ARRAY(String))))
 )
 
 
@@ -196,6 +223,7 @@ def finish(
             "new_status": status,
             "new_output": output,
             "new_error": error,
+            "end_event": [str(_END_EVENTS[status])],
         },
     ).all()
     return bool(_record_ends(session, rows, status, output=output, reason=None))
@@ -250,7 +278,7 @@ def end_jobs(
         update(_JOBS)
         .where(where)
         .values(status=status, output=output, error=error, **_END_VALUES)
-        .returning(*_ENDED)
+        .returning(*_ended(literal([str(_END_EVENTS[status])], ARRAY(String))))
     ).all()
     return _record_ends(session, rows, status, output=output, reason=reason)
 
@@ -265,7 +293,7 @@ def _record_ends(
 ) -> list[uuid.UUID]:
     """The terminal event of each job the UPDATE ended, and the finished-jobs count."""
     metrics.count_after_commit(session, metrics.JOBS_FINISHED, len(rows), status=status)
-    for job_id, owner_id, attempt, stored_error, correlation_id in rows:
+    for job_id, owner_id, attempt, stored_error, correlation_id, webhook_url, endpoints in rows:
         data: dict[str, Any] = {"attempt": attempt}
         if output is not None:
             data["output"] = output
@@ -281,6 +309,7 @@ def _record_ends(
             status=status,
             data=data,
             correlation_id=correlation_id,
+            told=webhooks.Told(endpoints or [], webhook_url),
         )
     return [row.id for row in rows]
 

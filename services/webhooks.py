@@ -10,6 +10,7 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -190,33 +191,57 @@ def _lock(session: Session, *, owner_id: uuid.UUID, endpoint_id: uuid.UUID) -> W
 # --------------------------------------------------------------------------- the outbox
 
 
-# Built once: a statement built per call cost more than its round trip (job_ended runs for
-# every job that ends).
-_WHO_IS_TOLD = select(
-    select(func.array_agg(WebhookEndpoint.id))
-    .where(
-        WebhookEndpoint.owner_id == bindparam("owner_id"),
-        WebhookEndpoint.enabled.is_(True),
-        WebhookEndpoint.event_types.contains(bindparam("event_type")),
+def subscribers(owner_id: ColumnElement[Any], event_type: ColumnElement[Any]) -> Any:
+    """The ids of the owner's enabled endpoints subscribed to `event_type` (a one-element
+    text array), as an SQL array, NULL for none: a subquery for the statement that ends
+    jobs to return beside each job, so that `job_ended` need not ask again."""
+    return (
+        select(func.array_agg(WebhookEndpoint.id))
+        .where(
+            WebhookEndpoint.owner_id == owner_id,
+            WebhookEndpoint.enabled.is_(True),
+            WebhookEndpoint.event_types.contains(event_type),
+        )
+        .scalar_subquery()
     )
-    .scalar_subquery(),
+
+
+@dataclass(frozen=True)
+class Told:
+    """Who hears of a job's end: its owner's subscribed endpoints, and its own webhook_url."""
+
+    endpoint_ids: Sequence[uuid.UUID]
+    webhook_url: str | None
+
+
+# Built once: a statement built per call cost more than its round trip. Only for callers
+# whose statement did not return `Told` already.
+_WHO_IS_TOLD = select(
+    subscribers(bindparam("owner_id"), bindparam("event_type")),
     select(Job.webhook_url).where(Job.id == bindparam("job_id")).scalar_subquery(),
 )
 
 
 def job_ended(
-    session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, event_type: str
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    job_id: uuid.UUID,
+    event_type: str,
+    told: Told | None = None,
 ) -> list[uuid.UUID]:
     """Write the deliveries of a job's terminal event, in the transaction that records it:
-    one per enabled endpoint subscribed to the type, and one to the job's `webhook_url`."""
-    # Most jobs have nobody to tell: one round trip reads who, the whole job only if needed.
-    endpoint_ids, webhook_url = session.execute(
-        _WHO_IS_TOLD, {"owner_id": owner_id, "job_id": job_id, "event_type": [str(event_type)]}
-    ).one()
-    endpoint_ids = endpoint_ids or []
-    targets: list[dict[str, Any]] = [{"endpoint_id": e, "url": None} for e in endpoint_ids]
-    if webhook_url:
-        targets.append({"endpoint_id": None, "url": webhook_url})
+    one per enabled endpoint subscribed to the type, and one to the job's `webhook_url`.
+    `told`: who, when the caller's statement returned it already (job_transitions does)."""
+    if told is None:  # most jobs have nobody to tell: one round trip reads who
+        endpoint_ids, webhook_url = session.execute(
+            _WHO_IS_TOLD,
+            {"owner_id": owner_id, "job_id": job_id, "event_type": [str(event_type)]},
+        ).one()
+        told = Told(endpoint_ids or [], webhook_url)
+    targets: list[dict[str, Any]] = [{"endpoint_id": e, "url": None} for e in told.endpoint_ids]
+    if told.webhook_url:
+        targets.append({"endpoint_id": None, "url": told.webhook_url})
     if not targets:
         return []
     job = session.get(Job, job_id, populate_existing=True)
