@@ -1,7 +1,12 @@
 """Engine and session factory. The caller (a request or a task) owns the transaction."""
 
+from collections.abc import Mapping
+from typing import Any
+
 import orjson
+import psycopg
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -33,3 +38,27 @@ def _dumps(value: object) -> str:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def execute_on_driver(session: Session, statement: str, params: Mapping[str, Any]) -> Any:
+    """Run `statement` (psycopg's parameter style) on the driver connection under the
+    session's, in its transaction if it has one; the psycopg cursor, rows as tuples.
+
+    For the hottest statements (a job's read and submit): SQLAlchemy's execution layer,
+    even for a string it does not compile (`exec_driver_sql`), builds the result's metadata
+    from the cursor description on every call, which was 0.075 ms of a 0.55 ms job read
+    in-process. Errors still come out as SQLAlchemy's (problems.py answers 503 for an
+    OperationalError), and a connection found dead is dropped from the pool. (SQLAlchemy's
+    own statements also drop every older connection at such a failure; here only this one
+    is, so after a database restart each pooled connection may fail one more request.)"""
+    connection = session.connection()
+    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    try:
+        return driver.execute(statement, params)
+    except psycopg.Error as error:
+        dead = connection.dialect.is_disconnect(error, driver, None)  # type: ignore[arg-type]
+        if dead:
+            connection.invalidate(error)
+        raise DBAPIError.instance(
+            statement, params, error, psycopg.Error, connection_invalidated=dead
+        ) from error

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
+from models.db import execute_on_driver
 from models.ids import new_id
 from services import agents, event_store, job_events, job_view, metrics
 from services.after_commit import Announce, defer, events_key
@@ -27,7 +28,7 @@ RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
 
 _AGENT_CONFIG = ", ".join(f"'{name}', a.{name}" for name in agents.CONFIG_FIELDS)
 # Only constants are formatted into this statement; every value is a bound parameter, in
-# psycopg's style: it goes to the driver as it is (see `view`).
+# psycopg's style: it goes to the driver as written (models.db.execute_on_driver).
 _SUBMIT = f"""
     WITH job AS (
         INSERT INTO jobs (
@@ -79,31 +80,28 @@ def submit(
     job_id = new_id()
     # The hot path: one round trip reads the agent, inserts the job with a copy of the
     # agent's configuration, and appends `job.queued` as version 1 of the new job's stream.
-    row = (
-        session.connection()
-        .exec_driver_sql(
-            _SUBMIT,
-            {
-                "job_id": job_id,
-                "owner_id": owner_id,
-                "agent_id": agent_id,
-                "input": orjson.dumps(input).decode(),
-                "max_attempts": attempts,
-                "timeout_s": timeout_s,
-                "default_timeout_s": policy.default_timeout_s,
-                "queue_timeout_s": queue_timeout_s or policy.default_queue_timeout_s,
-                "webhook_url": webhook_url,
-                "metadata": orjson.dumps(metadata or {}).decode(),
-                "correlation_id": correlation_id,
-                "stream": job_stream(job_id),
-                "event_id": new_id(),
-                "event_metadata": orjson.dumps(
-                    {"correlation_id": correlation_id} if correlation_id else {}
-                ).decode(),
-            },
-        )
-        .fetchone()
-    )
+    row = execute_on_driver(
+        session,
+        _SUBMIT,
+        {
+            "job_id": job_id,
+            "owner_id": owner_id,
+            "agent_id": agent_id,
+            "input": orjson.dumps(input).decode(),
+            "max_attempts": attempts,
+            "timeout_s": timeout_s,
+            "default_timeout_s": policy.default_timeout_s,
+            "queue_timeout_s": queue_timeout_s or policy.default_queue_timeout_s,
+            "webhook_url": webhook_url,
+            "metadata": orjson.dumps(metadata or {}).decode(),
+            "correlation_id": correlation_id,
+            "stream": job_stream(job_id),
+            "event_id": new_id(),
+            "event_metadata": orjson.dumps(
+                {"correlation_id": correlation_id} if correlation_id else {}
+            ).decode(),
+        },
+    ).fetchone()
     if row is None:
         raise InvalidInput(problems=[FieldProblem("agent_id", "no agent with this id")])
     job = job_view.JobRow._make(row)
@@ -116,14 +114,11 @@ def submit(
 
 def view(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
     """The job as clients see it (job_view.job_json), read without the ORM: `GET
-    /v1/jobs/<id>` and every long-poll wake-up come here. The statement goes to the driver
-    as written (`exec_driver_sql`), skipping SQLAlchemy's compilation; errors still pass
-    through SQLAlchemy, which maps them and drops dead connections."""
-    row = (
-        session.connection()
-        .exec_driver_sql(job_view.VIEW, {"job_id": job_id, "owner_id": owner_id})
-        .fetchone()
-    )
+    /v1/jobs/<id>` and every long-poll wake-up come here, straight to the driver
+    (models.db.execute_on_driver)."""
+    row = execute_on_driver(
+        session, job_view.VIEW, {"job_id": job_id, "owner_id": owner_id}
+    ).fetchone()
     if row is None:
         raise NotFound("no job with this id")
     return job_view.job_json(job_view.JobRow._make(row))

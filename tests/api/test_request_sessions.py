@@ -2,6 +2,7 @@
 one-statement requests run in autocommit on the same pool, and leave it transactional."""
 
 import contextlib
+import time
 
 import pytest
 import redis
@@ -61,3 +62,40 @@ def test_a_request_that_opened_a_transaction_keeps_it(one_connection_app):
         assert single_statement_db() is session
         assert _driver_connection(session).autocommit is False
         end_session()
+
+
+def test_a_statement_on_a_dead_connection_fails_as_sqlalchemys_and_the_pool_heals(
+    one_connection_app, database_url
+):
+    """The hot statements skip SQLAlchemy's execution layer (models.db.execute_on_driver);
+    a connection the server dropped must still raise SQLAlchemy's OperationalError (a 503)
+    and leave the pool, so the next request gets a new one."""
+    import uuid
+
+    import psycopg
+    import sqlalchemy.exc
+
+    from services import jobs
+    from services.errors import NotFound
+
+    def view() -> None:
+        jobs.view(single_statement_db(), owner_id=uuid.uuid4(), job_id=uuid.uuid4())
+
+    with one_connection_app.test_request_context():
+        with pytest.raises(NotFound):
+            view()
+        backend = _driver_connection(single_statement_db()).info.backend_pid
+        end_session()
+    libpq = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(libpq, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
+            assert time.monotonic() < deadline, "the backend did not go away"
+            time.sleep(0.01)
+    with one_connection_app.test_request_context(), pytest.raises(sqlalchemy.exc.OperationalError):
+        view()
+    with one_connection_app.test_request_context():
+        with pytest.raises(NotFound):
+            view()  # on a new connection
+        assert _driver_connection(single_statement_db()).info.backend_pid != backend
