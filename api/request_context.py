@@ -18,11 +18,12 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from api.admission import Admission
 from services.errors import FieldProblem, InvalidInput
+from services.log_config import LineLog
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
-log = structlog.get_logger("conveyor.api")
+access_log = LineLog("conveyor.api")
 _AUTOCOMMIT = "conveyor.autocommit"
 
 
@@ -114,7 +115,7 @@ def _finish(response: Response) -> Response:
         finally:
             session.close()
     response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
-    log.info(
+    access_log.info(
         "request",
         method=request.method,
         path=request.path,

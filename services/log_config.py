@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 # Keys whose values are never written, whatever the caller passed.
@@ -64,3 +67,32 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class LineLog:
+    """The access log's writer: the line the structlog pipeline would write (the bound
+    context, the fields, level, logger and timestamp, secrets scrubbed, as JSON), written
+    to stdout directly. Every request writes one, and the pipeline (processors, a stdlib
+    LogRecord, the handler's lock, the formatter, `json`) was a tenth of a job read's CPU.
+    The standard library's level for `name` still decides whether a line is written."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._level_of = logging.getLogger(name)
+        self._lock = threading.Lock()
+
+    def info(self, event: str, **fields: Any) -> None:
+        if not self._level_of.isEnabledFor(logging.INFO):
+            return
+        line: dict[str, Any] = {"event": event}
+        line.update(structlog.contextvars.get_contextvars())
+        line.update(fields)
+        line.update(level="info", logger=self._name, timestamp=_now())
+        data = orjson.dumps(scrub_secrets(None, "info", line), default=str).decode() + "\n"
+        with self._lock:  # stdout is looked up each time: tests swap it
+            sys.stdout.write(data)
+            sys.stdout.flush()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")

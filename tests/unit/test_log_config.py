@@ -31,3 +31,27 @@ def test_standard_library_logs_are_json(capsys):
     logging.getLogger("plain").warning("hello %s", "world")
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["event"] == "hello world" and record["level"] == "warning"
+
+
+def test_the_access_line_is_what_the_pipeline_would_write(capsys):
+    import json
+
+    import structlog
+
+    from services.log_config import LineLog, configure_logging
+
+    configure_logging("INFO")
+    structlog.contextvars.bind_contextvars(request_id="req-7")
+    try:
+        fields = {"method": "GET", "path": "/v1/x", "status": 200, "token": "s3cret"}
+        structlog.get_logger("conveyor.test").info("request", **fields)
+        LineLog("conveyor.test").info("request", **fields)
+        configure_logging("WARNING")
+        LineLog("conveyor.test").info("request", **fields)  # below the level: nothing
+    finally:
+        structlog.contextvars.clear_contextvars()
+        configure_logging("INFO")
+    piped, direct = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert direct["token"] == "[redacted]"
+    assert direct.pop("timestamp").endswith("Z") and piped.pop("timestamp").endswith("Z")
+    assert direct == piped
