@@ -112,6 +112,11 @@ def lease_size(item: RateLimitItem) -> int:
     return max(1, min(_MAX_LEASE, item.amount // 100))
 
 
+def _spent(item: RateLimitItem, lease: _Lease | None, now: float) -> bool:
+    """No permit of this limit left here for the current window: Redis must be asked."""
+    return lease is None or lease.window != _index(item, now) or lease.unspent < 1
+
+
 def _windows(item: RateLimitItem, key: str, now: float) -> tuple[str, str, float]:
     window = item.get_expiry()
     index = _index(item, now)
@@ -186,8 +191,7 @@ class Gate:
         with self._lock:
             leases = self._leases.get(key)
             if leases is None or any(
-                lease is None or lease.window != _index(item, now) or lease.unspent < 1
-                for item, lease in zip(self._limits, leases, strict=True)
+                _spent(item, lease, now) for item, lease in zip(self._limits, leases, strict=True)
             ):
                 return None
             for lease in leases:
@@ -202,9 +206,7 @@ class Gate:
         with self._lock:
             leases = self._leases.get(key) or [None] * len(self._limits)
             wanted = [
-                lease_size(item)
-                if lease is None or lease.window != _index(item, now) or lease.unspent < 1
-                else 0
+                lease_size(item) if _spent(item, lease, now) else 0
                 for item, lease in zip(self._limits, leases, strict=True)
             ]
         for item, amount_wanted in zip(self._limits, wanted, strict=True):
