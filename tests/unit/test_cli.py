@@ -189,7 +189,9 @@ def test_dev_stops_every_process_on_sigint(tmp_path: Path) -> None:
         client.close()
         children = marked()
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=DEADLINE_S) == 128 + signal.SIGINT
+        # The supervisor kills whatever has not stopped STOP_TIMEOUT_S after the signal, so
+        # it always ends by then; a CI run on a loaded machine once needed more than 20 s.
+        assert proc.wait(timeout=cli.STOP_TIMEOUT_S + DEADLINE_S) == 128 + signal.SIGINT
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
