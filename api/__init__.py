@@ -72,6 +72,7 @@ def create_app(
     else:  # a test's: every statement stays inside the transaction the test rolls back
         autocommit_session_factory = session_factory
     redis_client = make_redis(settings.redis_url, timeout_s=5)
+    gate_client = rate_limits.gate_client(settings)
     producer = make_celery(broker_url=settings.redis_url)
     publisher = install_after_commit(
         list({session_factory, autocommit_session_factory}),
@@ -93,9 +94,7 @@ def create_app(
         job_policy=settings.job_policy(),
         queue_depth=QueueDepth(redis_client, AGENTS_QUEUE),
         notifier=Notifier(redis_client, slots=settings.max_waiting_requests),
-        # Its Redis calls give up quickly: a request had better count its rate limit in
-        # memory (or answer 503 for a token) than hang.
-        gate=rate_limits.make_gate(settings, make_redis(settings.redis_url, timeout_s=0.5)),
+        gate=rate_limits.make_gate(settings, gate_client),
     )
 
     request_context.install(app)
@@ -122,7 +121,7 @@ def create_app(
         access_ttl_s=settings.jwt_access_ttl_s,
         refresh_ttl_s=settings.jwt_refresh_ttl_s,
     )
-    rate_limits.install(app, settings)  # after auth: counts per the user it found
+    rate_limits.install(app, settings, gate_client)  # after auth: counts per the user it found
     for blueprint in (
         health.bp,
         auth_routes.bp,

@@ -62,7 +62,7 @@ def _arrival_of_this_thread() -> float | None:
 
 
 def _arrived_at() -> float:
-    at: float | None = getattr(_arrival, "at", None)
+    at = _arrival_of_this_thread()
     _arrival.at = None  # one request per mark; a server that never marks counts from now
     return at if at is not None else time.monotonic()
 

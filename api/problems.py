@@ -49,6 +49,26 @@ UNAVAILABLE_ERRORS = (
 _LOCATIONS = {"json": "body", "query": "query", "headers": "header", "path": "path"}
 
 
+def document(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The members every problem document has; `problem` and the server's own 503
+    (api/server_worker.py) both start from it."""
+    default_slug, default_title = _STATUS_SLUGS.get(status, ("error", "Error"))
+    return {
+        "type": f"/problems/{slug or default_slug}",
+        "title": title or default_title,
+        "status": status,
+        "detail": detail,
+        "request_id": request_id,
+    }
+
+
 def problem(
     status: int,
     detail: str,
@@ -59,14 +79,7 @@ def problem(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    default_slug, default_title = _STATUS_SLUGS.get(status, ("error", "Error"))
-    body: dict[str, Any] = {
-        "type": f"/problems/{slug or default_slug}",
-        "title": title or default_title,
-        "status": status,
-        "detail": detail,
-        "request_id": g.get("request_id"),
-    }
+    body = document(status, detail, slug=slug, title=title, request_id=g.get("request_id"))
     if errors is not None:
         body["errors"] = errors
     if extra:

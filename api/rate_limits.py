@@ -79,16 +79,21 @@ def make_gate(settings: Settings, client: redis.Redis) -> Gate:
     )
 
 
-def install(app: Flask, settings: Settings) -> None:
+def gate_client(settings: Settings) -> redis.Redis:
+    """The Redis client of every gate: its calls give up quickly, as a request had better
+    count its limits in memory (or answer 503 for a token) than hang."""
+    return make_redis(settings.redis_url, timeout_s=STORAGE_TIMEOUT_S)
+
+
+def install(app: Flask, settings: Settings, client: redis.Redis) -> None:
     """Count `/v1` requests at the gate (the runtime's), login and register also per address
     and per email, and write the RateLimit headers. Call after `auth.install`: its
-    `identify` must run first."""
+    `identify` must run first. `client`: the gates' (`gate_client`)."""
     trusted = list(settings.trusted_proxies)
     enabled = settings.rate_limit_enabled
-    auth_client = make_redis(settings.redis_url, timeout_s=STORAGE_TIMEOUT_S)
     # Rare requests with keys of their own: their limits are small, so they stay exact.
-    per_address = Gate(auth_client, settings.rate_limit_auth_per_ip if enabled else None)
-    per_email = Gate(auth_client, settings.rate_limit_auth_per_email if enabled else None)
+    per_address = Gate(client, settings.rate_limit_auth_per_ip if enabled else None)
+    per_email = Gate(client, settings.rate_limit_auth_per_email if enabled else None)
 
     def ip_key() -> str:
         return "ip:" + client_ip(

@@ -24,7 +24,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from api import admission
 from api.metrics import method_label
-from api.problems import PROBLEM_MIMETYPE
+from api.problems import PROBLEM_MIMETYPE, document
 from api.request_context import REQUEST_ID_HEADER
 from services.errors import Overloaded
 from telemetry import prometheus
@@ -38,13 +38,13 @@ _REPORT_EVERY_S = 1.0
 def overloaded_response(request_id: str) -> bytes:
     """The whole HTTP/1.1 answer: the problem document `enter` would have produced."""
     body = orjson.dumps(
-        {
-            "type": f"/problems/{Overloaded.slug}",
-            "title": Overloaded.title,
-            "status": Overloaded.status,
-            "detail": admission.DETAIL,
-            "request_id": request_id,
-        }
+        document(
+            Overloaded.status,
+            admission.DETAIL,
+            slug=Overloaded.slug,
+            title=Overloaded.title,
+            request_id=request_id,
+        )
     )
     head = (
         "HTTP/1.1 503 Service Unavailable\r\n"
