@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import structlog
-from apiflask import APIFlask
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import (
@@ -16,6 +18,7 @@ from api import (
     rate_limits,
     request_context,
 )
+from api.app_class import ConveyorApp
 from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
 from api.openapi import describe_security
@@ -23,9 +26,11 @@ from api.queue_depth import QueueDepth
 from api.routes import agents, api_keys, documents, events, health, jobs, webhooks
 from api.routes import auth as auth_routes
 from api.runtime import Runtime, make_redis
-from models.db import make_engine, make_session_factory
+from models.db import OneStatement, UnitOfWork, make_engine, make_session_factory
+from services.after_commit import deliver
 from services.job_events import AGENTS_QUEUE
 from services.log_config import configure_logging
+from services.metrics import count_committed
 from services.passwords import Passwords
 from settings import Settings, load_settings
 from workers.celery_app import install_after_commit, make_celery
@@ -38,13 +43,13 @@ def create_app(
     *,
     session_factory: sessionmaker[Session] | None = None,
     passwords: Passwords | None = None,
-) -> APIFlask:
+) -> ConveyorApp:
     """Build the web app. Tests pass their own settings and a session factory bound to a
     connection whose transaction they roll back."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
 
-    app = APIFlask(
+    app = ConveyorApp(
         "conveyor", title="Conveyor", version="1.0.0", docs_path="/docs", spec_path="/openapi.json"
     )
     app.json = OrjsonProvider(app)
@@ -63,31 +68,34 @@ def create_app(
         max_overflow=settings.database_max_overflow,
         pre_ping=False,
     )
-    if session_factory is None:
-        session_factory = make_session_factory(engine)
-        # The same pool; a connection is switched to autocommit while it is checked out.
-        autocommit_session_factory = make_session_factory(
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
-    else:  # a test's: every statement stays inside the transaction the test rolls back
-        autocommit_session_factory = session_factory
     redis_client = make_redis(settings.redis_url, timeout_s=5)
     gate_client = rate_limits.gate_client(settings)
     producer = make_celery(broker_url=settings.redis_url)
-    publisher = install_after_commit(
-        list({session_factory, autocommit_session_factory}),
+    tests_factory = session_factory
+    session_factory = session_factory or make_session_factory(engine)
+    after_commit = install_after_commit(
+        [session_factory],
         producer,
         redis_client,
         fault_injection=settings.fault_injection,
         in_background=True,
     )
-    assert publisher is not None
+    assert after_commit.background is not None
+
+    def committed(info: dict[str, Any]) -> None:  # what a session's after_commit events do
+        deliver(info, after_commit.dispatch)
+        count_committed(info)
+
+    single_statement: Callable[[], UnitOfWork] = (
+        # A test's factory: every statement stays inside the transaction the test rolls back.
+        tests_factory or (lambda: OneStatement(engine, committed))
+    )
     app.extensions["conveyor"] = Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
-        autocommit_session_factory=autocommit_session_factory,
-        publisher=publisher,
+        single_statement=single_statement,
+        publisher=after_commit.background,
         redis=redis_client,
         redis_probe=make_redis(settings.redis_url, timeout_s=1),
         passwords=passwords or Passwords(),

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import UnsupportedMediaType
 
 from api.admission import Admission
+from models.db import UnitOfWork
 from services.errors import FieldProblem, InvalidInput
 from services.log_config import LineLog
 
@@ -29,26 +30,27 @@ _AUTOCOMMIT = "conveyor.autocommit"
 
 def db() -> Session:
     """The request's session, opened on first use."""
-    session: Session | None = g.get("db")
+    session = g.get("db")
     if session is None:
         session = current_app.extensions["conveyor"].session_factory()
         g.db = session
     elif session.info.get(_AUTOCOMMIT):
         raise RuntimeError("this request chose single_statement_db(); it cannot also need db()")
-    return session
+    return session  # type: ignore[no-any-return]
 
 
-def single_statement_db() -> Session:
-    """The session of a request that makes exactly one statement: the statement commits by
-    itself, which spares the BEGIN and COMMIT round trips (two of the three of a job read).
-    Deferred work (services/after_commit.py) still waits for the request's commit. A request
-    that opened `db()` already goes on in its transaction."""
-    session: Session | None = g.get("db")
-    if session is None:
-        session = current_app.extensions["conveyor"].autocommit_session_factory()
-        session.info[_AUTOCOMMIT] = True
-        g.db = session
-    return session
+def single_statement_db() -> UnitOfWork:
+    """The unit of work of a request that makes exactly one statement: the statement commits
+    by itself, which spares the BEGIN and COMMIT round trips (two of the three of a job
+    read), and no ORM session is built (models.db.OneStatement). Deferred work
+    (services/after_commit.py) still waits for the request's commit. A request that opened
+    `db()` already goes on in its transaction."""
+    unit = g.get("db")
+    if unit is None:
+        unit = current_app.extensions["conveyor"].single_statement()
+        unit.info[_AUTOCOMMIT] = True
+        g.db = unit
+    return unit  # type: ignore[no-any-return]
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -72,7 +74,7 @@ def end_session() -> None:
     """Finish the request's transaction now (commit) and give its connection back, and
     its admission slot: what follows waits on something other than the CPU."""
     Admission.leave()
-    session: Session | None = g.pop("db", None)
+    session: UnitOfWork | None = g.pop("db", None)
     if session is not None:
         try:
             session.commit()
@@ -105,7 +107,7 @@ def _is_json(mimetype: str) -> bool:
 
 
 def _finish(response: Response) -> Response:
-    session: Session | None = g.pop("db", None)
+    session: UnitOfWork | None = g.pop("db", None)
     if session is not None:
         try:
             if response.status_code < 400:
@@ -127,7 +129,7 @@ def _finish(response: Response) -> Response:
 
 def _close_session(_: BaseException | None) -> None:
     # Reached with a session still open only when the request failed before after_request.
-    session: Session | None = g.pop("db", None)
+    session: UnitOfWork | None = g.pop("db", None)
     if session is not None:
         session.rollback()
         session.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.gate import Gate
 from api.notifier import Notifier
 from api.queue_depth import QueueDepth
+from models.db import UnitOfWork
 from services.job_policy import JobPolicy
 from services.passwords import Passwords
 from settings import Settings
@@ -24,9 +26,9 @@ class Runtime:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
-    # Sessions whose every statement commits by itself, for requests of one statement
-    # (request_context.single_statement_db); tests pass their transactional factory here too.
-    autocommit_session_factory: sessionmaker[Session]
+    # Units of work whose one statement commits by itself, for requests of one statement
+    # (request_context.single_statement_db); tests pass their transactional factory here.
+    single_statement: Callable[[], UnitOfWork]
     # Sends the Celery messages and announcements of commits, from its own thread.
     publisher: BackgroundPublisher
     redis: redis.Redis

@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.db import UnitOfWork
+
 _PENDING = "conveyor.after_commit"
 
 
@@ -50,8 +52,15 @@ Message = SendTask | Announce
 Dispatcher = Callable[[Sequence[Message]], None]
 
 
-def defer(session: Session, message: Message) -> None:
+def defer(session: UnitOfWork, message: Message) -> None:
     session.info.setdefault(_PENDING, []).append(message)
+
+
+def deliver(info: dict[str, Any], dispatch: Dispatcher) -> None:
+    """Dispatch what was deferred in a committed unit of work's `info`."""
+    messages = info.pop(_PENDING, None)
+    if messages:
+        dispatch(messages)
 
 
 def install(factory: sessionmaker[Session], dispatch: Dispatcher) -> None:
@@ -59,9 +68,7 @@ def install(factory: sessionmaker[Session], dispatch: Dispatcher) -> None:
 
     @event.listens_for(factory, "after_commit")
     def _after_commit(session: Session) -> None:
-        messages = session.info.pop(_PENDING, None)
-        if messages:
-            dispatch(messages)
+        deliver(session.info, dispatch)
 
     @event.listens_for(factory, "after_soft_rollback")
     def _after_rollback(session: Session, previous_transaction: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from models.db import UnitOfWork
 from services import event_store, webhooks
 from services.after_commit import Announce, SendTask, defer, job_key
 from services.event_store import NewEvent
@@ -47,7 +48,7 @@ def record(
 
 
 def publish_run(
-    session: Session, job_id: uuid.UUID, *, timeout_s: int, grace_s: int, countdown_s: float = 0
+    session: UnitOfWork, job_id: uuid.UUID, *, timeout_s: int, grace_s: int, countdown_s: float = 0
 ) -> None:
     """Ask a worker to run the job, after commit. Celery's time limits back up our own
     deadline: soft interrupts the runner, hard kills the process after the grace period."""

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Event, Job
-from models.db import execute_on_driver
+from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
 from services import agents, event_store, job_events, job_view, metrics
 from services.after_commit import Announce, defer, events_key
@@ -56,7 +56,7 @@ _SUBMIT = f"""
 
 
 def submit(
-    session: Session,
+    session: UnitOfWork,
     *,
     owner_id: uuid.UUID,
     agent_id: uuid.UUID,
@@ -112,7 +112,7 @@ def submit(
     return job
 
 
-def view(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
+def view(session: UnitOfWork, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
     """The job as clients see it (job_view.job_json), read without the ORM: `GET
     /v1/jobs/<id>` and every long-poll wake-up come here, straight to the driver
     (models.db.execute_on_driver)."""

@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from models.db import UnitOfWork
+
 
 @dataclass(frozen=True)
 class CounterSpec:
@@ -78,17 +80,22 @@ def count(spec: CounterSpec, amount: float = 1, **labels: str) -> None:
 
 
 def count_after_commit(
-    session: Session, spec: CounterSpec, amount: float = 1, **labels: str
+    session: UnitOfWork, spec: CounterSpec, amount: float = 1, **labels: str
 ) -> None:
     """Count something once `session` commits; its rollback forgets it."""
     if amount:
         session.info.setdefault(_PENDING, []).append((spec, amount, labels))
 
 
+def count_committed(info: dict[str, Any]) -> None:
+    """Count what `count_after_commit` kept in a committed unit of work's `info`."""
+    for spec, amount, labels in info.pop(_PENDING, ()):
+        count(spec, amount, **labels)
+
+
 @event.listens_for(Session, "after_commit")
 def _count_committed(session: Session) -> None:
-    for spec, amount, labels in session.info.pop(_PENDING, ()):
-        count(spec, amount, **labels)
+    count_committed(session.info)
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import redis
 import structlog
@@ -79,6 +80,14 @@ def trace_headers() -> dict[str, str]:
     return {REQUEST_ID_HEADER: str(request_id)} if request_id else {}
 
 
+class AfterCommit(NamedTuple):
+    """What `install_after_commit` set up: the dispatcher (for units of work that are not
+    sessions of the factories, models.db.OneStatement) and the background publisher."""
+
+    dispatch: after_commit.Dispatcher
+    background: BackgroundPublisher | None
+
+
 def install_after_commit(
     factories: Sequence[sessionmaker[Session]],
     app: Celery,
@@ -86,7 +95,7 @@ def install_after_commit(
     *,
     fault_injection: str | None = None,
     in_background: bool = False,
-) -> BackgroundPublisher | None:
+) -> AfterCommit:
     """Publish deferred tasks (to `app`'s queues, written by workers/publisher.py onto the
     broker, which is the Redis of `announcer`) and announce changes, after commits of
     sessions of `factories`. `in_background` (the web's choice): from one thread, which is
@@ -105,7 +114,7 @@ def install_after_commit(
         dispatch = _exit_before_publish
     for factory in factories:
         after_commit.install(factory, dispatch)
-    return background
+    return AfterCommit(dispatch, background)
 
 
 def _exit_before_publish(messages: Sequence[after_commit.Message]) -> None:

@@ -1,5 +1,6 @@
 """The request's unit of work as the web process builds it (not a test's shared connection):
-one-statement requests run in autocommit on the same pool, and leave it transactional."""
+one-statement requests run in autocommit on the same pool, without an ORM session, and
+leave the pool transactional."""
 
 import contextlib
 import time
@@ -9,6 +10,7 @@ import redis
 
 from api import create_app
 from api.request_context import db, end_session, single_statement_db
+from models.db import OneStatement
 from settings import Settings
 from tests.conftest import FAST_PASSWORDS
 
@@ -26,8 +28,10 @@ def one_connection_app(settings: Settings):  # type: ignore[no-untyped-def]
     app.extensions["conveyor"].engine.dispose()
 
 
-def _driver_connection(session):  # type: ignore[no-untyped-def]
-    return session.connection().connection.driver_connection
+def _driver_connection(unit):  # type: ignore[no-untyped-def]
+    if isinstance(unit, OneStatement):
+        return unit.driver()
+    return unit.connection().connection.driver_connection
 
 
 def test_a_single_statement_request_commits_each_statement_by_itself(one_connection_app):
@@ -99,3 +103,40 @@ def test_a_statement_on_a_dead_connection_fails_as_sqlalchemys_and_the_pool_heal
         with pytest.raises(NotFound):
             view()  # on a new connection
         assert _driver_connection(single_statement_db()).info.backend_pid != backend
+
+
+def test_work_a_single_statement_deferred_is_sent_after_its_commit_and_never_after_rollback(
+    one_connection_app, redis_url
+):
+    from services import metrics
+    from services.after_commit import Announce, channel, defer
+
+    counted: list[str] = []
+    previous = metrics.install(lambda spec, amount, labels: counted.append(spec.name))
+    listener = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel("rolled-back"), channel("committed"))
+    try:
+        with one_connection_app.test_request_context():
+            unit = single_statement_db()
+            assert isinstance(unit, OneStatement)  # the web process's own, not a session
+            defer(unit, Announce("rolled-back"))
+            metrics.count_after_commit(unit, metrics.JOBS_SUBMITTED)
+            unit.rollback()
+        with one_connection_app.test_request_context():
+            unit = single_statement_db()
+            defer(unit, Announce("committed"))
+            metrics.count_after_commit(unit, metrics.EVENTS_APPENDED)
+            assert counted == []  # nothing before the commit
+            end_session()
+        assert counted == [metrics.EVENTS_APPENDED.name]
+        # One publishing thread sends in order: had the rolled-back announcement been sent,
+        # it would arrive first.
+        deadline = time.monotonic() + 10
+        message = None
+        while message is None:
+            assert time.monotonic() < deadline, "the committed announcement never came"
+            message = listener.get_message(timeout=0.1)
+        assert message["channel"] == channel("committed").encode()
+    finally:
+        metrics.install(previous)
+        listener.close()
