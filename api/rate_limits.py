@@ -128,10 +128,13 @@ def install(app: Flask, settings: Settings, client: redis.Redis) -> None:
         verdict: Verdict | None = g.get("rate_limit")
         if verdict is None or verdict.limit is None:
             return response
-        response.headers["RateLimit-Limit"] = str(verdict.limit.amount)
-        response.headers["RateLimit-Remaining"] = str(verdict.remaining)
-        response.headers["RateLimit-Reset"] = str(verdict.reset_in_s)
-        response.headers["RateLimit-Policy"] = verdict.policy
+        # `add`, not item assignment: nothing else sets these, and assignment first scans
+        # every header for one to replace (a few per cent of a job read's CPU for four).
+        headers = response.headers
+        headers.add("RateLimit-Limit", str(verdict.limit.amount))
+        headers.add("RateLimit-Remaining", str(verdict.remaining))
+        headers.add("RateLimit-Reset", str(verdict.reset_in_s))
+        headers.add("RateLimit-Policy", verdict.policy)
         if response.status_code == 429:
             response.headers["Retry-After"] = str(max(1, verdict.reset_in_s))
         return response

@@ -116,7 +116,7 @@ def _finish(response: Response) -> Response:
                 session.rollback()
         finally:
             session.close()
-    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+    response.headers.add(REQUEST_ID_HEADER, g.get("request_id", ""))  # set nowhere else
     access_log.info(
         "request",
         method=request.method,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import sys
@@ -20,9 +21,16 @@ SECRET_KEYS = re.compile(
 REDACTED = "[redacted]"
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    # Remembered: a log line's keys are nearly always the same few, and every request
+    # writes one line of about ten.
+    return SECRET_KEYS.search(key) is not None
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEYS.search(str(k)) else _scrub(v) for k, v in value.items()}
+        return {k: REDACTED if _is_secret_key(str(k)) else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value
@@ -32,7 +40,7 @@ def scrub_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event_dict):
-        if SECRET_KEYS.search(key):
+        if _is_secret_key(key):
             event_dict[key] = REDACTED
         else:
             event_dict[key] = _scrub(event_dict[key])
