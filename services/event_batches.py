@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import EventBatch
-from models.ids import new_id
+from models.ids import new_id_text
 from services import event_store
 from services.after_commit import SendTask, defer
 from services.errors import NotFound
@@ -43,7 +43,7 @@ def accept(
             "data": dict(event.data),
             "metadata": dict(event.metadata),
             # Fixed now, so that persisting twice can only find the same ids.
-            "event_id": str(event.event_id or new_id()),
+            "event_id": str(event.event_id) if event.event_id else new_id_text(),
         }
         for stream, event in events
     ]

@@ -208,8 +208,11 @@ def _tail(
     )
 
 
+_STREAM = re.compile(STREAM_PATTERN)
+
+
 def _check_stream(stream: str, *, writing: bool) -> None:
-    if not re.fullmatch(STREAM_PATTERN, stream):
+    if not _STREAM.fullmatch(stream):
         raise InvalidInput(
             problems=[
                 FieldProblem("stream", "1 to 200 letters, digits, '.', '_', '-' or ':'", "path")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from api.json_limits import JsonLimits, check_shape
@@ -109,6 +110,39 @@ def test_the_shape_check_walks_only_when_it_must():
     with pytest.raises(InvalidInput):
         check_shape([["x" * 11]], raw=b'[["xxxxxxxxxxx"]]', limits=limits)
     check_shape([["x" * 10]], raw=b'[["xxxxxxxxxx"]]', limits=limits)
+
+
+def _shape(value: object, limits: JsonLimits) -> str | None:
+    """The field check_shape refuses for `value` as orjson writes it, or None."""
+    try:
+        check_shape(value, raw=orjson.dumps(value), limits=limits)
+    except InvalidInput as error:
+        return error.problems[0].field
+    return None
+
+
+def test_many_shallow_brackets_are_not_too_deep_but_one_deep_branch_is():
+    """A batch has thousands of brackets, all shallow: the level-by-level count lets it
+    through without the walk; one branch past the limit among them is still found."""
+    limits = JsonLimits(max_depth=4, max_key_chars=8, max_string_chars=100)
+    batch = {"events": [{"data": {"i": k}} for k in range(500)]}
+    assert _shape(batch, limits) is None
+    batch["events"][321]["data"] = {"i": {"j": 1}}
+    assert _shape(batch, limits) == "events.321.data.i"
+
+
+def test_long_keys_and_strings_are_found_in_a_large_body_of_short_ones():
+    limits = JsonLimits(max_depth=8, max_key_chars=8, max_string_chars=20)
+    body = {"events": [{"stream": f"s-{k % 9}", "data": "x" * 8} for k in range(500)]}
+    assert _shape(body, limits) is None
+    body["events"][7]["data"] = "x" * 20  # longer than a key may be, within a string's limit
+    assert _shape(body, limits) is None
+    body["events"][8]["data"] = "x" * 21
+    assert _shape(body, limits) == "events.8.data"
+    # Escaped quotes split a long key into short runs of bytes: still found.
+    del body["events"][8]["data"]
+    body["events"][9] = {'"a"b"c"d"': 1}
+    assert _shape(body, limits) == "events.9"
 
 
 def test_every_list_has_a_bounded_page_size(alice, client):
