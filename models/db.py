@@ -14,11 +14,12 @@ from sqlalchemy.pool import PoolProxiedConnection
 def make_engine(
     url: str, *, pool_size: int = 10, max_overflow: int | None = None, pre_ping: bool = True
 ) -> Engine:
-    """`pre_ping` costs a round trip per checkout. The web process goes without: a request
-    that meets a connection the server dropped answers 503 (problems.py) and SQLAlchemy
-    then discards every connection older than the failure, so one request per process
-    pays instead of every request. Workers keep it: a task that fails that way waits for
-    the sweeper."""
+    """`pre_ping` costs a round trip per checkout; the web and the workers go without. A
+    request that meets a connection the server dropped answers 503 (problems.py) and
+    SQLAlchemy then discards every connection older than the failure, so one request per
+    process pays instead of every request. A job's transactions reconnect once by
+    themselves (services/job_execution.in_transaction); another task that fails that way
+    is re-run by its sweeper."""
     return create_engine(
         url,
         pool_size=pool_size,

@@ -10,9 +10,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import agent_runner, job_transitions
@@ -24,6 +25,26 @@ log = structlog.get_logger(__name__)
 
 Runner = Callable[..., dict[str, Any]]
 SessionFactory = sessionmaker[Session]
+T = TypeVar("T")
+
+
+def in_transaction(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
+    """`work` in a transaction of its own; once more, on a new connection, when the pooled
+    one turned out dead. The worker's engine does not ping a connection at each checkout
+    (a round trip per transaction, two per job), so after a database restart the first
+    statement on an old connection fails, and SQLAlchemy then drops every connection older
+    than that failure: the second try gets a fresh one. A transaction whose COMMIT was lost
+    with its connection may have committed; the claim and the finish are fenced, so doing
+    either twice finds the job already moved on and changes nothing."""
+    try:
+        with session_factory.begin() as session:
+            return work(session)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.info("db.reconnected", error=type(error.orig).__name__)
+    with session_factory.begin() as session:
+        return work(session)
 
 
 class Watch:
@@ -70,8 +91,10 @@ class Watch:
         return max(0.0, self._deadline - time.monotonic())
 
     def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
-        with self._factory.begin() as session:
-            held = job_transitions.progress(session, self._claim, event_type, dict(data))
+        held = in_transaction(
+            self._factory,
+            lambda session: job_transitions.progress(session, self._claim, event_type, dict(data)),
+        )
         if not held:
             self._halt("lost")
             self.checkpoint()
@@ -133,8 +156,10 @@ def execute(
     `interrupts` are exceptions the host raises into the runner when its own time limit
     hits (Celery's SoftTimeLimitExceeded); they end the attempt as timed out.
     """
-    with session_factory.begin() as session:
-        claim = job_transitions.claim(session, job_id=job_id, policy=policy)
+    claim = in_transaction(
+        session_factory,
+        lambda session: job_transitions.claim(session, job_id=job_id, policy=policy),
+    )
     if claim is None:
         log.info("job.not_claimed", job_id=str(job_id))
         return None
@@ -175,10 +200,12 @@ def _failed(
 ) -> str | None:
     if error.transient and claim.attempt < claim.max_attempts:
         delay = policy.backoff_s(claim.attempt, at_least=error.retry_after_s or 0)
-        with session_factory.begin() as session:
-            scheduled = job_transitions.retry_later(
+        scheduled = in_transaction(
+            session_factory,
+            lambda session: job_transitions.retry_later(
                 session, claim, error=error.as_error(), delay_s=delay, policy=policy
-            )
+            ),
+        )
         if scheduled:
             log.info("job.retry_scheduled", job_id=str(claim.job_id), delay_s=round(delay, 3))
             return "queued"
@@ -193,8 +220,10 @@ def _end(
     output: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> str | None:
-    with session_factory.begin() as session:
-        recorded = job_transitions.finish(session, claim, status, output=output, error=error)
+    recorded = in_transaction(
+        session_factory,
+        lambda session: job_transitions.finish(session, claim, status, output=output, error=error),
+    )
     if not recorded:
         # Another worker or the sweeper moved the job on; their outcome stands.
         log.warning("job.result_fenced", job_id=str(claim.job_id), attempt=claim.attempt)

@@ -13,6 +13,23 @@ PASSWORD = "correct horse battery staple"
 T = TypeVar("T")
 
 
+def terminate_backend(database_url: str, pid: int) -> None:
+    """Have PostgreSQL drop the connection of backend `pid`, as a server restart would, and
+    wait until it is gone."""
+    import psycopg
+
+    libpq = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(libpq, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        poll(
+            lambda: (
+                admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+                is None
+            ),
+            interval=0.01,
+        )
+
+
 def poll(check: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.05) -> T:
     """Call `check` until it returns something truthy; fail when `timeout` passes first."""
     deadline = time.monotonic() + timeout

@@ -13,6 +13,7 @@ from api.request_context import db, end_session, single_statement_db
 from models.db import OneStatement
 from settings import Settings
 from tests.conftest import FAST_PASSWORDS
+from tests.helpers import terminate_backend
 
 
 @pytest.fixture
@@ -76,7 +77,6 @@ def test_a_statement_on_a_dead_connection_fails_as_sqlalchemys_and_the_pool_heal
     and leave the pool, so the next request gets a new one."""
     import uuid
 
-    import psycopg
     import sqlalchemy.exc
 
     from services import jobs
@@ -90,13 +90,7 @@ def test_a_statement_on_a_dead_connection_fails_as_sqlalchemys_and_the_pool_heal
             view()
         backend = _driver_connection(single_statement_db()).info.backend_pid
         end_session()
-    libpq = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(libpq, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
-        deadline = time.monotonic() + 10
-        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
-            assert time.monotonic() < deadline, "the backend did not go away"
-            time.sleep(0.01)
+    terminate_backend(database_url, backend)
     with one_connection_app.test_request_context(), pytest.raises(sqlalchemy.exc.OperationalError):
         view()
     with one_connection_app.test_request_context():
