@@ -134,16 +134,14 @@ _SET_VERSIONS = text(
 )
 
 
-_APPEND_SERIALIZED = text(
-    """
+# Every job writes two of these (started, ended): in psycopg's style, run on the driver.
+_APPEND_SERIALIZED = """
     INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
-    SELECT CAST(:event_id AS uuid), CAST(:owner_id AS uuid), CAST(:stream AS varchar),
-           coalesce(max(version), 0) + 1, CAST(:type AS varchar),
-           CAST(:data AS jsonb), CAST(:metadata AS jsonb)
-    FROM events WHERE owner_id = CAST(:owner_id AS uuid) AND stream = CAST(:stream AS varchar)
+    SELECT %(event_id)s::uuid, %(owner_id)s::uuid, %(stream)s::varchar,
+           coalesce(max(version), 0) + 1, %(type)s::varchar, %(data)s::jsonb, %(metadata)s::jsonb
+    FROM events WHERE owner_id = %(owner_id)s::uuid AND stream = %(stream)s::varchar
     RETURNING position
     """
-)
 
 
 def append_serialized(
@@ -155,7 +153,8 @@ def append_serialized(
     It skips the `streams` row that client streams use; reserved streams are never written
     by clients, so nothing else relies on that row for them. Returns the position.
     """
-    position: int = session.execute(
+    row = execute_on_driver(
+        session,
         _APPEND_SERIALIZED,
         {
             "event_id": event.event_id or new_id(),
@@ -165,7 +164,8 @@ def append_serialized(
             "data": orjson.dumps(dict(event.data), default=str).decode(),
             "metadata": orjson.dumps(dict(event.metadata), default=str).decode(),
         },
-    ).scalar_one()
+    ).fetchone()
+    position: int = row[0]
     defer(session, Announce(events_key(owner_id)))
     metrics.count_after_commit(session, metrics.EVENTS_APPENDED, 1)
     return position
