@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from settings import Settings
 from tests.helpers import ROOT
 
 PROCESSES = {"release", "web", "worker", "beat", "flower"}
@@ -148,6 +149,18 @@ def test_production_compose_requires_its_secrets_and_outlasts_graceful_stops() -
     for name in SERVICE_PROCESS:
         assert services[name]["read_only"] is True, name
         assert "/tmp" in services[name]["tmpfs"], name
+
+
+def test_a_closed_loop_filling_every_thread_is_busy_not_behind() -> None:
+    """Requests waiting for an admission slot sit in gunicorn's threads: at most threads -
+    slots of them. "Behind" (api/admission.py: 503 after a short wait) must take more than
+    that, a request queued for a thread, or a closed loop of as many clients as threads
+    would be shed at a slow moment."""
+    defaults = Settings.model_fields
+    threads = _gunicorn_setting("threads")
+    assert isinstance(threads, int)
+    waiting_in_threads = threads - defaults["admission_slots"].default
+    assert defaults["admission_behind_queue"].default > waiting_in_threads
 
 
 def _gunicorn_setting(name: str) -> object:
