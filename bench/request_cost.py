@@ -8,9 +8,9 @@ frozen as gunicorn's `pre_fork` leaves it (without that, the cyclic collector wa
 whole app in the timings: a batch once looked 12 ms dearer than it is).
 
 `--instructions` runs the cases under valgrind's callgrind twice, with N and 4 N requests,
-and prints the difference per request: the same code and inputs give the same count to
-within about 0.5 % whatever else the machine does, so an A/B of a change is one run on
-each side. PostgreSQL's and Redis's own work is in neither figure.
+and prints the difference per request: the same code gives counts within a few per cent
+(0.5 % and 1.9 % apart in two pairs of runs; timers and background threads vary), whatever
+else the machine does. PostgreSQL's and Redis's own work is in neither figure.
 
 Run: `.venv/bin/python -m bench.request_cost [--instructions] [health|get|submit|batch ...]`
 (DATABASE_URL: the server to create the scratch database on, default local; valgrind
