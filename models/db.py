@@ -71,8 +71,7 @@ class OneStatement:
             try:
                 self.driver_of(pooled).autocommit = True
             except psycopg.Error as error:
-                pooled.invalidate(error)
-                pooled.close()
+                pooled.invalidate(error)  # discards it and gives its place in the pool back
                 raise DBAPIError.instance(
                     None, None, error, psycopg.Error, connection_invalidated=True
                 ) from error
@@ -111,8 +110,9 @@ class OneStatement:
             try:
                 self.driver_of(pooled).autocommit = False  # transactional again for the pool
             except psycopg.Error as error:
-                pooled.invalidate(error)
-            pooled.close()
+                pooled.invalidate(error)  # discards it and gives its place in the pool back
+            else:
+                pooled.close()
 
 
 # What services that make one statement accept: a session, or a request's session-less unit.
