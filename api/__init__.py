@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,10 +27,9 @@ from api.routes import agents, api_keys, documents, events, health, jobs, webhoo
 from api.routes import auth as auth_routes
 from api.runtime import Runtime, make_redis
 from models.db import OneStatement, UnitOfWork, make_engine, make_session_factory
-from services.after_commit import deliver
+from services.after_commit import committed
 from services.job_events import AGENTS_QUEUE
 from services.log_config import configure_logging
-from services.metrics import count_committed
 from services.passwords import Passwords
 from settings import Settings, load_settings
 from workers.celery_app import install_after_commit, make_celery
@@ -66,13 +65,12 @@ def create_app(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
-        pre_ping=False,
     )
     redis_client = make_redis(settings.redis_url, timeout_s=5)
     gate_client = rate_limits.gate_client(settings)
     producer = make_celery(broker_url=settings.redis_url)
     tests_factory = session_factory
-    session_factory = session_factory or make_session_factory(engine)
+    session_factory = tests_factory or make_session_factory(engine)
     after_commit = install_after_commit(
         [session_factory],
         producer,
@@ -81,14 +79,10 @@ def create_app(
         in_background=True,
     )
     assert after_commit.background is not None
-
-    def committed(info: dict[str, Any]) -> None:  # what a session's after_commit events do
-        deliver(info, after_commit.dispatch)
-        count_committed(info)
-
+    on_commit = functools.partial(committed, dispatch=after_commit.dispatch)
     single_statement: Callable[[], UnitOfWork] = (
         # A test's factory: every statement stays inside the transaction the test rolls back.
-        tests_factory or (lambda: OneStatement(engine, committed))
+        tests_factory or (lambda: OneStatement(engine, on_commit))
     )
     app.extensions["conveyor"] = Runtime(
         settings=settings,

@@ -11,20 +11,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
 
-def make_engine(
-    url: str, *, pool_size: int = 10, max_overflow: int | None = None, pre_ping: bool = True
-) -> Engine:
-    """`pre_ping` costs a round trip per checkout; the web and the workers go without. A
-    request that meets a connection the server dropped answers 503 (problems.py) and
-    SQLAlchemy then discards every connection older than the failure, so one request per
-    process pays instead of every request. A job's transactions reconnect once by
-    themselves (services/job_execution.in_transaction); another task that fails that way
-    is re-run by its sweeper."""
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = None) -> Engine:
+    """No `pool_pre_ping`: it costs a round trip per checkout. A request that meets a
+    connection the server dropped answers 503 (problems.py) and SQLAlchemy then discards
+    every connection older than the failure, so one request per process pays instead of
+    every request. A job's transactions reconnect once by themselves
+    (services/job_execution.in_transaction); another task that fails that way is re-run by
+    its sweeper."""
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
-        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         # Fail fast instead of hanging a request when the server is gone.
         connect_args={"connect_timeout": 5},

@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import UnitOfWork
+from services import metrics
 
 _PENDING = "conveyor.after_commit"
 
@@ -61,6 +62,14 @@ def deliver(info: dict[str, Any], dispatch: Dispatcher) -> None:
     messages = info.pop(_PENDING, None)
     if messages:
         dispatch(messages)
+
+
+def committed(info: dict[str, Any], dispatch: Dispatcher) -> None:
+    """Everything a session's `after_commit` events do (this module's listener and the
+    counters' in services/metrics.py), for a unit of work that is not a session
+    (models.db.OneStatement): both keep their deferred work in `info` alike."""
+    deliver(info, dispatch)
+    metrics.count_committed(info)
 
 
 def install(factory: sessionmaker[Session], dispatch: Dispatcher) -> None:

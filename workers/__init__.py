@@ -33,10 +33,7 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(settings.log_level)
 
 
-# No ping per checkout: job transactions reconnect once themselves
-# (job_execution.in_transaction); other tasks that meet a dead connection fail once per
-# process after a database restart and are re-run by their sweepers.
-engine = make_engine(settings.database_url, pool_size=2, pre_ping=False)
+engine = make_engine(settings.database_url, pool_size=2)
 
 
 def _build_deps() -> TaskDeps:

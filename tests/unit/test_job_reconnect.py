@@ -18,7 +18,7 @@ POLICY = JobPolicy()
 
 @pytest.fixture
 def one_connection(database_url):  # type: ignore[no-untyped-def]
-    engine = make_engine(database_url, pool_size=1, max_overflow=0, pre_ping=False)
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
     yield make_session_factory(engine)
     engine.dispose()
 
