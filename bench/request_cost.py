@@ -23,7 +23,6 @@ import gc
 import io
 import os
 import secrets
-import subprocess
 import sys
 import time
 import uuid
@@ -34,6 +33,7 @@ import orjson
 
 import cli
 from api import create_app
+from bench import callgrind
 from services.passwords import Passwords
 from settings import Settings
 from tests.conftest import create_migrated_database, drop_database
@@ -47,8 +47,9 @@ DEFAULT_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 def main(argv: list[str]) -> None:
     count_instructions = "--instructions" in argv
     cases = [a for a in argv if a in CASES] or list(CASES)
-    if os.environ.get("REQUEST_COST_CHILD"):  # one run under callgrind, set up by its parent
-        _run(cases, os.environ["DATABASE_URL"], os.environ["REDIS_URL"], _child_count(), 1)
+    counted = callgrind.child_count()
+    if counted is not None:  # one run under callgrind, set up by its parent
+        _run(cases, os.environ["DATABASE_URL"], os.environ["REDIS_URL"], counted, 1)
         return
     admin = os.environ.get("DATABASE_URL", DEFAULT_ADMIN).replace("+psycopg", "")
     name = f"conveyor_cost_{uuid.uuid4().hex[:8]}"
@@ -56,8 +57,10 @@ def main(argv: list[str]) -> None:
     redis_url, stop_redis = cli.start_embedded_redis()
     try:
         if count_instructions:
+            servers = {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
             for case in cases:
-                per_request = _instructions(case, database_url, redis_url)
+                n = REQUESTS[case][1]
+                per_request = callgrind.per_operation("bench.request_cost", [case], servers, n)
                 print(f"{case:>7}: {per_request:>12,.0f} instructions/request", flush=True)
         else:
             _run(cases, database_url, redis_url, None, 3)
@@ -155,34 +158,6 @@ def _requests(app: Any) -> dict[str, Callable[[], dict[str, Any]]]:
         "submit": environ("POST", "/v1/jobs", submit),
         "batch": environ("POST", "/v1/events/batch", batch),
     }
-
-
-def _instructions(case: str, database_url: str, redis_url: str) -> float:
-    """Instructions per request: callgrind's total at 4 N requests minus at N, over 3 N."""
-    n = REQUESTS[case][1]
-    totals = [_callgrind_total(case, database_url, redis_url, count) for count in (n, 4 * n)]
-    return (totals[1] - totals[0]) / (3 * n)
-
-
-def _callgrind_total(case: str, database_url: str, redis_url: str, count: int) -> int:
-    env = {
-        **os.environ,
-        "REQUEST_COST_CHILD": "1",
-        "REQUEST_COST_COUNT": str(count),
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-    }
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    command += [sys.executable, "-m", "bench.request_cost", case]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    for line in done.stderr.splitlines():
-        if "Collected :" in line:
-            return int(line.rsplit(":", 1)[1])
-    raise RuntimeError(f"callgrind reported no total:\n{done.stderr[-2000:]}")
-
-
-def _child_count() -> int:
-    return int(os.environ["REQUEST_COST_COUNT"])
 
 
 if __name__ == "__main__":
