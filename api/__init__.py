@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import structlog
@@ -26,8 +25,7 @@ from api.queue_depth import QueueDepth
 from api.routes import agents, api_keys, documents, events, health, jobs, webhooks
 from api.routes import auth as auth_routes
 from api.runtime import Runtime, make_redis
-from models.db import OneStatement, UnitOfWork, make_engine, make_session_factory
-from services.after_commit import committed
+from models.db import UnitOfWork, make_engine, make_session_factory
 from services.job_events import AGENTS_QUEUE
 from services.log_config import configure_logging
 from services.passwords import Passwords
@@ -79,10 +77,9 @@ def create_app(
         in_background=True,
     )
     assert after_commit.background is not None
-    on_commit = functools.partial(committed, dispatch=after_commit.dispatch)
     single_statement: Callable[[], UnitOfWork] = (
         # A test's factory: every statement stays inside the transaction the test rolls back.
-        tests_factory or (lambda: OneStatement(engine, on_commit))
+        tests_factory or after_commit.single_statement(engine)
     )
     app.extensions["conveyor"] = Runtime(
         settings=settings,

@@ -1,11 +1,12 @@
 """Engine and session factory. The caller (a request or a task) owns the transaction."""
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import Dialect, Engine, create_engine
+from sqlalchemy import Connection, Dialect, Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
@@ -84,8 +85,12 @@ class OneStatement:
         return self._engine.dialect
 
     def invalidate(self, exception: BaseException | None = None) -> None:
+        """Discard the connection found dead, and have the pool replace every connection
+        as old as it at its next checkout: after a database restart they are all dead, and
+        a caller that tries once more (a job's claim and end) must not meet another. This
+        is what SQLAlchemy's own Connection does on a disconnect (`Pool._invalidate`)."""
         if self._pooled is not None:
-            self._pooled.invalidate(exception)
+            self._engine.pool._invalidate(self._pooled, exception)
             self._pooled = None
 
     def commit(self) -> None:
@@ -124,15 +129,15 @@ def execute_on_driver(session: UnitOfWork, statement: str, params: Mapping[str, 
     even for a string it does not compile (`exec_driver_sql`), builds the result's metadata
     from the cursor description on every call, which was 0.075 ms of a 0.55 ms job read
     in-process. Errors still come out as SQLAlchemy's (problems.py answers 503 for an
-    OperationalError), and a connection found dead is dropped from the pool. (SQLAlchemy's
-    own statements also drop every older connection at such a failure; here only this one
-    is, so after a database restart each pooled connection may fail one more request.)"""
+    OperationalError), and a connection found dead is dropped from the pool with every
+    connection as old as it, as SQLAlchemy's own statements do."""
+    invalidate: Callable[[BaseException], None]
     if isinstance(session, OneStatement):
         driver, dialect, invalidate = session.driver(), session.dialect, session.invalidate
     else:
         connection = session.connection()
         driver = connection.connection.driver_connection  # type: ignore[assignment]
-        dialect, invalidate = connection.dialect, connection.invalidate
+        dialect, invalidate = connection.dialect, functools.partial(_drop_older, connection)
     try:
         return driver.execute(statement, params)
     except psycopg.Error as error:
@@ -142,3 +147,9 @@ def execute_on_driver(session: UnitOfWork, statement: str, params: Mapping[str, 
         raise DBAPIError.instance(
             statement, params, error, psycopg.Error, connection_invalidated=dead
         ) from error
+
+
+def _drop_older(connection: Connection, error: BaseException) -> None:
+    """Discard a session's connection found dead, and every pooled one as old as it."""
+    connection.engine.pool._invalidate(connection.connection, error, _checkin=False)
+    connection.invalidate(error)

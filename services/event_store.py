@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Session
 
 from models import Event, Stream
-from models.db import execute_on_driver
+from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
 from services import metrics
 from services.after_commit import Announce, defer, events_key
@@ -166,9 +166,14 @@ def append_serialized(
         },
     ).fetchone()
     position: int = row[0]
-    defer(session, Announce(events_key(owner_id)))
-    metrics.count_after_commit(session, metrics.EVENTS_APPENDED, 1)
+    appended(session, owner_id, 1)
     return position
+
+
+def appended(unit: UnitOfWork, owner_id: uuid.UUID, count: int) -> None:
+    """After commit, the owner's live tails and long-polls hear of new events; they count."""
+    defer(unit, Announce(events_key(owner_id)))
+    metrics.count_after_commit(unit, metrics.EVENTS_APPENDED, count)
 
 
 def insert_rows(session: Session, owner_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[int]:
@@ -178,8 +183,7 @@ def insert_rows(session: Session, owner_id: uuid.UUID, rows: list[dict[str, Any]
     payload = orjson.dumps(rows, default=str).decode()
     cursor = execute_on_driver(session, _INSERT_ROWS, {"owner_id": owner_id, "rows": payload})
     position_of: dict[str, int] = dict(cursor.fetchall())
-    defer(session, Announce(events_key(owner_id)))
-    metrics.count_after_commit(session, metrics.EVENTS_APPENDED, len(rows))
+    appended(session, owner_id, len(rows))
     return [position_of[str(row["event_id"])] for row in rows]
 
 

@@ -47,6 +47,14 @@ def record(
         )
 
 
+def announce(unit: UnitOfWork, *, owner_id: uuid.UUID, job_id: uuid.UUID, status: str) -> None:
+    """After commit, what `record` sets off, for a transition whose own statement appended
+    its event (job_transitions' claim and untold finish): the job's waiters and the owner's
+    event tails hear of it, and the event is counted."""
+    event_store.appended(unit, owner_id, 1)
+    defer(unit, Announce(job_key(job_id), status))
+
+
 def publish_run(
     session: UnitOfWork, job_id: uuid.UUID, *, timeout_s: int, grace_s: int, countdown_s: float = 0
 ) -> None:

@@ -10,12 +10,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import psycopg
 import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.db import UnitOfWork
 from services import agent_runner, job_transitions
 from services.agent_runner import AgentError, Stopped
 from services.job_policy import JobPolicy
@@ -26,25 +28,52 @@ log = structlog.get_logger(__name__)
 Runner = Callable[..., dict[str, Any]]
 SessionFactory = sessionmaker[Session]
 T = TypeVar("T")
+U = TypeVar("U", bound=UnitOfWork)
+# The events' unique (owner, stream, version): the baseline migration's name for it.
+STREAM_VERSION_CONSTRAINT = "uq_events_owner_id_stream_version"
 
 
-def in_transaction(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
-    """`work` in a transaction of its own; once more, on a new connection, when the pooled
-    one turned out dead. The worker's engine does not ping a connection at each checkout
-    (a round trip per transaction, two per job), so after a database restart the first
-    statement on an old connection fails, and SQLAlchemy then drops every connection older
-    than that failure: the second try gets a fresh one. A transaction whose COMMIT was lost
-    with its connection may have committed; the claim and the finish are fenced, so doing
-    either twice finds the job already moved on and changes nothing."""
+def in_transaction(begin: Callable[[], U], work: Callable[[U], T]) -> T:
+    """`work` in a unit of work of its own (`begin` makes one: a Session, or a
+    models.db.OneStatement for work that is one statement), committed when it returns; once
+    more, in a new one, after one of two failures that a second try gets past:
+
+    - The pooled connection turned out dead. The worker's engine does not ping a
+      connection at each checkout (a round trip per transaction, two per job), so after a
+      database restart the first statement on an old connection fails, and every
+      connection older than that failure is then dropped: the second try gets a fresh one.
+      A COMMIT lost with its connection may have committed; the claim and the finish are
+      fenced, so doing either twice finds the job already moved on and changes nothing.
+    - An event's version was taken by a transaction that committed while this one waited
+      for the job's row (job_transitions' one-statement claim and finish read the version
+      in their statement's snapshot): the second try reads it afresh.
+    """
     try:
-        with session_factory.begin() as session:
-            return work(session)
+        return _committed(begin, work)
     except DBAPIError as error:
-        if not error.connection_invalidated:
+        if error.connection_invalidated:
+            log.info("db.reconnected", error=type(error.orig).__name__)
+        elif not _version_taken(error):
             raise
-        log.info("db.reconnected", error=type(error.orig).__name__)
-    with session_factory.begin() as session:
-        return work(session)
+    return _committed(begin, work)
+
+
+def _committed(begin: Callable[[], U], work: Callable[[U], T]) -> T:
+    unit = begin()
+    try:
+        result = work(unit)
+        unit.commit()
+        return result
+    finally:
+        unit.close()  # after a failure: rolls back, and forgets what the work deferred
+
+
+def _version_taken(error: DBAPIError) -> bool:
+    cause = error.orig
+    return (
+        isinstance(cause, psycopg.errors.UniqueViolation)
+        and cause.diag.constraint_name == STREAM_VERSION_CONSTRAINT
+    )
 
 
 class Watch:
@@ -150,15 +179,19 @@ def execute(
     policy: JobPolicy,
     runner: Runner = agent_runner.run,
     interrupts: tuple[type[BaseException], ...] = (),
+    single_statement: Callable[[], UnitOfWork] | None = None,
 ) -> str | None:
     """Run the job if this delivery can claim it; the status it was left in, or None.
 
     `interrupts` are exceptions the host raises into the runner when its own time limit
     hits (Celery's SoftTimeLimitExceeded); they end the attempt as timed out.
+    `single_statement` makes the unit of work of the claim and of an end that is one
+    statement (a models.db.OneStatement in the worker); by default, a session.
     """
+    units = Units(session_factory, single_statement or session_factory)
     claim = in_transaction(
-        session_factory,
-        lambda session: job_transitions.claim(session, job_id=job_id, policy=policy),
+        units.one_statement,
+        lambda unit: job_transitions.claim(unit, job_id=job_id, policy=policy),
     )
     if claim is None:
         log.info("job.not_claimed", job_id=str(job_id))
@@ -169,39 +202,44 @@ def execute(
         try:
             output = runner(claim.agent_config, claim.input, control=watch)
         except Stopped as stop:
-            return _stopped(session_factory, claim, stop.reason)
+            return _stopped(units, claim, stop.reason)
         except interrupts:
-            return _stopped(session_factory, claim, "timed_out")
+            return _stopped(units, claim, "timed_out")
         except AgentError as error:
-            return _failed(session_factory, claim, error, policy)
+            return _failed(units, claim, error, policy)
         except Exception:
             log.exception("job.runner_crashed", job_id=str(job_id), attempt=claim.attempt)
             # Our bug, not the user's input: say so without leaking internals.
             crash = {"type": "internal", "message": "the agent runner failed unexpectedly"}
-            return _end(session_factory, claim, "failed", error=crash)
-    return _end(session_factory, claim, "succeeded", output=output)
+            return _end(units, claim, "failed", error=crash)
+    return _end(units, claim, "succeeded", output=output)
 
 
-def _stopped(session_factory: SessionFactory, claim: Claim, reason: str) -> str | None:
+class Units(NamedTuple):
+    """Where an attempt's writes run: sessions, and units for one-statement writes."""
+
+    session: SessionFactory
+    one_statement: Callable[[], UnitOfWork]
+
+
+def _stopped(units: Units, claim: Claim, reason: str) -> str | None:
     if reason == "lost":
         log.warning("job.lease_lost", job_id=str(claim.job_id), attempt=claim.attempt)
         return None
     if reason == "cancelled":
-        return _end(session_factory, claim, "cancelled")
+        return _end(units, claim, "cancelled")
     error = {
         "type": "timeout",
         "message": f"the attempt did not finish within the job's {claim.timeout_s} s timeout",
     }
-    return _end(session_factory, claim, "timed_out", error=error)
+    return _end(units, claim, "timed_out", error=error)
 
 
-def _failed(
-    session_factory: SessionFactory, claim: Claim, error: AgentError, policy: JobPolicy
-) -> str | None:
+def _failed(units: Units, claim: Claim, error: AgentError, policy: JobPolicy) -> str | None:
     if error.transient and claim.attempt < claim.max_attempts:
         delay = policy.backoff_s(claim.attempt, at_least=error.retry_after_s or 0)
         scheduled = in_transaction(
-            session_factory,
+            units.session,
             lambda session: job_transitions.retry_later(
                 session, claim, error=error.as_error(), delay_s=delay, policy=policy
             ),
@@ -209,19 +247,24 @@ def _failed(
         if scheduled:
             log.info("job.retry_scheduled", job_id=str(claim.job_id), delay_s=round(delay, 3))
             return "queued"
-    return _end(session_factory, claim, "failed", error=error.as_error())
+    return _end(units, claim, "failed", error=error.as_error())
 
 
 def _end(
-    session_factory: SessionFactory,
+    units: Units,
     claim: Claim,
     status: str,
     *,
     output: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> str | None:
+    # Most jobs end in one statement; one with someone to tell (or taken from this worker)
+    # ends in a transaction that writes the deliveries too (or finds it fenced).
     recorded = in_transaction(
-        session_factory,
+        units.one_statement,
+        lambda unit: job_transitions.finish_untold(unit, claim, status, output=output, error=error),
+    ) or in_transaction(
+        units.session,
         lambda session: job_transitions.finish(session, claim, status, output=output, error=error),
     )
     if not recorded:

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
-    Interval,
     Row,
     String,
     Table,
@@ -31,8 +31,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from models import Job
+from models.db import UnitOfWork, execute_on_driver
+from models.ids import new_id
 from services import job_events, metrics, webhooks
-from services.event_types import EventType
+from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
 
 _END_EVENTS = {
@@ -71,34 +73,65 @@ def seconds(value: Any) -> Any:
 
 
 _JOBS = cast(Table, Job.__table__)
-_CLAIM = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job_id"),
-        _JOBS.c.status == "queued",
-        _JOBS.c.attempt < _JOBS.c.max_attempts,
-        _JOBS.c.run_after.is_(None) | (_JOBS.c.run_after <= func.now()),
-        _JOBS.c.queue_deadline_at.is_(None) | (_JOBS.c.queue_deadline_at > func.now()),
+# The claim and its `job.started` event in one statement, psycopg's parameter style (it goes
+# to the driver as written: models.db.execute_on_driver), so that a worker can run it in
+# autocommit: one round trip where BEGIN, UPDATE, INSERT and COMMIT were four. The event's
+# version is read in the statement's snapshot; should another transaction append to the
+# stream and commit while the UPDATE waits for the row, the insert collides on the stream's
+# unique version and the statement changes nothing (job_execution.in_transaction tries it
+# once more, in a new snapshot).
+_APPEND_TO_JOB_STREAM = """
+    INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
+    SELECT %(event_id)s::uuid, j.owner_id, %(stream)s::varchar,
+           (SELECT coalesce(max(e.version), 0) + 1 FROM events AS e
+            WHERE e.owner_id = j.owner_id AND e.stream = %(stream)s::varchar),
+           %(event_type)s::varchar, {data},
+           CASE WHEN coalesce(j.correlation_id, '') = '' THEN '{{}}'::jsonb
+                ELSE jsonb_build_object('correlation_id', j.correlation_id) END
+    FROM {changed} AS j
+    """
+_CLAIM = f"""
+    WITH claimed AS (
+        UPDATE jobs SET
+            status = 'running', attempt = attempt + 1,
+            lease_expires_at = now() + make_interval(secs => %(lease_s)s::float8),
+            deadline_at = now() + make_interval(secs => timeout_s), run_after = NULL,
+            started_at = coalesce(started_at, now()), updated_at = now()
+        WHERE id = %(job_id)s::uuid AND status = 'queued' AND attempt < max_attempts
+          AND (run_after IS NULL OR run_after <= now())
+          AND (queue_deadline_at IS NULL OR queue_deadline_at > now())
+        RETURNING owner_id, attempt, max_attempts, agent_config, input, timeout_s,
+                  correlation_id
+    ), started AS ({
+    _APPEND_TO_JOB_STREAM.format(
+        changed="claimed",
+        data="jsonb_build_object('job_id', %(job_id)s::text, 'attempt', j.attempt)",
     )
-    .values(
-        status="running",
-        attempt=_JOBS.c.attempt + 1,
-        lease_expires_at=func.now() + bindparam("lease", type_=Interval),
-        deadline_at=func.now() + seconds(_JOBS.c.timeout_s),
-        run_after=None,
-        started_at=func.coalesce(_JOBS.c.started_at, func.now()),
-        updated_at=func.now(),
+})
+    SELECT owner_id, attempt, max_attempts, agent_config, input, timeout_s, correlation_id
+    FROM claimed
+    """  # noqa: S608
+# The end of an attempt that nobody is to be told of (no webhook_url, no subscribed
+# endpoint: most jobs), with its event, in one statement as the claim. A job with someone to
+# tell needs its deliveries written in the same transaction: this matches no row for it,
+# and `finish` does it all.
+_FINISH_UNTOLD = f"""
+    WITH ended AS (
+        UPDATE jobs SET
+            status = %(status)s::varchar, output = %(output)s::jsonb, error = %(error)s::jsonb,
+            lease_expires_at = NULL, deadline_at = NULL, run_after = NULL,
+            finished_at = now(), updated_at = now()
+        WHERE id = %(job_id)s::uuid AND status = 'running' AND attempt = %(attempt)s::int
+          AND webhook_url IS NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_endpoints AS w
+              WHERE w.owner_id = jobs.owner_id AND w.enabled
+                AND w.event_types @> ARRAY[%(event_type)s::varchar])
+        RETURNING owner_id, correlation_id
     )
-    .returning(
-        _JOBS.c.owner_id,
-        _JOBS.c.attempt,
-        _JOBS.c.max_attempts,
-        _JOBS.c.agent_config,
-        _JOBS.c.input,
-        _JOBS.c.timeout_s,
-        _JOBS.c.correlation_id,
-    )
-)
+    {_APPEND_TO_JOB_STREAM.format(changed="ended", data="%(data)s::jsonb")}
+    RETURNING position
+    """  # noqa: S608
 
 
 # What recording an end needs of each job an UPDATE ended, who hears of it included: the
@@ -140,23 +173,23 @@ _FINISH = (
 )
 
 
-def claim(session: Session, *, job_id: uuid.UUID, policy: JobPolicy) -> Claim | None:
+def claim(unit: UnitOfWork, *, job_id: uuid.UUID, policy: JobPolicy) -> Claim | None:
     """Take a due queued job for its next attempt; None when there is nothing to take."""
-    row = session.execute(
-        _CLAIM, {"job_id": job_id, "lease": dt.timedelta(seconds=policy.lease_s)}
-    ).one_or_none()
+    row = execute_on_driver(
+        unit,
+        _CLAIM,
+        {
+            "job_id": job_id,
+            "lease_s": policy.lease_s,
+            "event_id": new_id(),
+            "stream": job_stream(job_id),
+            "event_type": str(EventType.JOB_STARTED),
+        },
+    ).fetchone()
     if row is None:
         return None
     taken = Claim(job_id, *row)
-    job_events.record(
-        session,
-        owner_id=taken.owner_id,
-        job_id=job_id,
-        event_type=EventType.JOB_STARTED,
-        status="running",
-        data={"attempt": taken.attempt},
-        correlation_id=taken.correlation_id,
-    )
+    job_events.announce(unit, owner_id=taken.owner_id, job_id=job_id, status="running")
     return taken
 
 
@@ -203,6 +236,46 @@ def progress(session: Session, claim: Claim, event_type: str, data: dict[str, An
         data={"attempt": claim.attempt, **data},
         correlation_id=claim.correlation_id,
     )
+    return True
+
+
+def finish_untold(
+    unit: UnitOfWork,
+    claim: Claim,
+    status: str,
+    *,
+    output: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """End the attempt's job in `status` in one statement, if nobody is to be told of it;
+    False when it was not ended here (someone is to be told, or this worker no longer
+    holds it): `finish` then decides, in a transaction."""
+    event_type = str(_END_EVENTS[status])
+    data: dict[str, Any] = {"job_id": str(claim.job_id), "attempt": claim.attempt}
+    if output is not None:
+        data["output"] = output
+    if error is not None:
+        data["error"] = error
+    row = execute_on_driver(
+        unit,
+        _FINISH_UNTOLD,
+        {
+            "job_id": claim.job_id,
+            "attempt": claim.attempt,
+            "status": status,
+            # None as JSON null, as the ORM's JSONB columns store it (`finish` included)
+            "output": orjson.dumps(output).decode(),
+            "error": orjson.dumps(error).decode(),
+            "event_id": new_id(),
+            "stream": job_stream(claim.job_id),
+            "event_type": event_type,
+            "data": orjson.dumps(data, default=str).decode(),
+        },
+    ).fetchone()
+    if row is None:
+        return False
+    job_events.announce(unit, owner_id=claim.owner_id, job_id=claim.job_id, status=status)
+    metrics.count_after_commit(unit, metrics.JOBS_FINISHED, 1, status=status)
     return True
 
 

@@ -17,7 +17,6 @@ from models import TERMINAL_STATUSES, Event, Job
 from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
 from services import agents, event_store, job_events, job_view, metrics
-from services.after_commit import Announce, defer, events_key
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
@@ -105,8 +104,7 @@ def submit(
     if row is None:
         raise InvalidInput(problems=[FieldProblem("agent_id", "no agent with this id")])
     job = job_view.JobRow._make(row)
-    defer(session, Announce(events_key(owner_id)))
-    metrics.count_after_commit(session, metrics.EVENTS_APPENDED, 1)
+    event_store.appended(session, owner_id, 1)  # job.queued
     job_events.publish_run(session, job.id, timeout_s=job.timeout_s, grace_s=policy.grace_s)
     metrics.count_after_commit(session, metrics.JOBS_SUBMITTED)
     return job

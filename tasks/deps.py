@@ -5,11 +5,13 @@ Tasks import this, never `workers`, so the import direction stays `workers -> ta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.db import UnitOfWork
 from services.job_execution import Runner
 from services.job_policy import JobPolicy
 from services.webhook_policy import WebhookPolicy
@@ -21,6 +23,9 @@ class TaskDeps:
     job_policy: JobPolicy
     runner: Runner
     webhook_policy: WebhookPolicy = field(default_factory=WebhookPolicy)
+    # Units of work for one-statement writes (a job's claim and end): models.db.OneStatement
+    # on the worker's engine; None: sessions of `session_factory`.
+    single_statement: Callable[[], UnitOfWork] | None = None
 
 
 def deps_of(task: Any) -> TaskDeps:

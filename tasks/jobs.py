@@ -25,4 +25,5 @@ def run_job(self, job_id: str) -> str | None:
         policy=deps.job_policy,
         runner=deps.runner,
         interrupts=(SoftTimeLimitExceeded,),
+        single_statement=deps.single_statement,
     )

@@ -38,7 +38,7 @@ engine = make_engine(settings.database_url, pool_size=2)
 
 def _build_deps() -> TaskDeps:
     session_factory = make_session_factory(engine)
-    install_after_commit(
+    after_commit = install_after_commit(
         [session_factory],
         celery,
         redis.Redis.from_url(settings.redis_url),
@@ -51,6 +51,7 @@ def _build_deps() -> TaskDeps:
         job_policy=settings.job_policy(),
         runner=runner,
         webhook_policy=settings.webhook_policy(),
+        single_statement=after_commit.single_statement(engine),
     )
 
 

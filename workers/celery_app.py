@@ -5,16 +5,19 @@ It imports no task module: `include` names them, and Celery imports them in the 
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import redis
 import structlog
 from celery import Celery
 from kombu import Exchange, Queue
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.db import OneStatement
 from services import after_commit
 from workers.publisher import BackgroundPublisher, TaskPublisher
 
@@ -86,6 +89,12 @@ class AfterCommit(NamedTuple):
 
     dispatch: after_commit.Dispatcher
     background: BackgroundPublisher | None
+
+    def single_statement(self, engine: Engine) -> Callable[[], OneStatement]:
+        """Units of work on `engine` for one-statement work (models.db.OneStatement), whose
+        commits set off what the sessions' commits do."""
+        on_commit = functools.partial(after_commit.committed, dispatch=self.dispatch)
+        return lambda: OneStatement(engine, on_commit)
 
 
 def install_after_commit(

@@ -67,17 +67,19 @@ def test_job_runs_to_succeeded_with_events(alice, agent, session_factory):
     assert [e["type"] for e in events] == ["job.queued", "job.started", "job.succeeded"]
     assert [e["version"] for e in events] == [1, 2, 3]
     assert events[0]["stream"] == f"job-{job['id']}"
-    assert events[-1]["data"]["output"] == {"text": "hello"}
+    assert events[1]["data"] == {"job_id": job["id"], "attempt": 1}
+    assert events[-1]["data"] == {"job_id": job["id"], "attempt": 1, "output": {"text": "hello"}}
 
 
-def test_events_carry_the_request_id_as_correlation_id(alice, agent):
+def test_events_carry_the_request_id_as_correlation_id(alice, agent, session_factory):
     response = alice.post(
         "/v1/jobs",
         json={"agent_id": agent["id"], "input": {"text": "x"}},
         headers={"X-Request-ID": "trace-42"},
     )
+    run_queued(session_factory, response.json["id"])
     events = alice.get(f"/v1/jobs/{response.json['id']}/events").json["items"]
-    assert events[0]["metadata"]["correlation_id"] == "trace-42"
+    assert [e["metadata"] for e in events] == [{"correlation_id": "trace-42"}] * 3
 
 
 def test_second_delivery_does_nothing(alice, agent, session_factory):

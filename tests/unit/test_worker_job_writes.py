@@ -1,0 +1,263 @@
+"""A job's writes as a worker makes them, on the worker's own engine (no ping before use)
+and units of work: the claim and most ends are one statement in autocommit
+(models.db.OneStatement); an end with someone to tell is a transaction of a session."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from models.db import OneStatement, make_engine, make_session_factory
+from services import after_commit, agents, job_execution, job_transitions, jobs, users
+from services.after_commit import Announce, SendTask
+from services.job_policy import JobPolicy
+from services.job_transitions import Claim
+from tests.conftest import FAST_PASSWORDS
+from tests.helpers import poll, terminate_backend
+
+POLICY = JobPolicy()
+
+
+class Worker:
+    """A worker's sessions and one-statement units on one engine; what commits set off."""
+
+    def __init__(self, database_url: str, pool_size: int) -> None:
+        self.engine = make_engine(database_url, pool_size=pool_size, max_overflow=0)
+        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self.dispatched: list[Any] = []
+        after_commit.install(self.sessions, self.dispatched.extend)
+
+    def one_statement(self) -> OneStatement:
+        return OneStatement(
+            self.engine, lambda info: after_commit.committed(info, self.dispatched.extend)
+        )
+
+    def run(self, job_id: uuid.UUID) -> str | None:
+        return job_execution.execute(
+            self.sessions, job_id, policy=POLICY, single_statement=self.one_statement
+        )
+
+    def claim(self, job_id: uuid.UUID) -> Claim | None:
+        return job_execution.in_transaction(
+            self.one_statement,
+            lambda unit: job_transitions.claim(unit, job_id=job_id, policy=POLICY),
+        )
+
+    def queued_job(self, **submit: Any) -> uuid.UUID:
+        with self.sessions.begin() as session:
+            owner = users.register(
+                session, email=f"{uuid.uuid4().hex}@example.com", password="p" * 12,
+                passwords=FAST_PASSWORDS,
+            ).id  # fmt: skip
+            agent = agents.create(
+                session,
+                owner_id=owner,
+                fields={"name": "echo", "provider": "echo", "model": "echo"},
+            )
+            job_id = jobs.submit(
+                session, owner_id=owner, agent_id=agent.id, input={"text": "hi"}, policy=POLICY,
+                **submit,
+            ).id  # fmt: skip
+        self.dispatched.clear()
+        return job_id
+
+    def events(self, job_id: uuid.UUID) -> list[tuple[int, str, dict[str, Any], dict[str, Any]]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT version, type, data, metadata FROM events WHERE stream = :stream "
+                    "ORDER BY version"
+                ),
+                {"stream": f"job-{job_id}"},
+            )
+            return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    def job(self, job_id: uuid.UUID) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                text("SELECT status, attempt, output, error FROM jobs WHERE id = :id"),
+                {"id": job_id},
+            ).one()
+
+
+@pytest.fixture
+def worker(database_url: str) -> Iterator[Worker]:
+    worker = Worker(database_url, pool_size=2)
+    yield worker
+    worker.engine.dispose()
+
+
+def test_an_echo_job_runs_in_two_statements_with_its_events_and_announcements(worker):
+    job_id = worker.queued_job()
+    assert worker.run(job_id) == "succeeded"
+    assert worker.job(job_id) == ("succeeded", 1, {"text": "hi"}, None)
+    started, ended = worker.events(job_id)[1:]
+    assert started == (2, "job.started", {"job_id": str(job_id), "attempt": 1}, {})
+    assert ended == (
+        3, "job.succeeded", {"job_id": str(job_id), "attempt": 1, "output": {"text": "hi"}}, {},
+    )  # fmt: skip
+    announced = [m.key for m in worker.dispatched if isinstance(m, Announce)]
+    assert announced.count(f"job:{job_id}") == 2  # running, then succeeded
+    assert not [m for m in worker.dispatched if isinstance(m, SendTask)]  # nobody to tell
+
+
+def test_the_request_id_of_the_submit_follows_into_the_workers_events(worker):
+    job_id = worker.queued_job(correlation_id="trace-7")
+    assert worker.run(job_id) == "succeeded"
+    assert [meta for *_, meta in worker.events(job_id)] == [{"correlation_id": "trace-7"}] * 3
+
+
+def test_a_job_with_a_webhook_url_ends_with_its_delivery_written(worker):
+    job_id = worker.queued_job(webhook_url="https://example.com/hook")
+    assert worker.run(job_id) == "succeeded"
+    sent = [m for m in worker.dispatched if isinstance(m, SendTask)]
+    assert [m.name for m in sent] == ["conveyor.webhooks.deliver"]
+    with worker.engine.connect() as connection:
+        delivered = connection.execute(
+            text("SELECT count(*) FROM webhook_deliveries WHERE job_id = :id"), {"id": job_id}
+        ).scalar()
+    assert delivered == 1
+    assert [kind for _, kind, *_ in worker.events(job_id)][-1] == "job.succeeded"
+
+
+def test_an_end_after_the_job_was_taken_over_changes_nothing(worker):
+    job_id = worker.queued_job()
+    claim = worker.claim(job_id)
+    assert claim is not None
+    with worker.engine.begin() as connection:  # the sweeper ended it meanwhile
+        connection.execute(
+            text("UPDATE jobs SET status = 'timed_out' WHERE id = :id"), {"id": job_id}
+        )
+    assert (
+        job_execution._end(
+            job_execution.Units(worker.sessions, worker.one_statement),
+            claim,
+            "succeeded",
+            output={},
+        )
+        is None
+    )
+    assert worker.job(job_id).status == "timed_out"
+
+
+# --- a writer that commits while the one-statement write waits for the job's row ----------
+
+
+def _while_another_writer_holds_the_row(
+    worker: Worker, job_id: uuid.UUID, write: Callable[[], Any]
+) -> Any:
+    """Run `write` while another transaction, holding the job's row, appends an event to its
+    stream; that transaction commits once `write` waits for the row. The version `write`
+    read in its statement's snapshot is then taken."""
+    results: list[Any] = []
+    outside = create_engine(worker.engine.url, poolclass=NullPool)  # not the worker's pool
+    with outside.connect() as other:
+        other.execute(text("UPDATE jobs SET updated_at = now() WHERE id = :id"), {"id": job_id})
+        other.execute(
+            text(
+                "INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata) "
+                "SELECT gen_random_uuid(), owner_id, CAST(:stream AS varchar), "
+                "(SELECT max(version) + 1 FROM events WHERE stream = CAST(:stream AS varchar)), "
+                "'job.note', '{}', '{}' FROM jobs WHERE id = :id"
+            ),
+            {"id": job_id, "stream": f"job-{job_id}"},
+        )
+        thread = threading.Thread(target=lambda: results.append(write()))
+        thread.start()
+        poll(lambda: _waits_for_a_lock(outside))
+        other.commit()
+        thread.join(timeout=10)
+    assert results, "the write failed"
+    return results[0]
+
+
+def _waits_for_a_lock(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.execute(
+                text(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            ).first()
+        )
+
+
+def test_a_claim_that_lost_its_events_version_to_a_concurrent_writer_is_made_again(worker):
+    job_id = worker.queued_job()
+    claim = _while_another_writer_holds_the_row(
+        worker,
+        job_id,
+        lambda: worker.claim(job_id),
+    )
+    assert isinstance(claim, Claim) and claim.attempt == 1
+    assert [(v, kind) for v, kind, *_ in worker.events(job_id)] == [
+        (1, "job.queued"), (2, "job.note"), (3, "job.started"),
+    ]  # fmt: skip
+
+
+def test_an_end_that_lost_its_events_version_to_a_concurrent_writer_is_made_again(worker):
+    job_id = worker.queued_job()
+    claim = worker.claim(job_id)
+    assert claim is not None
+    ended = _while_another_writer_holds_the_row(
+        worker,
+        job_id,
+        lambda: job_execution.in_transaction(
+            worker.one_statement,
+            lambda unit: job_transitions.finish_untold(unit, claim, "succeeded", output={}),
+        ),
+    )
+    assert ended is True
+    assert [kind for _, kind, *_ in worker.events(job_id)][-2:] == ["job.note", "job.succeeded"]
+
+
+# --- after the database dropped the pooled connections ---------------------------------
+
+
+def _drop_pooled_connections(worker: Worker, database_url: str, count: int) -> None:
+    """Open `count` pooled connections at once (so the pool keeps them all), then have the
+    server drop each, as a restart would."""
+    sessions = [worker.sessions() for _ in range(count)]
+    backends = [s.connection().connection.driver_connection.info.backend_pid for s in sessions]
+    for session in sessions:
+        session.close()
+    for backend in backends:
+        terminate_backend(database_url, backend)
+
+
+def test_a_job_runs_after_its_pooled_connections_were_dropped(worker, database_url):
+    job_id = worker.queued_job()
+    # Both are dead: the second try of the claim must not take the other one.
+    _drop_pooled_connections(worker, database_url, 2)
+    assert worker.run(job_id) == "succeeded"
+
+
+def test_only_a_dead_connection_is_tried_again_and_only_once(database_url):
+    one_connection = make_session_factory(make_engine(database_url, pool_size=1, max_overflow=0))
+    calls: list[int] = []
+
+    def divides_by_zero(session):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return session.execute(text("SELECT 1/0"))
+
+    with pytest.raises(DBAPIError, match="division by zero"):
+        job_execution.in_transaction(one_connection, divides_by_zero)
+    assert len(calls) == 1  # not a lost connection: not tried again
+
+    def loses_its_connection(session):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+    calls.clear()
+    with pytest.raises(OperationalError):
+        job_execution.in_transaction(one_connection, loses_its_connection)
+    assert len(calls) == 2  # once more on a new connection, then the error stands
