@@ -22,6 +22,7 @@ from services import agent_runner, job_transitions
 from services.agent_runner import AgentError, Stopped
 from services.job_policy import JobPolicy
 from services.job_transitions import Claim, Heartbeat
+from services.watcher import watcher
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,8 @@ T = TypeVar("T")
 U = TypeVar("U", bound=UnitOfWork)
 # The events' unique (owner, stream, version): the baseline migration's name for it.
 STREAM_VERSION_CONSTRAINT = "uq_events_owner_id_stream_version"
+# Watches every attempt this process runs (Celery's prefork pool: one at a time).
+WATCHER = watcher("job-watcher")
 
 
 def in_transaction(begin: Callable[[], U], work: Callable[[U], T]) -> T:
@@ -77,7 +80,8 @@ def _version_taken(error: DBAPIError) -> bool:
 
 
 class Watch:
-    """The runner's `RunControl`, fed by a thread that talks to the database."""
+    """The runner's `RunControl`, fed by the process's watcher thread, which renews the
+    lease and looks for a cancel request in the database while the runner works."""
 
     def __init__(self, session_factory: SessionFactory, claim: Claim, policy: JobPolicy):
         self.attempt = claim.attempt
@@ -88,20 +92,18 @@ class Watch:
         self._claim = claim
         self._policy = policy
         self._deadline = time.monotonic() + claim.timeout_s
+        self._next_beat = time.monotonic() + policy.heartbeat_s
         self._stop = threading.Event()
         self._done = threading.Event()
         self.reason: str | None = None
-        self._thread = threading.Thread(
-            target=self._watch, name=f"watch-{claim.job_id}", daemon=True
-        )
 
     def __enter__(self) -> Watch:
-        self._thread.start()
+        WATCHER.add(self, self._next_look(time.monotonic()))
         return self
 
     def __exit__(self, *_: object) -> None:
         self._done.set()
-        self._thread.join(timeout=5)
+        WATCHER.remove(self)
 
     # RunControl ---------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -135,6 +137,8 @@ class Watch:
 
     # the watcher thread -------------------------------------------------------------
     def _halt(self, reason: str) -> None:
+        if self._done.is_set():  # a look that was under way as the attempt ended
+            return
         if self.reason is None:
             self.reason = reason
         already = self._stop.is_set()
@@ -146,30 +150,39 @@ class Watch:
                 except Exception:
                     log.warning("job.abort_failed", job_id=str(self.job_id), exc_info=True)
 
-    def _watch(self) -> None:
-        next_beat = time.monotonic() + self._policy.heartbeat_s
-        while not self._done.wait(self._policy.cancel_poll_s):
-            try:
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + self._policy.heartbeat_s
-                    with self._factory.begin() as session:
-                        beat = job_transitions.heartbeat(session, self._claim, policy=self._policy)
-                    if beat == Heartbeat.LOST:
-                        self._halt("lost")
-                    elif beat == Heartbeat.CANCEL:
-                        self._halt("cancelled")
-                else:
-                    with self._factory() as session:
-                        wanted = job_transitions.cancel_requested(session, self._claim)
-                    if wanted is None:
-                        self._halt("lost")
-                    elif wanted:
-                        self._halt("cancelled")
-            except Exception:
-                # A database hiccup must not kill the watch; the lease has slack for retries.
-                log.warning("job.watch_failed", job_id=str(self._claim.job_id), exc_info=True)
-            if time.monotonic() >= self._deadline:
-                self._halt("timed_out")
+    def check(self) -> float:
+        """One look (services.watcher calls it when due): renew the lease when a heartbeat
+        is due, else ask whether a cancel was requested; stop the runner at the deadline."""
+        if self._done.is_set():
+            return time.monotonic() + self._policy.cancel_poll_s
+        try:
+            if time.monotonic() >= self._next_beat:
+                self._next_beat = time.monotonic() + self._policy.heartbeat_s
+                with self._factory.begin() as session:
+                    beat = job_transitions.heartbeat(session, self._claim, policy=self._policy)
+                if beat == Heartbeat.LOST:
+                    self._halt("lost")
+                elif beat == Heartbeat.CANCEL:
+                    self._halt("cancelled")
+            else:
+                with self._factory() as session:
+                    wanted = job_transitions.cancel_requested(session, self._claim)
+                if wanted is None:
+                    self._halt("lost")
+                elif wanted:
+                    self._halt("cancelled")
+        except Exception:
+            # A database hiccup must not stop the watch; the lease has slack for retries.
+            log.warning("job.watch_failed", job_id=str(self._claim.job_id), exc_info=True)
+        now = time.monotonic()
+        if now >= self._deadline:
+            self._halt("timed_out")
+        return self._next_look(now)
+
+    def _next_look(self, now: float) -> float:
+        """After the poll interval, or at the deadline if that comes first."""
+        next_at = now + self._policy.cancel_poll_s
+        return min(next_at, self._deadline) if self._deadline > now else next_at
 
 
 def execute(

@@ -12,80 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from models.db import OneStatement, make_engine, make_session_factory
-from services import after_commit, agents, job_execution, job_transitions, jobs, users
+from models.db import make_engine, make_session_factory
+from services import job_execution, job_transitions
 from services.after_commit import Announce, SendTask
-from services.job_policy import JobPolicy
 from services.job_transitions import Claim
-from tests.conftest import FAST_PASSWORDS
 from tests.helpers import poll, terminate_backend
-
-POLICY = JobPolicy()
-
-
-class Worker:
-    """A worker's sessions and one-statement units on one engine; what commits set off."""
-
-    def __init__(self, database_url: str, pool_size: int) -> None:
-        self.engine = make_engine(database_url, pool_size=pool_size, max_overflow=0)
-        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
-        self.dispatched: list[Any] = []
-        after_commit.install(self.sessions, self.dispatched.extend)
-
-    def one_statement(self) -> OneStatement:
-        return OneStatement(
-            self.engine, lambda info: after_commit.committed(info, self.dispatched.extend)
-        )
-
-    def run(self, job_id: uuid.UUID) -> str | None:
-        return job_execution.execute(
-            self.sessions, job_id, policy=POLICY, single_statement=self.one_statement
-        )
-
-    def claim(self, job_id: uuid.UUID) -> Claim | None:
-        return job_execution.in_transaction(
-            self.one_statement,
-            lambda unit: job_transitions.claim(unit, job_id=job_id, policy=POLICY),
-        )
-
-    def queued_job(self, **submit: Any) -> uuid.UUID:
-        with self.sessions.begin() as session:
-            owner = users.register(
-                session, email=f"{uuid.uuid4().hex}@example.com", password="p" * 12,
-                passwords=FAST_PASSWORDS,
-            ).id  # fmt: skip
-            agent = agents.create(
-                session,
-                owner_id=owner,
-                fields={"name": "echo", "provider": "echo", "model": "echo"},
-            )
-            job_id = jobs.submit(
-                session, owner_id=owner, agent_id=agent.id, input={"text": "hi"}, policy=POLICY,
-                **submit,
-            ).id  # fmt: skip
-        self.dispatched.clear()
-        return job_id
-
-    def events(self, job_id: uuid.UUID) -> list[tuple[int, str, dict[str, Any], dict[str, Any]]]:
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                text(
-                    "SELECT version, type, data, metadata FROM events WHERE stream = :stream "
-                    "ORDER BY version"
-                ),
-                {"stream": f"job-{job_id}"},
-            )
-            return [tuple(row) for row in rows]  # type: ignore[misc]
-
-    def job(self, job_id: uuid.UUID) -> Any:
-        with self.engine.connect() as connection:
-            return connection.execute(
-                text("SELECT status, attempt, output, error FROM jobs WHERE id = :id"),
-                {"id": job_id},
-            ).one()
+from tests.job_worker import Worker
 
 
 @pytest.fixture

@@ -1,0 +1,80 @@
+"""One thread that looks after many watched things, each when it is due: a running job's
+lease, cancel flag and deadline (job_execution.Watch). A thread per job cost every job a
+thread's start and join, two handovers of the GIL each, though most jobs end before the
+first look."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Watched(Protocol):
+    def check(self) -> float:
+        """Look once; the `time.monotonic()` at which to look next."""
+        ...
+
+
+class Watcher:
+    """Calls each added thing's `check` when it is due, from one daemon thread started at
+    the first `add` (so in a pool process, after the fork, never in the parent)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        # Also in a forked child, which has none of the parent's threads: it starts its own
+        # when it needs one.
+        self._changed = threading.Condition()
+        self._due: dict[Watched, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, watched: Watched, first_at: float) -> None:
+        with self._changed:
+            self._due[watched] = first_at
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def remove(self, watched: Watched) -> None:
+        """Stop looking; a look already under way may still finish."""
+        with self._changed:
+            self._due.pop(watched, None)
+
+    def _run(self) -> None:
+        while True:
+            due = self._wait_for_due()
+            for watched in due:
+                try:
+                    next_at = watched.check()
+                except Exception:  # one watch's bug must not end the others'
+                    log.exception("watcher.check_failed", watcher=self._name)
+                    next_at = time.monotonic() + 1.0
+                with self._changed:
+                    if watched in self._due:  # not removed meanwhile
+                        self._due[watched] = next_at
+
+    def _wait_for_due(self) -> list[Watched]:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                due = [w for w, at in self._due.items() if at <= now]
+                if due:
+                    return due
+                first = min(self._due.values(), default=None)
+                self._changed.wait(None if first is None else first - now)
+
+
+def watcher(name: str) -> Watcher:
+    """A process-wide watcher that a forked child starts afresh."""
+    made = Watcher(name)
+    os.register_at_fork(after_in_child=made._start_afresh)
+    return made
