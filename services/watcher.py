@@ -5,6 +5,7 @@ first look."""
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ class Watcher:
         self._changed = threading.Condition()
         self._due: dict[Watched, float] = {}
         self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0  # when the thread's wait ends by itself (inf: when notified)
 
     def add(self, watched: Watched, first_at: float) -> None:
         with self._changed:
@@ -42,7 +44,10 @@ class Watcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            if first_at < self._wakes_at:
+                # Only then: waking the thread costs a handover of the GIL, and most
+                # attempts end (and are removed) before their first look.
+                self._changed.notify()
 
     def remove(self, watched: Watched) -> None:
         """Stop looking; a look already under way may still finish."""
@@ -68,9 +73,12 @@ class Watcher:
                 now = time.monotonic()
                 due = [w for w, at in self._due.items() if at <= now]
                 if due:
+                    self._wakes_at = 0.0  # busy looking: an add need not wake it
                     return due
-                first = min(self._due.values(), default=None)
-                self._changed.wait(None if first is None else first - now)
+                # The earliest look still registered; removed watches leave no entry, so
+                # after the last one ends the thread waits until the next add.
+                self._wakes_at = min(self._due.values(), default=math.inf)
+                self._changed.wait(None if self._wakes_at == math.inf else self._wakes_at - now)
 
 
 def watcher(name: str) -> Watcher:
