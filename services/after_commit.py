@@ -57,6 +57,22 @@ def defer(session: UnitOfWork, message: Message) -> None:
     session.info.setdefault(_PENDING, []).append(message)
 
 
+def take(info: dict[str, Any]) -> dict[str, list[Any]]:
+    """Everything a unit of work deferred (this module's messages, services.metrics'
+    counts: lists in `info`), taken out of it: its commit then sets off nothing. `give`
+    hands it to another unit, whose commit sets off both, in one dispatch."""
+    taken = {key: value for key, value in info.items() if isinstance(value, list)}
+    for key in taken:
+        del info[key]
+    return taken
+
+
+def give(info: dict[str, Any], taken: dict[str, list[Any]]) -> None:
+    """Add what `take` took to a unit's deferred work, ahead of its own."""
+    for key, values in taken.items():
+        info[key] = [*values, *info.get(key, ())]
+
+
 def deliver(info: dict[str, Any], dispatch: Dispatcher) -> None:
     """Dispatch what was deferred in a committed unit of work's `info`."""
     messages = info.pop(_PENDING, None)

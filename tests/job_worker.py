@@ -25,13 +25,18 @@ class Worker:
     def __init__(self, database_url: str, pool_size: int) -> None:
         self.engine = make_engine(database_url, pool_size=pool_size, max_overflow=0)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
-        self.dispatched: list[Any] = []
-        after_commit.install(self.sessions, self.dispatched.extend)
+        self.dispatches: list[list[Any]] = []  # each commit's messages, in one dispatch
+        after_commit.install(self.sessions, self._dispatch)
+
+    def _dispatch(self, messages: Any) -> None:
+        self.dispatches.append(list(messages))
+
+    @property
+    def dispatched(self) -> list[Any]:
+        return [message for messages in self.dispatches for message in messages]
 
     def one_statement(self) -> OneStatement:
-        return OneStatement(
-            self.engine, lambda info: after_commit.committed(info, self.dispatched.extend)
-        )
+        return OneStatement(self.engine, lambda info: after_commit.committed(info, self._dispatch))
 
     def run(self, job_id: uuid.UUID) -> str | None:
         return job_execution.execute(
@@ -44,7 +49,8 @@ class Worker:
             lambda unit: job_transitions.claim(unit, job_id=job_id, policy=POLICY),
         )
 
-    def queued_job(self, **submit: Any) -> uuid.UUID:
+    def queued_job(self, params: dict[str, Any] | None = None, **submit: Any) -> uuid.UUID:
+        """A job of a new user's echo agent (with `params`), queued; nothing dispatched."""
         with self.sessions.begin() as session:
             owner = users.register(
                 session, email=f"{uuid.uuid4().hex}@example.com", password="p" * 12,
@@ -53,13 +59,18 @@ class Worker:
             agent = agents.create(
                 session,
                 owner_id=owner,
-                fields={"name": "echo", "provider": "echo", "model": "echo"},
+                fields={
+                    "name": "echo",
+                    "provider": "echo",
+                    "model": "echo",
+                    "params": params or {},
+                },
             )
             job_id = jobs.submit(
                 session, owner_id=owner, agent_id=agent.id, input={"text": "hi"}, policy=POLICY,
                 **submit,
             ).id  # fmt: skip
-        self.dispatched.clear()
+        self.dispatches.clear()
         return job_id
 
     def events(self, job_id: uuid.UUID) -> list[tuple[int, str, dict[str, Any], dict[str, Any]]]:

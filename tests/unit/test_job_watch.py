@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from services import job_execution
+from services.after_commit import Announce
 from services.job_policy import JobPolicy
 from services.watcher import Watcher
 from tests.helpers import poll
@@ -103,3 +104,16 @@ def test_the_watcher_looks_at_each_when_due_and_survives_a_failing_one():
     poll(lambda: often.looks >= looks_when_removed + 10)
     assert removed.looks <= looks_when_removed + 1  # at most the look under way
     assert failing.looks == 1  # after a failure, looked at again only a second later
+    for watched in (failing, often):
+        watcher.remove(watched)
+
+
+def test_a_job_that_runs_on_is_announced_as_running_before_it_ends(worker):
+    job_id = worker.queued_job()
+    ended = _run_in_thread(worker, job_id)
+    running = Announce(f"job:{job_id}", "running")
+    poll(lambda: running in worker.dispatched, timeout=5)
+    assert not ended and worker.job(job_id).status == "running"
+    _request_cancel(worker, job_id)
+    assert poll(lambda: ended) == ["cancelled"]
+    assert worker.dispatched.count(running) == 1

@@ -19,7 +19,7 @@ from services import job_execution, job_transitions
 from services.after_commit import Announce, SendTask
 from services.job_transitions import Claim
 from tests.helpers import poll, terminate_backend
-from tests.job_worker import Worker
+from tests.job_worker import POLICY, Worker
 
 
 @pytest.fixture
@@ -38,9 +38,23 @@ def test_an_echo_job_runs_in_two_statements_with_its_events_and_announcements(wo
     assert ended == (
         3, "job.succeeded", {"job_id": str(job_id), "attempt": 1, "output": {"text": "hi"}}, {},
     )  # fmt: skip
-    announced = [m.key for m in worker.dispatched if isinstance(m, Announce)]
-    assert announced.count(f"job:{job_id}") == 2  # running, then succeeded
-    assert not [m for m in worker.dispatched if isinstance(m, SendTask)]  # nobody to tell
+    # The claim's announcements wait for the end's: one dispatch, one round trip to Redis.
+    [messages] = worker.dispatches
+    assert [(m.key, m.payload) for m in messages if m.key == f"job:{job_id}"] == [
+        (f"job:{job_id}", "running"), (f"job:{job_id}", "succeeded"),
+    ]  # fmt: skip
+    assert not [m for m in messages if isinstance(m, SendTask)]  # nobody to tell
+
+
+def test_a_retry_after_a_transient_failure_carries_the_claims_announcements(worker):
+    job_id = worker.queued_job(params={"transient_failures": 1})
+    assert worker.run(job_id) == "queued"
+    [messages] = worker.dispatches  # the claim's, then the retry's, in one dispatch
+    announced = [
+        m.payload for m in messages if isinstance(m, Announce) and m.key == f"job:{job_id}"
+    ]
+    assert announced == ["running", "queued"]
+    assert [m.name for m in messages if isinstance(m, SendTask)] == ["conveyor.jobs.run"]
 
 
 def test_the_request_id_of_the_submit_follows_into_the_workers_events(worker):
@@ -64,22 +78,23 @@ def test_a_job_with_a_webhook_url_ends_with_its_delivery_written(worker):
 
 def test_an_end_after_the_job_was_taken_over_changes_nothing(worker):
     job_id = worker.queued_job()
-    claim = worker.claim(job_id)
-    assert claim is not None
-    with worker.engine.begin() as connection:  # the sweeper ended it meanwhile
-        connection.execute(
-            text("UPDATE jobs SET status = 'timed_out' WHERE id = :id"), {"id": job_id}
-        )
-    assert (
-        job_execution._end(
-            job_execution.Units(worker.sessions, worker.one_statement),
-            claim,
-            "succeeded",
-            output={},
-        )
-        is None
-    )
+
+    def taken_over_meanwhile(_config, _input, *, control):  # type: ignore[no-untyped-def]
+        with worker.engine.begin() as connection:  # the sweeper ended it meanwhile
+            connection.execute(
+                text("UPDATE jobs SET status = 'timed_out' WHERE id = :id"), {"id": job_id}
+            )
+        return {"text": "late"}
+
+    ended = job_execution.execute(
+        worker.sessions, job_id, policy=POLICY, runner=taken_over_meanwhile,
+        single_statement=worker.one_statement,
+    )  # fmt: skip
+    assert ended is None
     assert worker.job(job_id).status == "timed_out"
+    assert [kind for _, kind, *_ in worker.events(job_id)] == ["job.queued", "job.started"]
+    # What the claim held back was still sent, though no end carried it.
+    assert Announce(f"job:{job_id}", "running") in worker.dispatched
 
 
 # --- a writer that commits while the one-statement write waits for the job's row ----------
