@@ -35,10 +35,11 @@ T = TypeVar("T")
 U = TypeVar("U", bound=UnitOfWork)
 # The events' unique (owner, stream, version): the baseline migration's name for it.
 STREAM_VERSION_CONSTRAINT = "uq_events_owner_id_stream_version"
-# Watches every attempt this process runs (Celery's prefork pool: one at a time).
-WATCHER = watcher("job-watcher")
 # A job still running this long after its claim is announced as running (see Held).
 ANNOUNCE_RUNNING_WITHIN_S = 0.05
+# Watches every attempt this process runs (Celery's prefork pool: one at a time); no first
+# look comes sooner than the announcement's.
+WATCHER = watcher("job-watcher", tick_s=ANNOUNCE_RUNNING_WITHIN_S)
 
 
 def in_transaction(begin: Callable[[], U], work: Callable[[U], T]) -> T:

@@ -24,10 +24,19 @@ class Watched(Protocol):
 
 class Watcher:
     """Calls each added thing's `check` when it is due, from one daemon thread started at
-    the first `add` (so in a pool process, after the fork, never in the parent)."""
+    the first `add` (so in a pool process, after the fork, never in the parent).
 
-    def __init__(self, name: str) -> None:
+    `tick_s`, the soonest any first look comes after its `add`: with nothing to watch, the
+    thread looks again after a tick rather than waiting to be woken, so that adds need not
+    wake it. Short jobs come and go between its looks; waking it for each cost a handover
+    of the GIL per job, only for it to find the job gone. After `IDLE_TICKS` empty ticks in
+    a row it sleeps until the next add wakes it."""
+
+    IDLE_TICKS = 20
+
+    def __init__(self, name: str, tick_s: float) -> None:
         self._name = name
+        self._tick_s = tick_s
         self._start_afresh()
 
     def _start_afresh(self) -> None:
@@ -37,6 +46,7 @@ class Watcher:
         self._due: dict[Watched, float] = {}
         self._thread: threading.Thread | None = None
         self._wakes_at = 0.0  # when the thread's wait ends by itself (inf: when notified)
+        self._empty_ticks = 0
 
     def add(self, watched: Watched, first_at: float) -> None:
         with self._changed:
@@ -44,9 +54,7 @@ class Watcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            if first_at < self._wakes_at:
-                # Only then: waking the thread costs a handover of the GIL, and most
-                # attempts end (and are removed) before their first look.
+            if first_at < self._wakes_at:  # else its own wait ends in time
                 self._changed.notify()
 
     def remove(self, watched: Watched) -> None:
@@ -75,14 +83,19 @@ class Watcher:
                 if due:
                     self._wakes_at = 0.0  # busy looking: an add need not wake it
                     return due
-                # The earliest look still registered; removed watches leave no entry, so
-                # after the last one ends the thread waits until the next add.
-                self._wakes_at = min(self._due.values(), default=math.inf)
+                if self._due:  # the earliest look of those still watched
+                    self._empty_ticks = 0
+                    self._wakes_at = min(self._due.values())
+                elif self._empty_ticks < self.IDLE_TICKS:
+                    self._empty_ticks += 1
+                    self._wakes_at = now + self._tick_s
+                else:
+                    self._wakes_at = math.inf
                 self._changed.wait(None if self._wakes_at == math.inf else self._wakes_at - now)
 
 
-def watcher(name: str) -> Watcher:
+def watcher(name: str, tick_s: float) -> Watcher:
     """A process-wide watcher that a forked child starts afresh."""
-    made = Watcher(name)
+    made = Watcher(name, tick_s)
     os.register_at_fork(after_in_child=made._start_afresh)
     return made

@@ -94,7 +94,7 @@ class Counting:
 
 
 def test_the_watcher_looks_at_each_when_due_and_survives_a_failing_one():
-    watcher = Watcher("test-watcher")
+    watcher = Watcher("test-watcher", tick_s=0.01)
     failing, often, removed = Counting(0.01, fails=True), Counting(0.01), Counting(0.01)
     for watched in (failing, often, removed):
         watcher.add(watched, time.monotonic())
