@@ -17,7 +17,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = Non
     connection the server dropped answers 503 (problems.py) and SQLAlchemy then discards
     every connection older than the failure, so one request per process pays instead of
     every request. A job's transactions reconnect once by themselves
-    (services/job_execution.in_transaction); another task that fails that way is re-run by
+    (services/job_units.in_transaction); another task that fails that way is re-run by
     its sweeper."""
     return create_engine(
         url,

@@ -78,7 +78,7 @@ _JOBS = cast(Table, Job.__table__)
 # autocommit: one round trip where BEGIN, UPDATE, INSERT and COMMIT were four. The event's
 # version is read in the statement's snapshot; should another transaction append to the
 # stream and commit while the UPDATE waits for the row, the insert collides on the stream's
-# unique version and the statement changes nothing (job_execution.in_transaction tries it
+# unique version and the statement changes nothing (job_units.in_transaction tries it
 # once more, in a new snapshot).
 _APPEND_TO_JOB_STREAM = """
     INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)

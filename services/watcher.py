@@ -1,5 +1,5 @@
 """One thread that looks after many watched things, each when it is due: a running job's
-lease, cancel flag and deadline (job_execution.Watch). A thread per job cost every job a
+lease, cancel flag and deadline (job_watch.Watch). A thread per job cost every job a
 thread's start and join, two handovers of the GIL each, though most jobs end before the
 first look."""
 

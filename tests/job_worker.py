@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import OneStatement, make_engine, make_session_factory
-from services import after_commit, agents, job_execution, job_transitions, jobs, users
+from services import after_commit, agents, job_execution, job_transitions, job_units, jobs, users
 from services.job_policy import JobPolicy
 from services.job_transitions import Claim
 from tests.conftest import FAST_PASSWORDS
@@ -44,7 +44,7 @@ class Worker:
         )
 
     def claim(self, job_id: uuid.UUID) -> Claim | None:
-        return job_execution.in_transaction(
+        return job_units.in_transaction(
             self.one_statement,
             lambda unit: job_transitions.claim(unit, job_id=job_id, policy=POLICY),
         )

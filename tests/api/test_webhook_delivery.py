@@ -183,7 +183,8 @@ def test_delivery_rows_are_written_with_the_event_and_published_after_commit(
     # The transition rolls back: neither its event nor a delivery remains, nothing is sent.
     with session_factory() as session:
         job_transitions.end_jobs(session, Job.id == uuid.UUID(job["id"]), "cancelled")
-        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 1
+        of_job = WebhookDelivery.job_id == uuid.UUID(job["id"])
+        assert session.scalar(select(func.count()).select_from(WebhookDelivery).where(of_job)) == 1
         session.rollback()
     assert deliveries(alice, endpoint["id"]) == []
     assert published.deliveries() == []

@@ -111,7 +111,8 @@ def test_delete_removes_the_endpoint_and_its_deliveries(alice, agent_job, sessio
     assert alice.get(f"/v1/webhooks/{endpoint_id}/deliveries").json["items"]
     assert alice.delete(f"/v1/webhooks/{endpoint_id}").status_code == 204
     assert alice.get(f"/v1/webhooks/{endpoint_id}").status_code == 404
-    left = session.scalar(select(func.count()).select_from(WebhookDelivery))
+    of_job = WebhookDelivery.job_id == agent_job.id
+    left = session.scalar(select(func.count()).select_from(WebhookDelivery).where(of_job))
     assert left == 0
 
 

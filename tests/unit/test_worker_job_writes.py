@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from models.db import make_engine, make_session_factory
-from services import job_execution, job_transitions
+from services import job_execution, job_transitions, job_units
 from services.after_commit import Announce, SendTask
 from services.job_transitions import Claim
 from tests.helpers import poll, terminate_backend
@@ -160,7 +160,7 @@ def test_an_end_that_lost_its_events_version_to_a_concurrent_writer_is_made_agai
     ended = _while_another_writer_holds_the_row(
         worker,
         job_id,
-        lambda: job_execution.in_transaction(
+        lambda: job_units.in_transaction(
             worker.one_statement,
             lambda unit: job_transitions.finish_untold(unit, claim, "succeeded", output={}),
         ),
@@ -199,7 +199,7 @@ def test_only_a_dead_connection_is_tried_again_and_only_once(database_url):
         return session.execute(text("SELECT 1/0"))
 
     with pytest.raises(DBAPIError, match="division by zero"):
-        job_execution.in_transaction(one_connection, divides_by_zero)
+        job_units.in_transaction(one_connection, divides_by_zero)
     assert len(calls) == 1  # not a lost connection: not tried again
 
     def loses_its_connection(session):  # type: ignore[no-untyped-def]
@@ -208,5 +208,5 @@ def test_only_a_dead_connection_is_tried_again_and_only_once(database_url):
 
     calls.clear()
     with pytest.raises(OperationalError):
-        job_execution.in_transaction(one_connection, loses_its_connection)
+        job_units.in_transaction(one_connection, loses_its_connection)
     assert len(calls) == 2  # once more on a new connection, then the error stands
