@@ -79,7 +79,8 @@ def identify() -> None:
     a failure is kept for `require_access_token` to raise, so nobody is refused here."""
     if not request.path.startswith("/v1/") or "principal" in g:
         return
-    if "Authorization" not in request.headers and API_KEY_HEADER not in request.headers:
+    headers = request.headers
+    if "Authorization" not in headers and API_KEY_HEADER not in headers:
         return
     try:
         g.principal = _authenticate()

@@ -34,10 +34,12 @@ def install(app: Flask) -> None:
 
 
 def _observe(response: Response) -> Response:
+    req = request._get_current_object()  # type: ignore[attr-defined]  (one proxy lookup)
     started = g.get("started")
     seconds = time.perf_counter() - started if started is not None else 0.0
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-    prometheus.observe_request(method_label(request.method), route, response.status_code, seconds)
+    rule = req.url_rule
+    route = rule.rule if rule is not None else UNMATCHED
+    prometheus.observe_request(method_label(req.method), route, response.status_code, seconds)
     return response
 
 

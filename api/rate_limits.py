@@ -102,7 +102,8 @@ def install(app: Flask, settings: Settings, client: redis.Redis) -> None:
 
     @app.before_request
     def _through_the_gate() -> None:
-        if not request.path.startswith(LIMITED_PATHS):
+        req = request._get_current_object()  # type: ignore[attr-defined]  (one proxy lookup)
+        if not req.path.startswith(LIMITED_PATHS):
             return
         gate: Gate = current_app.extensions["conveyor"].gate
         principal, jti = g.get("principal"), auth.unchecked_jti()
@@ -115,7 +116,7 @@ def install(app: Flask, settings: Settings, client: redis.Redis) -> None:
         g.rate_limit = verdict
         if not verdict.allowed:
             raise TooManyRequests(str(verdict.limit))
-        if request.endpoint not in AUTH_ENDPOINTS:
+        if req.endpoint not in AUTH_ENDPOINTS:
             return
         for limits, limit_key in ((per_address, ip_key), (per_email, _email_key)):
             verdict = limits.check("auth-" + limit_key(), jti=None)
