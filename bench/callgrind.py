@@ -1,15 +1,38 @@
 """Instructions per operation, counted by valgrind's callgrind: the same code gives totals
 within a few per cent whatever else the machine does, where CPU time on the shared 2-core
 VM swings by a third. A run of N operations and one of 4 N are counted, and the difference
-is divided by 3 N, so start-up and set-up cancel out."""
+is divided by 3 N, so start-up and set-up cancel out. The in-process measures
+(request_cost, job_cost) also share their scratch servers from here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+
+import cli
+from tests.conftest import create_migrated_database, drop_database
 
 COUNT_VARIABLE = "CALLGRIND_COUNT"
+DEFAULT_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def scratch_servers(prefix: str) -> Iterator[dict[str, str]]:
+    """A migrated scratch database on DATABASE_URL's server (default local) and a private
+    Redis, for an in-process measure: their DATABASE_URL and REDIS_URL; gone afterwards."""
+    admin = os.environ.get("DATABASE_URL", DEFAULT_ADMIN).replace("+psycopg", "")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    database_url = create_migrated_database(admin, name)
+    redis_url, stop_redis = cli.start_embedded_redis()
+    try:
+        yield {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    finally:
+        stop_redis()
+        drop_database(admin, name)
 
 
 def per_operation(module: str, args: list[str], env: dict[str, str], n: int) -> float:

@@ -23,14 +23,11 @@ import time
 import uuid
 from typing import Any
 
-import cli
 from bench import callgrind
-from tests.conftest import create_migrated_database, drop_database
 
 JOBS = 1000  # per timed run
 COUNTED_JOBS = 50  # callgrind's N
 _TIMED = "JOB_COST_TIMED"
-DEFAULT_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Copies of one submitted job, queued in one statement: setting up N jobs costs this
 # process next to nothing, so the counted difference is the jobs' own.
 _QUEUE_COPIES = """
@@ -53,21 +50,14 @@ def main(argv: list[str]) -> None:
     if os.environ.get(_TIMED):
         _run(JOBS, reps=3)
         return
-    admin = os.environ.get("DATABASE_URL", DEFAULT_ADMIN).replace("+psycopg", "")
-    name = f"conveyor_jobcost_{uuid.uuid4().hex[:8]}"
-    database_url = create_migrated_database(admin, name)
-    redis_url, stop_redis = cli.start_embedded_redis()
-    servers = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "INFO"}
-    try:
+    with callgrind.scratch_servers("conveyor_jobcost") as scratch:
+        servers = {**scratch, "LOG_LEVEL": "INFO"}
         if "--instructions" in argv:
             per_job = callgrind.per_operation("bench.job_cost", [], servers, COUNTED_JOBS)
             print(f"echo job: {per_job:>12,.0f} instructions/job", flush=True)
         else:
             command = [sys.executable, "-m", "bench.job_cost"]
             subprocess.run(command, env={**os.environ, **servers, _TIMED: "1"}, check=True)
-    finally:
-        stop_redis()
-        drop_database(admin, name)
 
 
 def _run(n: int, reps: int) -> None:

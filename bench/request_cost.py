@@ -31,17 +31,14 @@ from typing import Any
 
 import orjson
 
-import cli
 from api import create_app
 from bench import callgrind
 from services.passwords import Passwords
 from settings import Settings
-from tests.conftest import create_migrated_database, drop_database
 
 CASES = ("health", "get", "submit", "batch")
 # Requests per measured run: (CPU time, instructions). A batch is a thousand events.
 REQUESTS = {"health": (3000, 100), "get": (3000, 100), "submit": (2000, 100), "batch": (40, 5)}
-DEFAULT_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def main(argv: list[str]) -> None:
@@ -51,22 +48,14 @@ def main(argv: list[str]) -> None:
     if counted is not None:  # one run under callgrind, set up by its parent
         _run(cases, os.environ["DATABASE_URL"], os.environ["REDIS_URL"], counted, 1)
         return
-    admin = os.environ.get("DATABASE_URL", DEFAULT_ADMIN).replace("+psycopg", "")
-    name = f"conveyor_cost_{uuid.uuid4().hex[:8]}"
-    database_url = create_migrated_database(admin, name)
-    redis_url, stop_redis = cli.start_embedded_redis()
-    try:
+    with callgrind.scratch_servers("conveyor_cost") as servers:
         if count_instructions:
-            servers = {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
             for case in cases:
                 n = REQUESTS[case][1]
                 per_request = callgrind.per_operation("bench.request_cost", [case], servers, n)
                 print(f"{case:>7}: {per_request:>12,.0f} instructions/request", flush=True)
         else:
-            _run(cases, database_url, redis_url, None, 3)
-    finally:
-        stop_redis()
-        drop_database(admin, name)
+            _run(cases, servers["DATABASE_URL"], servers["REDIS_URL"], None, 3)
 
 
 def _run(cases: list[str], database_url: str, redis_url: str, count: int | None, reps: int) -> None:

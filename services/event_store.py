@@ -134,14 +134,35 @@ _SET_VERSIONS = text(
 )
 
 
-# Every job writes two of these (started, ended): in psycopg's style, run on the driver.
-_APPEND_SERIALIZED = """
+# One event at the next version of stream %(stream)s, for each row `j` (with an owner_id)
+# of {source}; {data} and {metadata} are SQL expressions. For server-written streams whose
+# writers the caller serializes (a job's row lock): the version is read in the statement's
+# snapshot, and the stream's unique version refuses a concurrent writer's. In psycopg's
+# style, run on the driver. Job transitions build their one-statement writes on it too.
+_APPEND_NEXT = """
     INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
-    SELECT %(event_id)s::uuid, %(owner_id)s::uuid, %(stream)s::varchar,
-           coalesce(max(version), 0) + 1, %(type)s::varchar, %(data)s::jsonb, %(metadata)s::jsonb
-    FROM events WHERE owner_id = %(owner_id)s::uuid AND stream = %(stream)s::varchar
-    RETURNING position
+    SELECT %(event_id)s::uuid, j.owner_id, %(stream)s::varchar,
+           (SELECT coalesce(max(e.version), 0) + 1 FROM events AS e
+            WHERE e.owner_id = j.owner_id AND e.stream = %(stream)s::varchar),
+           %(event_type)s::varchar, {data}, {metadata}
+    FROM {source} AS j
     """
+
+
+def append_next_sql(*, source: str, data: str, metadata: str) -> str:
+    """The statement (or CTE body) that appends one event per row of `source`."""
+    return _APPEND_NEXT.format(source=source, data=data, metadata=metadata)
+
+
+# Every job writes two of these (started, ended) when its transition is not one statement.
+_APPEND_SERIALIZED = (
+    append_next_sql(
+        source="(SELECT %(owner_id)s::uuid AS owner_id)",
+        data="%(data)s::jsonb",
+        metadata="%(metadata)s::jsonb",
+    )
+    + "RETURNING position"
+)
 
 
 def append_serialized(
@@ -160,7 +181,7 @@ def append_serialized(
             "event_id": event.event_id or new_id(),
             "owner_id": owner_id,
             "stream": stream,
-            "type": str(event.type),
+            "event_type": str(event.type),
             "data": orjson.dumps(dict(event.data), default=str).decode(),
             "metadata": orjson.dumps(dict(event.metadata), default=str).decode(),
         },

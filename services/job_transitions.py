@@ -26,14 +26,16 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    literal_column,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from models import Job
 from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
-from services import job_events, metrics, webhooks
+from services import event_store, job_events, metrics, webhooks
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
 
@@ -75,21 +77,14 @@ def seconds(value: Any) -> Any:
 _JOBS = cast(Table, Job.__table__)
 # The claim and its `job.started` event in one statement, psycopg's parameter style (it goes
 # to the driver as written: models.db.execute_on_driver), so that a worker can run it in
-# autocommit: one round trip where BEGIN, UPDATE, INSERT and COMMIT were four. The event's
-# version is read in the statement's snapshot; should another transaction append to the
-# stream and commit while the UPDATE waits for the row, the insert collides on the stream's
-# unique version and the statement changes nothing (job_units.in_transaction tries it
-# once more, in a new snapshot).
-_APPEND_TO_JOB_STREAM = """
-    INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
-    SELECT %(event_id)s::uuid, j.owner_id, %(stream)s::varchar,
-           (SELECT coalesce(max(e.version), 0) + 1 FROM events AS e
-            WHERE e.owner_id = j.owner_id AND e.stream = %(stream)s::varchar),
-           %(event_type)s::varchar, {data},
-           CASE WHEN coalesce(j.correlation_id, '') = '' THEN '{{}}'::jsonb
-                ELSE jsonb_build_object('correlation_id', j.correlation_id) END
-    FROM {changed} AS j
-    """
+# autocommit: one round trip where BEGIN, UPDATE, INSERT and COMMIT were four. Should
+# another transaction append to the stream and commit while the UPDATE waits for the row,
+# the insert collides on the stream's unique version and the statement changes nothing
+# (job_units.in_transaction tries it once more, in a new snapshot).
+_CORRELATION = (
+    "CASE WHEN coalesce(j.correlation_id, '') = '' THEN '{}'::jsonb "
+    "ELSE jsonb_build_object('correlation_id', j.correlation_id) END"
+)
 _CLAIM = f"""
     WITH claimed AS (
         UPDATE jobs SET
@@ -103,9 +98,10 @@ _CLAIM = f"""
         RETURNING owner_id, attempt, max_attempts, agent_config, input, timeout_s,
                   correlation_id
     ), started AS ({
-    _APPEND_TO_JOB_STREAM.format(
-        changed="claimed",
+    event_store.append_next_sql(
+        source="claimed",
         data="jsonb_build_object('job_id', %(job_id)s::text, 'attempt', j.attempt)",
+        metadata=_CORRELATION,
     )
 })
     SELECT owner_id, attempt, max_attempts, agent_config, input, timeout_s, correlation_id
@@ -114,7 +110,11 @@ _CLAIM = f"""
 # The end of an attempt that nobody is to be told of (no webhook_url, no subscribed
 # endpoint: most jobs), with its event, in one statement as the claim. A job with someone to
 # tell needs its deliveries written in the same transaction: this matches no row for it,
-# and `finish` does it all.
+# and `finish` does it all. Who is subscribed is webhooks.subscribers' rule, compiled here.
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
+_SUBSCRIBERS = webhooks.subscribers(
+    literal_column("jobs.owner_id"), bindparam("end_event", type_=ARRAY(String))
+)
 _FINISH_UNTOLD = f"""
     WITH ended AS (
         UPDATE jobs SET
@@ -123,13 +123,10 @@ _FINISH_UNTOLD = f"""
             finished_at = now(), updated_at = now()
         WHERE id = %(job_id)s::uuid AND status = 'running' AND attempt = %(attempt)s::int
           AND webhook_url IS NULL
-          AND NOT EXISTS (
-              SELECT 1 FROM webhook_endpoints AS w
-              WHERE w.owner_id = jobs.owner_id AND w.enabled
-                AND w.event_types @> ARRAY[%(event_type)s::varchar])
+          AND {_SUBSCRIBERS.compile(dialect=_POSTGRESQL)} IS NULL
         RETURNING owner_id, correlation_id
     )
-    {_APPEND_TO_JOB_STREAM.format(changed="ended", data="%(data)s::jsonb")}
+    {event_store.append_next_sql(source="ended", data="%(data)s::jsonb", metadata=_CORRELATION)}
     RETURNING position
     """  # noqa: S608
 
@@ -251,11 +248,7 @@ def finish_untold(
     False when it was not ended here (someone is to be told, or this worker no longer
     holds it): `finish` then decides, in a transaction."""
     event_type = str(_END_EVENTS[status])
-    data: dict[str, Any] = {"job_id": str(claim.job_id), "attempt": claim.attempt}
-    if output is not None:
-        data["output"] = output
-    if error is not None:
-        data["error"] = error
+    data = {"job_id": str(claim.job_id), **_end_data(claim.attempt, output, error, None)}
     row = execute_on_driver(
         unit,
         _FINISH_UNTOLD,
@@ -269,6 +262,7 @@ def finish_untold(
             "event_id": new_id(),
             "stream": job_stream(claim.job_id),
             "event_type": event_type,
+            "end_event": [event_type],
             "data": orjson.dumps(data, default=str).decode(),
         },
     ).fetchone()
@@ -367,13 +361,7 @@ def _record_ends(
     """The terminal event of each job the UPDATE ended, and the finished-jobs count."""
     metrics.count_after_commit(session, metrics.JOBS_FINISHED, len(rows), status=status)
     for job_id, owner_id, attempt, stored_error, correlation_id, webhook_url, endpoints in rows:
-        data: dict[str, Any] = {"attempt": attempt}
-        if output is not None:
-            data["output"] = output
-        if stored_error is not None:
-            data["error"] = stored_error
-        if reason is not None:
-            data["reason"] = reason
+        data = _end_data(attempt, output, stored_error, reason)
         job_events.record(
             session,
             owner_id=owner_id,
@@ -385,6 +373,20 @@ def _record_ends(
             told=webhooks.Told(endpoints or [], webhook_url),
         )
     return [row.id for row in rows]
+
+
+def _end_data(
+    attempt: int, output: dict[str, Any] | None, error: Any, reason: str | None
+) -> dict[str, Any]:
+    """The data of a terminal event, beside the job's id: what is known of the end."""
+    data: dict[str, Any] = {"attempt": attempt}
+    if output is not None:
+        data["output"] = output
+    if error is not None:
+        data["error"] = error
+    if reason is not None:
+        data["reason"] = reason
+    return data
 
 
 def _holds(claim: Claim) -> ColumnElement[bool]:
