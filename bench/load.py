@@ -1,5 +1,5 @@
-"""Load generators: wrk (closed loop, Lua scripts for bodies, headers and rotating paths),
-a Python closed-loop fallback, and a Python open-loop generator for offered rates.
+"""Load generators: wrk (closed loop, Lua scripts for bodies, headers and rotating paths)
+and a Python closed-loop fallback. Offered rates (open loop) are bench/open_loop.py's.
 
 Every generator talks to 127.0.0.1 only and is bounded in time and in request count.
 """
@@ -11,7 +11,6 @@ import http.client
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -272,87 +271,3 @@ def closed_loop(
         statuses,
         failures,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """One request of an open-loop run. Times are wall-clock seconds (time.time())."""
-
-    intended: float  # when the schedule wanted it sent
-    sent: float
-    answered: float
-    status: int  # 0: no answer
-    body: bytes  # kept when the caller asked for bodies; the failure's name for status 0
-
-
-def _open_loop_part(
-    port: int,
-    spec: RequestSpec,
-    rate: float,
-    duration_s: float,
-    threads: int,
-    start_wall: float,
-    offset: int,
-    stride: int,
-    keep_bodies: bool,
-) -> list[Sent]:
-    """Requests offset, offset + stride, ... of a schedule of `rate` per second starting at
-    `start_wall`, sent by `threads` threads; a request whose time has come waits for a free
-    thread, and its latency counts from its intended time (no coordinated omission)."""
-    interval = stride / rate
-    total = int(duration_s * rate / stride)
-    counter = itertools.count()
-    results: list[Sent] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        client = _Client(port)
-        mine: list[Sent] = []
-        while True:
-            n = next(counter)
-            if n >= total:
-                break
-            intended = start_wall + (offset / rate) + n * interval
-            delay = intended - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            sent = time.time()
-            status, body = client.send(spec, offset + n * stride)
-            kept = body if keep_bodies or status == 0 else b""
-            mine.append(Sent(intended, sent, time.time(), status, kept))
-        client.close()
-        with lock:
-            results.extend(mine)
-
-    pool = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(duration_s + CLIENT_TIMEOUT_S + 30)
-    return results
-
-
-def open_loop(
-    port: int,
-    spec: RequestSpec,
-    *,
-    rate: float,
-    duration_s: float,
-    threads: int = 64,
-    processes: int = 1,
-    keep_bodies: bool = False,
-) -> list[Sent]:
-    """Offer `rate` requests per second for `duration_s`, whatever the answers take, from
-    `processes` processes (the GIL caps one process near a few thousand requests/s)."""
-    duration_s = min(duration_s, MAX_DURATION_S)
-    rate = max(0.1, min(rate, MAX_REQUESTS / max(duration_s, 1.0)))
-    start_wall = time.time() + 0.5
-    args = [
-        (port, spec, rate, duration_s, threads, start_wall, k, processes, keep_bodies)
-        for k in range(processes)
-    ]
-    if processes == 1:
-        return _open_loop_part(*args[0])
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        parts = pool.starmap(_open_loop_part, args)
-    return [sent for part in parts for sent in part]

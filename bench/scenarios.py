@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bench import load
+from bench import load, open_loop
 from bench.harness import BenchStack, Sampler, cpu_delta, env_float, env_int
 from bench.load import LoadResult, RequestSpec, percentile
 from bench.noop_worker import NOOP_TASK
@@ -297,9 +297,9 @@ def pickup(bench: Bench) -> Row:
     agent_id = bench.agent(delay_ms=0)
     duration = env_float("BENCH_PICKUP_S", bench.duration_s)
     with bench.sampler.window() as window:
-        sent = load.open_loop(
+        sent = open_loop.offer(
             bench.port, bench.job_spec(agent_id), rate=rate, duration_s=duration,
-            threads=16, keep_bodies=True,
+            connections=16, keep_bodies=True,
         )  # fmt: skip
         accepted = {json.loads(s.body)["id"]: s.sent for s in sent if s.status == 202}
         _wait_jobs(bench, agent_id, len(accepted), 60, "started_at")
@@ -380,9 +380,7 @@ def overload(bench: Bench, agent_id: str) -> Row:
     rate = 2 * bench.submit_rate
     spec = bench.job_spec(agent_id)
     with bench.sampler.window() as window:
-        sent = load.open_loop(
-            bench.port, spec, rate=rate, duration_s=duration, threads=128, processes=2
-        )
+        sent = open_loop.offer(bench.port, spec, rate=rate, duration_s=duration, connections=256)
         # The offer ended at its schedule's end; answers may still have been arriving.
         offer_end = min((s.intended for s in sent), default=time.time()) + duration
         recovery = max(0.0, time.time() - offer_end) + _recovery(bench, spec)

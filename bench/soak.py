@@ -23,9 +23,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench import load
+from bench import open_loop
 from bench.harness import MB, BenchStack, bench_stack, env_float, postgres_admin_url, tree_memory
-from bench.load import RequestSpec, Sent, percentile
+from bench.load import RequestSpec, percentile
+from bench.open_loop import Sent
 from bench.report import machine
 from bench.scenarios import BATCH_EVENTS, STREAMS
 
@@ -74,8 +75,8 @@ def main() -> int:
 
         def offer(name: str) -> None:
             spec, per_s = specs[name]
-            results[name] = load.open_loop(
-                bs.port, spec, rate=per_s, duration_s=duration, threads=16
+            results[name] = open_loop.offer(
+                bs.port, spec, rate=per_s, duration_s=duration, connections=16
             )
 
         threads = [threading.Thread(target=offer, args=(n,), daemon=True) for n in specs]
