@@ -83,22 +83,36 @@ class Admission:
         return _queued + self._waiting >= self._behind_queue
 
     def enter(self) -> None:
-        """Take a slot for this request, or raise Overloaded."""
-        waited = time.monotonic() - _arrived_at()
-        left = (self.behind_wait_s if self.behind() else self.max_wait_s) - waited
-        if left <= 0 or not self._acquire(left):
+        """Take a slot for this request, or raise Overloaded. A request the server has
+        already admitted (`admit`) takes over the slot the server took for it."""
+        if getattr(_arrival, "slot", None) is self:
+            _arrival.slot = None
+        elif not self._take():
             raise Overloaded(DETAIL, retry_after_s=RETRY_AFTER_S)
         g.admission_slot = self
 
-    def turns_away(self, path: str) -> bool:
-        """Whether the server should answer this thread's request 503 itself, before the
-        application sees it: the process is behind and the request has already waited its
-        budget. Under overload most requests end here, so this answer must cost next to
-        nothing; the application's own check (`enter`) would answer the same, dearer."""
-        if path in EXEMPT_PATHS or not self.behind():
+    def admit(self) -> bool:
+        """The server's own check, in the thread about to run a request, before the WSGI
+        environment and the application: a slot taken within the request's budget (True),
+        or none (False), and the server answers 503 itself, from bytes made once. Under
+        overload most requests end here, so a refusal must cost next to nothing: one made
+        by the application cost a third of an accepted submit and starved the accepted
+        ones. The slot passes to the application's `enter`; `release_unclaimed` gives it
+        back when the application never took it (a request that failed before its hooks)."""
+        if not self._take():
             return False
-        arrived = _arrival_of_this_thread()
-        return arrived is not None and time.monotonic() - arrived >= self.behind_wait_s
+        _arrival.slot = self
+        return True
+
+    def release_unclaimed(self) -> None:
+        if getattr(_arrival, "slot", None) is self:
+            _arrival.slot = None
+            self._slots.release()
+
+    def _take(self) -> bool:
+        waited = time.monotonic() - _arrived_at()
+        left = (self.behind_wait_s if self.behind() else self.max_wait_s) - waited
+        return left > 0 and self._acquire(left)
 
     def _acquire(self, timeout_s: float) -> bool:
         if self._slots.acquire(blocking=False):

@@ -5,10 +5,12 @@ the request waits in the pool's queue, where the application cannot see it. This
 notes when each request was queued and tells `api.admission` in the thread that runs it,
 so admission control counts that wait too, and how many requests are queued meanwhile.
 
-While the process is behind, a request that has already waited its budget is answered
-503 here, from bytes made once, without the WSGI environment, Flask, logging or the
-problem handlers: under twice the capacity, most requests end this way, and a 503 made by
-the application cost a third of an accepted submit, which starved the accepted ones.
+The admission slot is taken here too, before the WSGI environment and Flask (the
+application's own check then takes the slot over): a request that gets none within its
+budget is answered 503 here, from bytes made once, without the WSGI environment, Flask,
+logging or the problem handlers. Under twice the capacity most requests end this way, and
+a 503 made by the application cost a third of an accepted submit, which starved the
+accepted ones.
 """
 
 from __future__ import annotations
@@ -81,8 +83,16 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         control = admission.installed()
-        if control is None or not control.turns_away(req.path):
+        if control is None or req.path in admission.EXEMPT_PATHS:
             return bool(super().handle_request(req, conn))
+        if not control.admit():
+            return self._turn_away(req, conn)
+        try:
+            return bool(super().handle_request(req, conn))
+        finally:
+            control.release_unclaimed()
+
+    def _turn_away(self, req: Any, conn: Any) -> bool:
         started = time.perf_counter()
         req.body.read()  # the connection stays usable only once the body is consumed
         conn.sock.sendall(overloaded_response(uuid.uuid4().hex))

@@ -78,29 +78,59 @@ def test_while_the_process_is_behind_a_request_waits_only_the_short_budget(make_
         waited = time.monotonic() - started
         assert refused.status_code == 503
         assert 0.04 <= waited < 1.0
-        assert admission.turns_away("/v1/jobs") is False  # this thread's request is not queued
     first.join(10)  # the slot came back with the context; the first one was served
     assert not admission.behind()
 
 
-def test_the_server_turns_away_requests_that_waited_while_behind(make_app):
+def test_the_server_refuses_at_once_a_request_that_waited_its_budget_while_behind(make_app):
+    """The server's check (`admit`, api/server_worker.py): a request that waited 200 ms
+    for a thread is admitted while the process is only busy, refused without waiting more
+    while it is behind, and one that just arrived is admitted either way."""
     from api import admission as control
 
     app = make_app(admission_behind_wait_ms=50, admission_behind_queue=2)
     admission = app.extensions["conveyor.admission"]
     control.mark_arrival(time.monotonic() - 0.2)  # this thread's request arrived 200 ms ago
-    assert admission.turns_away("/v1/jobs") is False  # busy is not behind
-    for _ in range(2):
-        control.mark_queued()  # two more requests queued for a thread
+    assert admission.admit() is True  # busy is not behind: within the long budget
+    admission.release_unclaimed()
+    for _ in range(4):
+        control.mark_queued()  # four more requests queued for a thread
     try:
+        control.mark_arrival(time.monotonic() - 0.2)  # one of them, 200 ms old: 3 queued
         assert admission.behind()
-        assert admission.turns_away("/v1/jobs") is True
-        assert admission.turns_away("/healthz") is False  # probes always pass
-        control.mark_arrival(time.monotonic())  # just arrived (one of the queued two)
-        assert admission.turns_away("/v1/jobs") is False
+        started = time.monotonic()
+        assert admission.admit() is False
+        assert time.monotonic() - started < 0.05  # at once, not after another wait
+        control.mark_arrival(time.monotonic())  # one just arrived: 2 queued, still behind
+        assert admission.behind()
+        assert admission.admit() is True
+        admission.release_unclaimed()
     finally:
-        control.mark_arrival(None)
+        for _ in range(2):
+            control.mark_arrival(None)
     assert not admission.behind()
+
+
+def test_the_application_takes_over_the_slot_the_server_took(make_app):
+    """With one slot: the server's slot passes to the application's own check (which would
+    otherwise wait for a second one and refuse), and comes back once, whichever gives it
+    back; a slot the application never took comes back from the server."""
+    from api import admission as control
+    from api.admission import Admission
+
+    app = make_app(admission_slots=1, admission_max_wait_ms=50)
+    admission = app.extensions["conveyor.admission"]
+    for _ in range(2):
+        control.mark_arrival(None)
+        assert admission.admit() is True
+        with app.test_request_context("/v1/jobs"):
+            admission.enter()  # no Overloaded: the server's slot is this request's
+            Admission.leave()
+        admission.release_unclaimed()  # nothing left to give back; twice would raise
+    control.mark_arrival(None)
+    assert admission.admit() is True  # a request that failed before the hooks
+    admission.release_unclaimed()
+    assert app.test_client().get("/v1/jobs").status_code == 401  # the slot is free
 
 
 def test_the_servers_own_503_is_the_problem_document_the_application_sends():

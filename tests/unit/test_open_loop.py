@@ -21,7 +21,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/chunked":
-            self._answer(200, [("Transfer-Encoding", "chunked")], b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
+            chunks = b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+            self._answer(200, [("Transfer-Encoding", "chunked")], chunks)
         elif self.path == "/close":
             self.close_connection = True
             self._answer(201, [("Connection", "close"), ("Content-Length", "5")], b"bye!\n")
