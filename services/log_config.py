@@ -62,7 +62,7 @@ def configure_logging(level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = JsonLineFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -75,6 +75,30 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class JsonLineFormatter(structlog.stdlib.ProcessorFormatter):
+    """The pipeline's formatter, with a short way for a plain record of a standard library
+    logger (no exception, no stack): the line the pipeline would write, made directly.
+    Celery logs two such lines for every task it runs ("received", "succeeded"): under
+    echo jobs, 7 % of the worker's py-spy samples were in them, half of that formatting,
+    which took ~16 us a line through the pipeline (a copy of the record, five processors,
+    `json`) and takes ~6 us here."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.stack_info or hasattr(record, "_logger"):
+            return super().format(record)  # an exception to format, or structlog's own
+        return _json_line(record.getMessage(), {}, record.levelname.lower(), record.name)
+
+
+def _json_line(event: str, fields: dict[str, Any], level: str, logger: str) -> str:
+    """What the pipeline writes: the event, the bound context, the fields, level, logger
+    and timestamp, secrets scrubbed, as JSON."""
+    line: dict[str, Any] = {"event": event}
+    line.update(structlog.contextvars.get_contextvars())
+    line.update(fields)
+    line.update(level=level, logger=logger, timestamp=_now())
+    return orjson.dumps(scrub_secrets(None, level, line), default=str).decode()
 
 
 class LineLog:
@@ -92,11 +116,7 @@ class LineLog:
     def info(self, event: str, **fields: Any) -> None:
         if not self._level_of.isEnabledFor(logging.INFO):
             return
-        line: dict[str, Any] = {"event": event}
-        line.update(structlog.contextvars.get_contextvars())
-        line.update(fields)
-        line.update(level="info", logger=self._name, timestamp=_now())
-        data = orjson.dumps(scrub_secrets(None, "info", line), default=str).decode() + "\n"
+        data = _json_line(event, fields, "info", self._name) + "\n"
         with self._lock:  # stdout is looked up each time: tests swap it
             sys.stdout.write(data)
             sys.stdout.flush()

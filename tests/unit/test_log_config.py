@@ -55,3 +55,37 @@ def test_the_access_line_is_what_the_pipeline_would_write(capsys):
     assert direct["token"] == "[redacted]"
     assert direct.pop("timestamp").endswith("Z") and piped.pop("timestamp").endswith("Z")
     assert direct == piped
+
+
+def test_a_standard_library_line_is_what_the_pipeline_would_write():
+    """Plain records (Celery's per-task lines) take a short way: the same line."""
+    import structlog
+
+    configure_logging("INFO")
+    formatter = logging.getLogger().handlers[0].formatter
+    assert isinstance(formatter, structlog.stdlib.ProcessorFormatter)
+    record = logging.LogRecord(
+        "celery.app.trace", logging.INFO, __file__, 1, "Task %s succeeded in %ss: %r",
+        ("conveyor.jobs.run[1]", 0.002, "succeeded"), None,
+    )  # fmt: skip
+    structlog.contextvars.bind_contextvars(request_id="req-9", api_key="cvk_secret")
+    try:
+        direct = json.loads(formatter.format(record))
+        piped = json.loads(structlog.stdlib.ProcessorFormatter.format(formatter, record))
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert direct["event"] == "Task conveyor.jobs.run[1] succeeded in 0.002s: 'succeeded'"
+    assert direct["api_key"] == REDACTED
+    assert direct.pop("timestamp").endswith("Z") and piped.pop("timestamp").endswith("Z")
+    assert direct == piped
+
+
+def test_a_standard_library_exception_keeps_its_traceback(capsys):
+    configure_logging("INFO")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("plain").exception("it failed")
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["event"] == "it failed" and record["level"] == "error"
+    assert "ValueError: boom" in record["exception"]
