@@ -56,13 +56,8 @@ def mark_arrival(monotonic_s: float | None) -> None:
     _arrival.at = monotonic_s
 
 
-def _arrival_of_this_thread() -> float | None:
-    at: float | None = getattr(_arrival, "at", None)
-    return at
-
-
 def _arrived_at() -> float:
-    at = _arrival_of_this_thread()
+    at: float | None = getattr(_arrival, "at", None)
     _arrival.at = None  # one request per mark; a server that never marks counts from now
     return at if at is not None else time.monotonic()
 
