@@ -117,3 +117,25 @@ def test_a_job_that_runs_on_is_announced_as_running_before_it_ends(worker):
     _request_cancel(worker, job_id)
     assert poll(lambda: ended) == ["cancelled"]
     assert worker.dispatched.count(running) == 1
+
+
+def test_short_watches_after_an_idle_spell_wake_the_watcher_once():
+    """Jobs that end before the watcher's next look, arriving every few milliseconds after
+    the watcher fell asleep: the first wakes it, and it ticks again instead of sleeping
+    until the next one wakes it (that was a wake-up, and a GIL handover, per job)."""
+    import math
+
+    watcher = Watcher("test-idle", tick_s=0.005)
+    first = Counting(1.0)
+    watcher.add(first, time.monotonic() + 1.0)
+    watcher.remove(first)
+    poll(lambda: watcher._wakes_at == math.inf)  # asleep until an add wakes it
+    wakes = []
+    notify = watcher._changed.notify
+    watcher._changed.notify = lambda n=1: (wakes.append(n), notify(n))  # type: ignore[method-assign]
+    for _ in range(30):
+        short = Counting(1.0)
+        watcher.add(short, time.monotonic() + 1.0)  # ends long before its first look
+        watcher.remove(short)
+        time.sleep(0.003)  # the next job comes 3 ms later
+    assert len(wakes) <= 3, len(wakes)
