@@ -53,7 +53,7 @@ class Watcher:
             self._due[watched] = first_at
             # Ticks count from the last add: a job that came and went between two looks
             # still means more may come. (Counted only at the looks, a stream of short jobs
-            # kept the thread asleep, and each job woke it: 30-40 % of an echo job's adds.)
+            # kept the thread asleep, and each job woke it: a third of the adds of echo jobs.)
             self._empty_ticks = 0
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
