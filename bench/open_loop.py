@@ -102,13 +102,12 @@ def _run_part(
 
 
 class _Connection:
-    __slots__ = ("index", "intended", "out", "received", "sent", "sock", "used_at")
+    __slots__ = ("intended", "out", "received", "sent", "sock", "used_at")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.out = b""  # what is left to write of the request in flight
         self.received = bytearray()
-        self.index = -1  # the request in flight; -1 when idle
         self.intended = self.sent = 0.0
         self.used_at = time.monotonic()
 
@@ -177,7 +176,7 @@ class _Loop:
             now = time.time()
             self.results.append(Sent(intended, now, now, 0, type(error).__name__.encode()))
             return
-        conn.index, conn.intended = index, intended
+        conn.intended = intended
         conn.received.clear()
         conn.out = self._request(index)
         conn.sent = time.time()
@@ -248,7 +247,7 @@ class _Loop:
         kept = body if self.keep_bodies else b""
         self.results.append(Sent(conn.intended, conn.sent, time.time(), status, kept))
         del self.busy[conn.sock]
-        conn.index, conn.out, conn.used_at = -1, b"", time.monotonic()
+        conn.out, conn.used_at = b"", time.monotonic()
         if closes:
             self._close(conn)
         else:
