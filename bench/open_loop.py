@@ -65,12 +65,12 @@ def offer(
 
 
 def _raise_priority() -> None:
-    """The generator's processes run ahead of the server's in the CPU queue. On 2 shared
-    cores under an offered overload, a generator at the same priority got the CPU late:
-    it sent p95 80-250 ms behind its schedule and read the answers as late, so its figures
-    were its own wait as much as the server's. A client on another machine would not wait
-    so; the generator itself needs a few per cent of a core. Without the right to raise
-    it (not root), the priority stays as it was."""
+    """The generator's processes run ahead of the server's in the CPU queue, so that its
+    sends and timestamps do not wait for a core the server is saturating (a client on
+    another machine would not); it needs a few per cent of one. What lateness remains
+    under the overload row (p95 60-130 ms) is requests waiting for one of the busy
+    connections, not for the CPU. Without the right to raise it (not root), the priority
+    stays as it was."""
     with contextlib.suppress(PermissionError):
         os.nice(PRIORITY_RAISE)
 
