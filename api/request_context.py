@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import TypeVar
 
 import structlog
@@ -18,6 +17,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from api.admission import Admission
 from models.db import UnitOfWork
+from models.ids import random_uuid
 from services.errors import FieldProblem, InvalidInput
 from services.log_config import LineLog
 
@@ -97,7 +97,7 @@ def _begin() -> None:
     ctx = g._get_current_object()  # type: ignore[attr-defined]
     ctx.started = time.perf_counter()
     incoming = req.headers.get(REQUEST_ID_HEADER, "")
-    ctx.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    ctx.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else random_uuid().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
     if req.method in _BODY_METHODS and _has_body(req) and not _is_json(req.mimetype):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -28,6 +27,7 @@ from api import admission
 from api.metrics import method_label
 from api.problems import PROBLEM_MIMETYPE, document
 from api.request_context import REQUEST_ID_HEADER
+from models.ids import random_uuid
 from services.errors import Overloaded
 from telemetry import prometheus
 
@@ -95,7 +95,7 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _turn_away(self, req: Any, conn: Any) -> bool:
         started = time.perf_counter()
         req.body.read()  # the connection stays usable only once the body is consumed
-        conn.sock.sendall(overloaded_response(uuid.uuid4().hex))
+        conn.sock.sendall(overloaded_response(random_uuid().hex))
         prometheus.observe_request(
             method_label(req.method),
             TURNED_AWAY_ROUTE,

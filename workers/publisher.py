@@ -19,7 +19,6 @@ import datetime as dt
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import orjson
 import redis
 import structlog
 
+from models.ids import random_uuid
 from services.after_commit import SendTask
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -45,7 +45,7 @@ class TaskPublisher:
 
     def message(self, task: SendTask, headers: Mapping[str, str]) -> bytes:
         """The broker's bytes for `task`, with our extra `headers` (the request id)."""
-        task_id = str(uuid.uuid4())
+        task_id = str(random_uuid())
         options = task.options
         countdown = options.get("countdown")
         eta = (
@@ -90,7 +90,7 @@ class TaskPublisher:
                 "delivery_info": {"exchange": "", "routing_key": task.queue},
                 "priority": 0,
                 "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": str(random_uuid()),
             },
         }
         return orjson.dumps(envelope)
