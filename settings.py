@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     job_retry_base_s: float = Field(default=1.0, gt=0)
     job_retry_max_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    # Jobs one worker runs at once, a pool process each; unset: two per core
+    # (workers.celery_app.default_worker_concurrency).
+    worker_concurrency: int | None = Field(default=None, ge=1, le=256)
 
     # The `openai` provider: any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama,
     # vLLM, LM Studio, a LiteLLM proxy). The SDK's own variable names.

@@ -256,8 +256,8 @@ class BenchStack:
         return self.api
 
     def start_worker(self, name: str = "worker", app: str = "workers", **env: str) -> None:
-        """The Procfile's worker command (its concurrency is Celery's default, the CPU
-        count), with `-A app` swapped for the ceiling's bench-only app."""
+        """The Procfile's worker command (its concurrency the default, two per core), with
+        `-A app` swapped for the ceiling's bench-only app."""
         argv = procfile_command("worker")
         argv = [
             app if prev == "-A" else arg for prev, arg in zip(["", *argv[:-1]], argv, strict=True)

@@ -15,7 +15,11 @@ from workers.celery_app import make_celery
 
 NOOP_TASK = "bench.noop"
 
-app = make_celery(broker_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+app = make_celery(
+    broker_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    # The production worker's count (settings.worker_concurrency), read the same way.
+    worker_concurrency=int(os.environ.get("WORKER_CONCURRENCY") or 0) or None,
+)
 app.conf.include = []  # the production task modules are not needed to do nothing
 celery = app
 

@@ -23,7 +23,11 @@ from workers.celery_app import install_after_commit, make_celery
 settings = load_settings()
 log = structlog.get_logger("conveyor.workers")
 
-celery = make_celery(broker_url=settings.redis_url, sweep_interval_s=settings.sweep_interval_s)
+celery = make_celery(
+    broker_url=settings.redis_url,
+    sweep_interval_s=settings.sweep_interval_s,
+    worker_concurrency=settings.worker_concurrency,
+)
 app = celery  # `celery -A workers` looks for `app` or `celery`
 operations.configure(celery, settings)  # Flower's guard, task log context, metrics, shutdown
 
