@@ -165,11 +165,17 @@ def test_web_answers_in_flight_requests_before_it_exits(
             assert stack.log_count(name, handled) == 1
 
 
+# Beat sends a due task every 10 ms here, so a signal often lands while a message is being
+# sent: Celery's own handler then crashed beat (workers/operations.py) in about one stop in
+# six; with four stops per signal, that would fail this test three times in four.
+BEAT_STOPS_PER_SIGNAL = 4
+
+
 def test_beat_exits_promptly_and_cleanly(servers: Servers, worker_id: str, tmp_path: Path) -> None:
-    with stack_on(servers, worker_id, tmp_path, "stopbeat", SWEEP_INTERVAL_S="0.2") as scenario:
+    with stack_on(servers, worker_id, tmp_path, "stopbeat", SWEEP_INTERVAL_S="0.01") as scenario:
         stack = scenario.stack
         with stack.logs_on_failure():
-            for number, (signum, group) in enumerate(SIGNALS):
+            for number, (signum, group) in enumerate(SIGNALS * BEAT_STOPS_PER_SIGNAL):
                 name = f"beat-{number}"
                 stack.start_beat(name)
 
@@ -180,3 +186,4 @@ def test_beat_exits_promptly_and_cleanly(servers: Servers, worker_id: str, tmp_p
                 send(stack, name, signum, group=group)
                 assert wait_exit(stack, name) == 0
                 assert stack.log_count(name, "Traceback") == 0
+                assert stack.log_count(name, "Couldn't apply scheduled task") == 0
