@@ -35,7 +35,10 @@ def _split_commas(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+    # An empty variable is an unset one: compose passes `OPENAI_BASE_URL: ${OPENAI_BASE_URL:-}`
+    # as "" when the operator sets nothing, which replaced the default URL with "" and an
+    # integer setting's "" stopped the process.
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_ignore_empty=True)
 
     conveyor_env: Literal["development", "test", "production"] = "development"
 

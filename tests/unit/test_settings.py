@@ -36,3 +36,15 @@ def test_bad_values_name_the_setting(monkeypatch):
     monkeypatch.setenv("PORT", "not-a-number")
     with pytest.raises(ValidationError, match="port"):
         Settings()
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch):
+    # The production compose file passes OPENAI_BASE_URL and OPENAI_API_KEY as "" when the
+    # operator sets neither.
+    monkeypatch.setenv("OPENAI_BASE_URL", "")
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    monkeypatch.setenv("WORKER_CONCURRENCY", "")
+    settings = Settings()
+    assert settings.openai_base_url == "https://api.openai.com/v1"
+    assert settings.openai_api_key is None
+    assert settings.worker_concurrency is None
