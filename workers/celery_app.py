@@ -6,8 +6,10 @@ It imports no task module: `include` names them, and Celery imports them in the 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import redis
@@ -29,12 +31,29 @@ TASK_MODULES = ("tasks.jobs", "tasks.maintenance", "tasks.events", "tasks.webhoo
 
 
 def default_worker_concurrency() -> int:
-    """Two pool processes per core, where Celery's own default is one. An agent's job
-    mostly waits (on a model, on PostgreSQL's commits, on Redis), and with one process per
-    core the cores idled while jobs waited: echo jobs end to end went from 217-299 to
-    285-355 jobs/s on 2 cores with 4 processes (docs/DECISIONS.md), for about 19 MB of
-    memory (PSS) per process more."""
-    return 2 * (os.cpu_count() or 1)
+    """Two pool processes per usable core, where Celery's own default is one per core of
+    the machine. An agent's job mostly waits (on a model, on PostgreSQL's commits, on
+    Redis), and with one process per core the cores idled while jobs waited: echo jobs end
+    to end went from 217-299 to 285-355 jobs/s on 2 cores with 4 processes
+    (docs/DECISIONS.md), for about 19 MB of memory (PSS) per process more."""
+    return 2 * usable_cpus()
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: those it may run on, and no more than its cgroup's
+    CPU quota. A container limited to 2 CPUs on a 64-core host reports 64 from
+    `os.cpu_count()`, and a pool sized from that would hold 128 processes' memory and up
+    to four PostgreSQL connections each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores = cores or os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota == "max":  # no quota
+            return cores
+        limit = math.ceil(int(quota) / int(period))
+    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 controller, or unreadable
+        return cores
+    return max(1, min(cores, limit))
 
 
 def make_celery(
