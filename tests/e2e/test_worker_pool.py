@@ -1,10 +1,9 @@
-"""The Procfile's worker runs `WORKER_CONCURRENCY` pool processes, two per core when unset
+"""The Procfile's worker runs `WORKER_CONCURRENCY` pool processes, two per usable core when unset
 (workers.celery_app.default_worker_concurrency): the setting must reach Celery's pool, not
 only its configuration object."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import psutil
@@ -12,13 +11,14 @@ import pytest
 
 from tests.conftest import Servers
 from tests.stack import procfile_command, stack_on
+from workers.celery_app import usable_cpus
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize(
     ("setting", "processes"),
-    [("3", 3), (None, 2 * (os.cpu_count() or 1))],
+    [("3", 3), (None, 2 * usable_cpus())],
     ids=["set", "unset"],
 )
 def test_the_worker_runs_as_many_pool_processes_as_configured(
