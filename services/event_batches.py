@@ -130,14 +130,15 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
                 result.pop("position", None)
         return _close(session, batch, "rejected", results)
 
-    positions = iter(event_store.insert_rows(session, owner_id, rows))
+    touched = {row["stream"] for row in rows}
+    positions = iter(
+        event_store.insert_rows(
+            session, owner_id, rows, versions={name: versions[name] for name in touched}
+        )
+    )
     for result in results:
         if result["status"] == "persisted":
             result["position"] = next(positions)
-    touched = {row["stream"] for row in rows}
-    event_store.set_versions(
-        session, owner_id=owner_id, versions={name: versions[name] for name in touched}
-    )
     return _close(session, batch, "persisted", results)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import any_, cast, func, select, text, tuple_
+from sqlalchemy import any_, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Session
@@ -63,24 +63,24 @@ class DuplicateEventIds(Conflict):
 
 # Rows inserted in name order, so locks are taken in that order; one statement for any
 # number of streams (a VALUES list per call was compiled anew for every batch size).
-_LOCK_STREAMS = text(
-    """
+# In psycopg's style, on the driver (models.db.execute_on_driver), as the inserts below:
+# SQLAlchemy's execution of a text() statement cost more than the statement itself.
+_LOCK_STREAMS = """
     INSERT INTO streams (owner_id, name, version)
-    SELECT CAST(:owner_id AS uuid), n.name, 0
-    FROM unnest(CAST(:names AS text[])) AS n(name)
+    SELECT %(owner_id)s::uuid, n.name, 0
+    FROM unnest(%(names)s::text[]) AS n(name)
     ORDER BY n.name
     ON CONFLICT (owner_id, name) DO UPDATE SET version = streams.version
     RETURNING name, version
     """
-)
 
 
 def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str]) -> dict[str, int]:
     """Lock the rows of these streams (creating missing ones at version 0) and return their
     versions. Locking in sorted order keeps two batches that share streams from deadlocking;
     `DO UPDATE` with the same value is the no-op write that takes the row lock."""
-    rows = session.execute(_LOCK_STREAMS, {"owner_id": owner_id, "names": sorted(set(names))})
-    return {name: version for name, version in rows}
+    params = {"owner_id": owner_id, "names": sorted(set(names))}
+    return dict(execute_on_driver(session, _LOCK_STREAMS, params).fetchall())
 
 
 def append(
@@ -105,8 +105,7 @@ def append(
         _row(owner_id, stream, current + offset, event)
         for offset, event in enumerate(events, start=1)
     ]
-    positions = insert_rows(session, owner_id, rows)
-    set_versions(session, owner_id=owner_id, versions={stream: current + len(rows)})
+    positions = insert_rows(session, owner_id, rows, versions={stream: current + len(rows)})
     return AppendResult(
         first_version=current + 1, last_version=current + len(rows), positions=positions
     )
@@ -125,13 +124,17 @@ _INSERT_ROWS = """
         AS e(event_id uuid, stream text, version int, type text, data jsonb, metadata jsonb)
     RETURNING event_id::text, position
     """
-_SET_VERSIONS = text(
-    """
-    UPDATE streams SET version = v.version, updated_at = now()
-    FROM unnest(CAST(:names AS text[]), CAST(:versions AS int[])) AS v(name, version)
-    WHERE streams.owner_id = :owner_id AND streams.name = v.name
-    """
-)
+# The same insert, and the streams' new versions written in the same statement: one round
+# trip fewer per append and per batch. A data-modifying WITH runs to completion whether or
+# not the outer query reads it. The caller holds the streams' rows (lock_streams).
+_INSERT_ROWS_SETTING_VERSIONS = f"""
+    WITH inserted AS ({_INSERT_ROWS}), versions_set AS (
+        UPDATE streams SET version = v.version, updated_at = now()
+        FROM unnest(%(names)s::text[], %(versions)s::int[]) AS v(name, version)
+        WHERE streams.owner_id = %(owner_id)s AND streams.name = v.name
+    )
+    SELECT event_id, position FROM inserted
+    """  # noqa: S608 (a constant of this module, no input)
 
 
 # One event at the next version of stream %(stream)s, for each row `j` (with an owner_id)
@@ -197,22 +200,27 @@ def appended(unit: UnitOfWork, owner_id: uuid.UUID, count: int) -> None:
     metrics.count_after_commit(unit, metrics.EVENTS_APPENDED, count)
 
 
-def insert_rows(session: Session, owner_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert prepared rows of one owner in one statement; their positions in row order."""
+def insert_rows(
+    session: Session,
+    owner_id: uuid.UUID,
+    rows: list[dict[str, Any]],
+    *,
+    versions: Mapping[str, int],
+) -> list[int]:
+    """Insert prepared rows of one owner and set their streams' `versions`, in one
+    statement; the rows' positions in row order."""
     if not rows:
         return []
-    payload = orjson.dumps(rows, default=str).decode()
-    cursor = execute_on_driver(session, _INSERT_ROWS, {"owner_id": owner_id, "rows": payload})
+    params = {
+        "owner_id": owner_id,
+        "rows": orjson.dumps(rows, default=str).decode(),
+        "names": list(versions),
+        "versions": list(versions.values()),
+    }
+    cursor = execute_on_driver(session, _INSERT_ROWS_SETTING_VERSIONS, params)
     position_of: dict[str, int] = dict(cursor.fetchall())
     appended(session, owner_id, len(rows))
     return [position_of[str(row["event_id"])] for row in rows]
-
-
-def set_versions(session: Session, *, owner_id: uuid.UUID, versions: Mapping[str, int]) -> None:
-    session.execute(
-        _SET_VERSIONS,
-        {"owner_id": owner_id, "names": list(versions), "versions": list(versions.values())},
-    )
 
 
 def existing_events(
