@@ -12,7 +12,7 @@ and prints the difference per request: the same code gives counts within a few p
 (0.5 % and 1.9 % apart in two pairs of runs; timers and background threads vary), whatever
 else the machine does. PostgreSQL's and Redis's own work is in neither figure.
 
-Run: `.venv/bin/python -m bench.request_cost [--instructions] [health|get|submit|batch ...]`
+Run: `.venv/bin/python -m bench.request_cost [--instructions] [health|get|submit|append|batch ...]`
 (DATABASE_URL: the server to create the scratch database on, default local; valgrind
 for `--instructions`).
 """
