@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Session
 
-from models import Event, Stream
+from models import Event
 from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
 from services import metrics
@@ -84,7 +84,7 @@ def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str])
 
 
 def append(
-    session: Session,
+    session: UnitOfWork,
     *,
     owner_id: uuid.UUID,
     stream: str,
@@ -94,8 +94,14 @@ def append(
     """Add events at the end of a stream, atomically with the caller's transaction.
 
     Idempotent by `event_id`: when every event of the request was appended before, the
-    first answer is returned and nothing is written.
+    first answer is returned and nothing is written. Events without ids (the server makes
+    them) cannot have been appended before, and take one statement (`_append_new`), which
+    a request may run in autocommit (`models.db.OneStatement`).
     """
+    if all(e.event_id is None for e in events):
+        return _append_new(session, owner_id, stream, events, expected_version)
+    if not isinstance(session, Session):  # a caller's mistake, not the client's
+        raise RuntimeError("events with ids need a transaction: the replay check reads first")
     current = lock_streams(session, owner_id=owner_id, names=[stream])[stream]
     replay = _replay(session, owner_id, stream, events)
     if replay is not None:
@@ -135,6 +141,73 @@ _INSERT_ROWS_SETTING_VERSIONS = f"""
     )
     SELECT event_id, position FROM inserted
     """  # noqa: S608 (a constant of this module, no input)
+
+
+# Events that cannot have been appended before, in one statement: the stream's row is
+# created or moved on by their count (its lock serializes writers of the stream, as
+# lock_streams' does), and the events take the versions below the new one.
+# - `expected_version` is the upsert's guard: a stream that is not at %(wanted)s (NULL:
+#   any) keeps its version and returns no row, and no event is written.
+# - A stream that does not exist yet is created at the count only when the caller expects
+#   no stream (%(new_ok)s); otherwise at version 0, like the rows lock_streams creates,
+#   and `version >= count` then holds for no row, so nothing is written.
+# - A writer that waits for the row's lock meets the version the first one committed
+#   (ON CONFLICT DO UPDATE reads the latest row), so versions stay 1..n.
+_APPEND_NEW = """
+    WITH stream AS (
+        INSERT INTO streams AS s (owner_id, name, version)
+        VALUES (%(owner_id)s, %(stream)s, CASE WHEN %(new_ok)s THEN %(count)s ELSE 0 END)
+        ON CONFLICT (owner_id, name) DO UPDATE
+            SET version = s.version + %(count)s, updated_at = now()
+            WHERE %(wanted)s::int IS NULL OR s.version = %(wanted)s::int
+        RETURNING s.version
+    )
+    INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
+    SELECT e.event_id, %(owner_id)s, %(stream)s, stream.version - %(count)s + e.offset,
+           e.type, e.data, e.metadata
+    FROM stream, jsonb_to_recordset(%(rows)s::jsonb)
+        AS e(event_id uuid, "offset" int, type text, data jsonb, metadata jsonb)
+    WHERE stream.version >= %(count)s
+    RETURNING version, position
+    """
+
+
+def _append_new(
+    unit: UnitOfWork,
+    owner_id: uuid.UUID,
+    stream: str,
+    events: Sequence[NewEvent],
+    expected_version: ExpectedVersion,
+) -> AppendResult:
+    wanted = None if expected_version == "any" else _wanted(expected_version)
+    rows = [
+        {
+            "event_id": str(new_id()),
+            "offset": offset,
+            "type": str(event.type),
+            "data": dict(event.data),
+            "metadata": dict(event.metadata),
+        }
+        for offset, event in enumerate(events, start=1)
+    ]
+    params = {
+        "owner_id": owner_id,
+        "stream": stream,
+        "count": len(rows),
+        "wanted": wanted,
+        "new_ok": wanted is None or wanted == 0,
+        "rows": orjson.dumps(rows).decode(),
+    }
+    written = sorted(execute_on_driver(unit, _APPEND_NEW, params).fetchall())
+    if not written:  # the stream was not at the expected version
+        current = stream_version(unit, owner_id=owner_id, stream=stream)
+        raise _wrong_version(current, expected_version)
+    appended(unit, owner_id, len(rows))
+    return AppendResult(
+        first_version=written[0][0],
+        last_version=written[-1][0],
+        positions=[position for _, position in written],
+    )
 
 
 # One event at the next version of stream %(stream)s, for each row `j` (with an owner_id)
@@ -273,23 +346,30 @@ def _row(owner_id: uuid.UUID, stream: str, version: int, event: NewEvent) -> dic
     }
 
 
+def _wanted(expected: int | Literal["no_stream"]) -> int:
+    return 0 if expected == "no_stream" else expected
+
+
 def _check_expected(current: int, expected: ExpectedVersion) -> None:
-    if expected == "any":
-        return
-    wanted = 0 if expected == "no_stream" else expected
-    if current != wanted:
-        raise WrongExpectedVersion(
-            f"the stream is at version {current}, not {expected}",
-            extra={"current_version": current},
-        )
+    if expected != "any" and current != _wanted(expected):
+        raise _wrong_version(current, expected)
 
 
-def stream_version(session: Session, *, owner_id: uuid.UUID, stream: str) -> int:
-    """The version of the last event in the stream; 0 when the stream has none."""
-    version = session.scalar(
-        select(Stream.version).where(Stream.owner_id == owner_id, Stream.name == stream)
+def _wrong_version(current: int, expected: ExpectedVersion) -> WrongExpectedVersion:
+    return WrongExpectedVersion(
+        f"the stream is at version {current}, not {expected}",
+        extra={"current_version": current},
     )
-    return version or 0
+
+
+_STREAM_VERSION = "SELECT version FROM streams WHERE owner_id = %(owner_id)s AND name = %(stream)s"
+
+
+def stream_version(unit: UnitOfWork, *, owner_id: uuid.UUID, stream: str) -> int:
+    """The version of the last event in the stream; 0 when the stream has none."""
+    params = {"owner_id": owner_id, "stream": stream}
+    row = execute_on_driver(unit, _STREAM_VERSION, params).fetchone()
+    return row[0] if row else 0
 
 
 def read_stream(

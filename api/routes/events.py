@@ -14,7 +14,7 @@ from api import live, sse
 from api.auth import current_principal, require_access_token
 from api.json_provider import dumps_bytes
 from api.representations import event_json, receipt_json
-from api.request_context import db, end_session
+from api.request_context import db, end_session, single_statement_db
 from api.schemas.common import PageOut
 from api.schemas.events import (
     STREAM_PATTERN,
@@ -57,11 +57,15 @@ def _runtime():  # type: ignore[no-untyped-def]
 def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
     _check_stream(stream, writing=True)
     _check_sizes(body.events)
+    events = [_new_event(e) for e in body.events]
+    # Events without ids are one statement (event_store.append); with ids, a replay check
+    # reads first, in a transaction.
+    unit = single_statement_db() if all(e.event_id is None for e in events) else db()
     result = event_store.append(
-        db(),
+        unit,
         owner_id=current_principal().user_id,
         stream=stream,
-        events=[_new_event(e) for e in body.events],
+        events=events,
         expected_version=body.expected_version,
     )
     return (

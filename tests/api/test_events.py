@@ -42,6 +42,17 @@ def test_expected_version_conflict_is_409_with_the_current_version(alice):
     assert len(alice.get("/v1/streams/s/events").json["items"]) == 2
 
 
+def test_an_expected_version_on_a_stream_that_does_not_exist_is_409_and_writes_nothing(alice):
+    assert append(alice, "absent", "a", expected=3, status=409)["current_version"] == 0
+    assert alice.get("/v1/streams/absent/events").json["items"] == []
+    # The refused append leaves nothing that stops the stream's first real one.
+    created = append(alice, "absent", "a", "b", "c", expected="no_stream")
+    assert (created["first_version"], created["last_version"]) == (1, 3)
+    assert append(alice, "absent", "d", expected=3)["first_version"] == 4
+    versions = [e["version"] for e in alice.get("/v1/streams/absent/events").json["items"]]
+    assert versions == [1, 2, 3, 4]
+
+
 def test_same_event_ids_again_write_nothing_and_answer_as_before(alice):
     ids = [str(uuid.uuid4()), str(uuid.uuid4())]
     first = append(alice, "idem", "a", "b", ids=ids)

@@ -102,6 +102,35 @@ def test_expected_version_lets_exactly_one_of_racing_writers_win(committed, owne
     assert sorted(outcomes) == ["conflict"] * 5 + ["won"]
 
 
+@pytest.mark.parametrize("with_ids", [False, True], ids=["one statement", "with event ids"])
+def test_racing_creators_of_a_new_stream_let_exactly_one_win(committed, owner, with_ids):
+    # Events without ids take the one-statement append, whose upsert creates the stream;
+    # with ids, the lock-then-insert path does. Either way one `no_stream` writer wins.
+    stream = f"new-{uuid.uuid4().hex[:8]}"
+    outcomes = []
+
+    def writer(index):
+        ids = [uuid.uuid4(), uuid.uuid4()] if with_ids else [None, None]
+        try:
+            with committed.begin() as session:
+                event_store.append(
+                    session,
+                    owner_id=owner,
+                    stream=stream,
+                    events=[NewEvent("b", {"writer": index}, event_id=i) for i in ids],
+                    expected_version="no_stream",
+                )
+            outcomes.append("won")
+        except event_store.WrongExpectedVersion as error:
+            assert error.extra["current_version"] == 2
+            outcomes.append("conflict")
+
+    run_threads(writer, 6)
+    assert sorted(outcomes) == ["conflict"] * 5 + ["won"]
+    with committed() as session:
+        assert event_store.stream_version(session, owner_id=owner, stream=stream) == 2
+
+
 def test_feed_reader_sees_every_event_exactly_once_under_out_of_order_commits(committed, owner):
     """Writers take their transaction id early and hold their transactions open for random
     short times, so positions become visible out of order. A reader paging by `after` must
