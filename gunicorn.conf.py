@@ -18,6 +18,14 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # default); the rest stay free for short requests.
 threads = 32
 
+# Each worker listens on a socket of its own (SO_REUSEPORT), and the kernel spreads new
+# connections over them by their addresses. On the one socket the master used to share,
+# whichever worker woke first accepted: a burst of keep-alive connections (a proxy's pool,
+# the bench's 32) could all land on one worker, which then served them alone at half the
+# capacity while the other idled (seen in 1 run in 3 of `GET /v1/jobs/<id>`: 960 req/s
+# against 1,700-1,950). Connections already queued on a worker that exits are reset.
+reuse_port = True
+
 # SIGTERM: stop accepting, let in-flight requests finish for up to 30 s.
 graceful_timeout = 30
 timeout = 60

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import subprocess
 import urllib.error
@@ -106,6 +107,47 @@ def requests_by_pid(directory: Path, route: str) -> dict[int, float]:
                 if sample.name == REQUESTS_TOTAL and sample.labels.get("route") == route:
                     counts[pid] = counts.get(pid, 0.0) + sample.value
     return counts
+
+
+# --------------------------------------------------------------------------- listening
+
+
+def test_each_worker_listens_itself_and_a_burst_of_connections_reaches_both(ops: Ops) -> None:
+    """gunicorn.conf.py's `reuse_port`: on the master's one shared socket, a burst of
+    keep-alive connections could all land on one worker (0 and 32 of 32 was seen)."""
+    stack = ops.stack
+    port = int(stack.api_url.rsplit(":", 1)[1])
+    master = psutil.Process(stack.processes["web"].pid)
+    workers = master.children()
+
+    def listening(process: psutil.Process) -> bool:
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            for c in process.net_connections(kind="tcp")
+        )
+
+    assert [listening(w) for w in workers] == [True, True]
+    assert not listening(master)
+
+    clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(32)]
+    try:
+        for client in clients:  # each answered, so each is accepted and stays open
+            client.request("GET", "/readyz")  # /healthz answers are counted by a test below
+            response = client.getresponse()
+            response.read()
+            assert response.status == 200
+        served = {w.pid: 0 for w in workers}
+        for worker in workers:
+            for connection in worker.net_connections(kind="tcp"):
+                if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port:
+                    served[worker.pid] += 1
+        assert sum(served.values()) == 32, served
+        # Spread by the kernel's hash of the addresses: fewer than 4 of 32 on one worker
+        # has a chance of about 3 in a million.
+        assert min(served.values()) >= 4, served
+    finally:
+        for client in clients:
+            client.close()
 
 
 # --------------------------------------------------------------------------- metrics
