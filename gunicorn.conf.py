@@ -95,6 +95,31 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     # SIGINT (Ctrl-C) stops as gracefully as SIGTERM; gunicorn's own INT is a quick stop.
     # A second INT or a QUIT during the graceful stop still makes it quick.
     server.handle_int = server.handle_term
+    _refuse_a_port_in_use(server.cfg.address)
+
+
+def _refuse_a_port_in_use(addresses):  # type: ignore[no-untyped-def]
+    """With `reuse_port`, a second server on the same port would not fail to bind: it would
+    join the first one's group and take half its connections (a second `make run`, or an
+    old server still running). A plain bind, without SO_REUSEPORT, still fails on a port
+    someone listens on; the workers bind theirs right after."""
+    import socket
+    import sys
+
+    for address in addresses:
+        if not isinstance(address, tuple):  # a unix socket path
+            continue
+        host, port = address[0], address[1]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # SO_REUSEADDR passes over closed connections in TIME_WAIT, not a listener.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as error:
+            sys.exit(f"cannot listen on {host}:{port}: {error.strerror} (another server?)")
+        finally:
+            probe.close()
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]

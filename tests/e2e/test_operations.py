@@ -150,6 +150,20 @@ def test_each_worker_listens_itself_and_a_burst_of_connections_reaches_both(ops:
             client.close()
 
 
+def test_a_second_server_on_the_same_port_refuses_to_start(ops: Ops) -> None:
+    """With `reuse_port` it could bind beside the first and take half its connections."""
+    stack = ops.stack
+    argv = [*procfile_command("web"), "--control-socket", str(stack.workdir / "web2.ctl")]
+    second = stack.start("web-second", argv)
+    try:
+        code = second.wait(timeout=60)
+    finally:
+        stack.processes.pop("web-second", None)
+    assert code != 0
+    assert stack.log_count("web-second", "cannot listen on", "Address already in use") == 1
+    assert ops.api.get("/readyz").status == 200  # the first server still answers
+
+
 # --------------------------------------------------------------------------- metrics
 
 
