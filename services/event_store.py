@@ -83,6 +83,13 @@ def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str])
     return dict(execute_on_driver(session, _LOCK_STREAMS, params).fetchall())
 
 
+def appends_in_one_statement(events: Sequence[NewEvent]) -> bool:
+    """Whether `append` writes these events with one statement (a request may then run it
+    in autocommit): events without ids cannot have been appended before, so no replay
+    check has to read first."""
+    return all(e.event_id is None for e in events)
+
+
 def append(
     session: UnitOfWork,
     *,
@@ -98,7 +105,7 @@ def append(
     them) cannot have been appended before, and take one statement (`_append_new`), which
     a request may run in autocommit (`models.db.OneStatement`).
     """
-    if all(e.event_id is None for e in events):
+    if appends_in_one_statement(events):
         return _append_new(session, owner_id, stream, events, expected_version)
     if not isinstance(session, Session):  # a caller's mistake, not the client's
         raise RuntimeError("events with ids need a transaction: the replay check reads first")

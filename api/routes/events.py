@@ -58,9 +58,8 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
     _check_stream(stream, writing=True)
     _check_sizes(body.events)
     events = [_new_event(e) for e in body.events]
-    # Events without ids are one statement (event_store.append); with ids, a replay check
-    # reads first, in a transaction.
-    unit = single_statement_db() if all(e.event_id is None for e in events) else db()
+    one_statement = event_store.appends_in_one_statement(events)
+    unit = single_statement_db() if one_statement else db()
     result = event_store.append(
         unit,
         owner_id=current_principal().user_id,
