@@ -170,10 +170,10 @@ _APPEND_NEW = """
         RETURNING s.version
     )
     INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
-    SELECT e.event_id, %(owner_id)s, %(stream)s, stream.version - %(count)s + e.offset,
+    SELECT e.event_id, %(owner_id)s, %(stream)s, stream.version - %(count)s + e.version,
            e.type, e.data, e.metadata
     FROM stream, jsonb_to_recordset(%(rows)s::jsonb)
-        AS e(event_id uuid, "offset" int, type text, data jsonb, metadata jsonb)
+        AS e(event_id uuid, version int, type text, data jsonb, metadata jsonb)
     WHERE stream.version >= %(count)s
     RETURNING version, position
     """
@@ -187,16 +187,8 @@ def _append_new(
     expected_version: ExpectedVersion,
 ) -> AppendResult:
     wanted = None if expected_version == "any" else _wanted(expected_version)
-    rows = [
-        {
-            "event_id": str(new_id()),
-            "offset": offset,
-            "type": str(event.type),
-            "data": dict(event.data),
-            "metadata": dict(event.metadata),
-        }
-        for offset, event in enumerate(events, start=1)
-    ]
+    # Versions 1..count here: the statement adds them to the stream's version before.
+    rows = [_row(owner_id, stream, offset, event) for offset, event in enumerate(events, start=1)]
     params = {
         "owner_id": owner_id,
         "stream": stream,
