@@ -184,3 +184,16 @@ def test_feed_cursor_must_be_the_owners(alice, bob):
     response = bob.get(f"/v1/events?after={first['positions'][0]}")
     assert response.status_code == 422
     assert response.json["errors"][0]["field"] == "after"
+
+
+def test_one_event_id_twice_in_a_request_is_422_and_writes_nothing(alice):
+    event_id = str(uuid.uuid4())
+    problem = append(alice, "twice", "a", "b", ids=[event_id, event_id], status=422)
+    assert problem["errors"][0]["field"] == "events.1.event_id"
+    assert alice.get("/v1/streams/twice/events").json["items"] == []
+    batch = {
+        "events": [{"stream": s, "type": "t", "data": {}, "event_id": event_id} for s in ("x", "y")]
+    }
+    response = alice.post("/v1/events/batch", json=batch)
+    assert response.status_code == 422, response.json
+    assert response.json["errors"][0]["field"] == "events.1.event_id"
