@@ -44,7 +44,6 @@ class Event(Base):
         UniqueConstraint("owner_id", "stream", "version"),
         # Idempotency is per owner: one owner's ids can neither collide with nor reveal another's.
         UniqueConstraint("owner_id", "event_id"),
-        Index(None, "owner_id", "position"),
         # The feed pages in (tx_id, position) order: see services/event_store.py.
         Index(None, "owner_id", "tx_id", "position"),
     )
@@ -52,7 +51,8 @@ class Event(Base):
     position: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     event_id: Mapped[uuid.UUID]
     # No foreign key to users: PostgreSQL would check it per inserted event, a third of a
-    # batch insert's time, and users are never deleted (migration 0007).
+    # batch insert's time, and users are never deleted (migration 0007, as the dropped
+    # (owner_id, position) index that no query read).
     owner_id: Mapped[uuid.UUID]
     stream: Mapped[str] = mapped_column(String(200))
     version: Mapped[int] = mapped_column(Integer)
