@@ -83,6 +83,21 @@ def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str])
     return dict(execute_on_driver(session, _LOCK_STREAMS, params).fetchall())
 
 
+def check_distinct_ids(events: Sequence[NewEvent]) -> None:
+    """No event id twice in one request (422): the second copy could only collide with the
+    first, and the replay check, which reads stored events, would not see it coming."""
+    seen: set[uuid.UUID] = set()
+    problems = []
+    for i, event in enumerate(events):
+        if event.event_id is None:
+            continue
+        if event.event_id in seen:
+            problems.append(FieldProblem(f"events.{i}.event_id", "repeats an earlier event's id"))
+        seen.add(event.event_id)
+    if problems:
+        raise InvalidInput(problems=problems)
+
+
 def appends_in_one_statement(events: Sequence[NewEvent]) -> bool:
     """Whether `append` writes these events with one statement (a request may then run it
     in autocommit): events without ids cannot have been appended before, so no replay
@@ -105,6 +120,7 @@ def append(
     them) cannot have been appended before, and take one statement (`_append_new`), which
     a request may run in autocommit (`models.db.OneStatement`).
     """
+    check_distinct_ids(events)
     if appends_in_one_statement(events):
         return _append_new(session, owner_id, stream, events, expected_version)
     if not isinstance(session, Session):  # a caller's mistake, not the client's

@@ -56,7 +56,7 @@ def _runtime():  # type: ignore[no-untyped-def]
 )
 def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
     _check_stream(stream, writing=True)
-    _check_events(body.events)
+    _check_sizes(body.events)
     events = [_new_event(e) for e in body.events]
     one_statement = event_store.appends_in_one_statement(events)
     unit = single_statement_db() if one_statement else db()
@@ -142,7 +142,7 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
 def batch(body: BatchIn):  # type: ignore[no-untyped-def]
     for event in body.events:
         _check_stream(event.stream, writing=True)
-    _check_events(body.events)
+    _check_sizes(body.events)
     accepted = event_batches.accept(
         db(),
         owner_id=current_principal().user_id,
@@ -234,22 +234,13 @@ def _check_stream(stream: str, *, writing: bool) -> None:
         )
 
 
-def _check_events(events: list[EventIn] | list[BatchEventIn]) -> None:
-    """What the schema cannot see: each event's data within the size limit, and no event id
-    twice in one request (the second could only collide with the first)."""
+def _check_sizes(events: list[EventIn] | list[BatchEventIn]) -> None:
     limit = _runtime().settings.event_max_data_bytes
     problems = [
         FieldProblem(f"events.{i}.data", f"must be at most {limit} bytes as JSON")
         for i, event in enumerate(events)
         if len(dumps_bytes(event.data)) > limit
     ]
-    seen: set[uuid.UUID] = set()
-    for i, event in enumerate(events):
-        if event.event_id is None:
-            continue
-        if event.event_id in seen:
-            problems.append(FieldProblem(f"events.{i}.event_id", "repeats an earlier event's id"))
-        seen.add(event.event_id)
     if problems:
         raise InvalidInput(problems=problems)
 

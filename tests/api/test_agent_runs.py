@@ -157,6 +157,20 @@ def test_tools_act_with_the_owners_rights_only(alice, bob, fake, run):
     assert "written by the server only" in results[1]["result"]
 
 
+def test_an_event_id_twice_in_one_tool_call_is_refused_to_the_model(alice, fake, run):
+    event = {"type": "note", "data": {}, "event_id": str(uuid.uuid4())}
+    fake.then(
+        Turn(tool_calls=[("events.append", {"stream": "notes", "events": [event, event]})]),
+        Turn(text="noted"),
+    )
+    job = alice.submit(agent(alice, tools=["events.append"])["id"])
+    assert run(job["id"]) == "succeeded"
+    results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert [r["ok"] for r in results] == [False]
+    assert "events.1.event_id: repeats an earlier event's id" in results[0]["result"]
+    assert alice.get("/v1/streams/notes/events").json["items"] == []
+
+
 def test_malformed_tool_calls_become_errors_for_the_model(alice, fake, run):
     fake.then(
         Turn(tool_calls=[("documents.read", "{not json")]),
