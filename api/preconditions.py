@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import request
 
 from services.errors import FieldProblem, InvalidInput
+from services.inputs import MAX_VERSION, parse_counter
 
 
 def if_match_version() -> int | None:
@@ -15,9 +16,9 @@ def if_match_version() -> int | None:
     tag = header.strip()
     if tag.startswith("W/"):
         tag = tag[2:]
-    tag = tag.strip('"')
-    if not tag.isdigit():
+    version = parse_counter(tag.strip('"'), MAX_VERSION)
+    if version is None:
         raise InvalidInput(
             problems=[FieldProblem("If-Match", "expected an ETag this API returned", "header")]
         )
-    return int(tag)
+    return version

@@ -79,11 +79,14 @@ def problem(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    body = document(status, detail, slug=slug, title=title, request_id=g.get("request_id"))
+    # Extension members never replace the standard ones: a client reads `status` as the
+    # HTTP status (RFC 9457, section 3.1), whatever a service adds beside it.
+    body = {
+        **(extra or {}),
+        **document(status, detail, slug=slug, title=title, request_id=g.get("request_id")),
+    }
     if errors is not None:
         body["errors"] = errors
-    if extra:
-        body.update(extra)
     response = Response(dumps_bytes(body), status=status, mimetype=PROBLEM_MIMETYPE)
     for name, value in (headers or {}).items():
         response.headers[name] = value

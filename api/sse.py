@@ -8,6 +8,8 @@ from typing import Any
 from flask import Response, request
 
 from api.json_provider import dumps_bytes
+from services.errors import FieldProblem, InvalidInput
+from services.inputs import parse_counter
 
 KEEPALIVE = b": keepalive\n\n"
 MIMETYPE = "text/event-stream"
@@ -17,10 +19,19 @@ def wants_stream() -> bool:
     return request.accept_mimetypes.best_match(["application/json", MIMETYPE]) == MIMETYPE
 
 
-def last_event_id() -> int:
-    """Where a reconnecting client left off: `Last-Event-ID`, else 0 (the beginning)."""
+def last_event_id(maximum: int) -> int:
+    """Where a reconnecting client left off: `Last-Event-ID` (one of the ids we sent, up to
+    `maximum`), else 0 (the beginning). A value that is no such id is a 422 before any byte
+    is streamed: once the stream has begun, an error can no longer become a problem."""
     value = request.headers.get("Last-Event-ID", "").strip()
-    return int(value) if value.isdigit() else 0
+    if not value:
+        return 0
+    after = parse_counter(value, maximum)
+    if after is None:
+        raise InvalidInput(
+            problems=[FieldProblem("Last-Event-ID", "expected an event id we sent", "header")]
+        )
+    return after
 
 
 def frame(event_id: int, event_type: str, data: Any) -> bytes:

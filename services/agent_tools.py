@@ -26,6 +26,7 @@ from services.inputs import (
     ExpectedVersionIn,
     Input,
     SmallObject,
+    Version,
     is_reserved_stream,
 )
 
@@ -40,7 +41,7 @@ class SearchArgs(Input):
 
 class ReadArgs(Input):
     id: uuid.UUID
-    version: int | None = Field(default=None, ge=1)
+    version: Version | None = None
 
 
 class WriteArgs(Input):

@@ -28,6 +28,7 @@ from services.cache import VersionedCache
 from services.errors import FieldProblem, InvalidInput, NotFound, PreconditionFailed, ServiceError
 from services.event_store import NewEvent
 from services.event_types import EventType, document_stream
+from services.inputs import MAX_VERSION, parse_counter
 from services.pagination import Page, newest_first
 
 # What a client may set; `metadata` is the model's `metadata_`.
@@ -293,9 +294,10 @@ def _decode_rank_cursor(cursor: str) -> tuple[float, uuid.UUID]:
 def _decode_version_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
-    if not cursor.isdigit():
+    after = parse_counter(cursor, MAX_VERSION)
+    if after is None:
         raise _bad_cursor()
-    return int(cursor)
+    return after
 
 
 def _bad_cursor() -> InvalidInput:

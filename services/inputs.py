@@ -15,6 +15,11 @@ TYPE_PATTERN = r"^[A-Za-z0-9._:\-/]{1,200}$"
 MAX_APPEND = 1000
 # Streams the server writes itself: clients and agents read them but cannot forge events.
 RESERVED_STREAM_PREFIXES = ("job-", "document-")
+# The largest numbers the columns hold: versions (of streams, documents and agents) are
+# PostgreSQL integers, feed positions bigints. A larger number names nothing stored; as a
+# statement's parameter it would fail the statement, so it is refused as input instead.
+MAX_VERSION = 2**31 - 1
+MAX_POSITION = 2**63 - 1
 
 
 class Input(BaseModel):
@@ -39,7 +44,18 @@ class EventIn(Input):
     event_id: uuid.UUID | None = None
 
 
-ExpectedVersionIn = int | Literal["any", "no_stream"]
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+ExpectedVersionIn = Annotated[int, Field(ge=0, le=MAX_VERSION)] | Literal["any", "no_stream"]
+
+
+def parse_counter(text: str, maximum: int) -> int | None:
+    """`text` as a number of ASCII digits from 0 to `maximum`, else None. Headers and
+    cursors come as text; `str.isdigit` also says yes to "²" and to 5,000 digits, both of
+    which `int` then refuses with a ValueError."""
+    if not (0 < len(text) <= len(str(maximum)) and text.isascii() and text.isdigit()):
+        return None
+    number = int(text)
+    return number if number <= maximum else None
 
 
 def is_reserved_stream(stream: str) -> bool:

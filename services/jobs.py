@@ -185,7 +185,9 @@ def cancel(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
         )
     job = get(session, owner_id=owner_id, job_id=job_id)
     if is_terminal(job.status):
-        raise Conflict(f"the job has already ended ({job.status})", extra={"status": job.status})
+        raise Conflict(
+            f"the job has already ended ({job.status})", extra={"job_status": job.status}
+        )
     return job
 
 
@@ -212,7 +214,7 @@ def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: J
         job = get(session, owner_id=owner_id, job_id=job_id)
         raise Conflict(
             f"only failed, cancelled or timed-out jobs can be retried; this one is {job.status}",
-            extra={"status": job.status},
+            extra={"job_status": job.status},
         )
     job_events.record(
         session,

@@ -32,7 +32,7 @@ from services import event_batches, event_store
 from services.after_commit import events_key
 from services.errors import FieldProblem, InvalidInput
 from services.event_store import NewEvent
-from services.inputs import RESERVED_STREAM_PREFIXES, is_reserved_stream
+from services.inputs import MAX_POSITION, MAX_VERSION, RESERVED_STREAM_PREFIXES, is_reserved_stream
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 bp.before_request(require_access_token)
@@ -89,7 +89,8 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
     _check_stream(stream, writing=False)
     owner_id = current_principal().user_id
     if sse.wants_stream():
-        return _tail_stream(owner_id, stream, sse.last_event_id() or query.from_version - 1)
+        after = sse.last_event_id(MAX_VERSION) or query.from_version - 1
+        return _tail_stream(owner_id, stream, after)
     rows = event_store.read_stream(
         db(),
         owner_id=owner_id,
@@ -119,7 +120,7 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     types = _types(query.type)
     if sse.wants_stream():
-        return _tail_feed(owner_id, types, sse.last_event_id() or query.after)
+        return _tail_feed(owner_id, types, sse.last_event_id(MAX_POSITION) or query.after)
     rows = event_store.read_feed(
         db(), owner_id=owner_id, after=query.after, types=types, limit=query.limit
     )

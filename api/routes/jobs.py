@@ -17,6 +17,7 @@ from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from services import idempotency, jobs
 from services.after_commit import job_key
+from services.inputs import MAX_VERSION
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="Jobs")
 bp.before_request(require_access_token)
@@ -177,12 +178,13 @@ def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untype
 
 def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
     runtime = _runtime()
+    after = sse.last_event_id(MAX_VERSION)
     jobs.get(db(), owner_id=owner_id, job_id=job_id)  # 404 before any byte is streamed
     end_session()
     return live.open_tail(
         runtime.notifier,
         job_key(job_id),
         job_stream.job_reader(runtime.session_factory, owner_id=owner_id, job_id=job_id),
-        after=sse.last_event_id(),
+        after=after,
         max_s=runtime.settings.max_stream_s,
     )

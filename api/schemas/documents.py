@@ -11,6 +11,7 @@ import orjson
 from pydantic import BeforeValidator, Field, model_validator
 
 from api.schemas.common import Input, Output, PageQuery
+from services.inputs import MAX_VERSION
 
 MAX_FILTER_CHARS = 4096
 # type "/" subtype, then parameters: text/markdown, application/json, text/plain; charset=utf-8
@@ -61,7 +62,9 @@ class DocumentPatch(Input):
 
 
 class DocumentQuery(Input):
-    version: int | None = Field(default=None, ge=1, description="a past version to read")
+    version: int | None = Field(
+        default=None, ge=1, le=MAX_VERSION, description="a past version to read"
+    )
 
 
 class DocumentListQuery(PageQuery):

@@ -7,14 +7,21 @@ from typing import Any, Literal
 from pydantic import Field
 
 from api.schemas.common import Input, Output
-from services.inputs import MAX_APPEND, STREAM_PATTERN, EventIn
+from services.inputs import (
+    MAX_APPEND,
+    MAX_POSITION,
+    MAX_VERSION,
+    STREAM_PATTERN,
+    EventIn,
+    ExpectedVersionIn,
+)
 
 MAX_BATCH = 1000
 
 
 class AppendIn(Input):
     events: list[EventIn] = Field(min_length=1, max_length=MAX_APPEND)
-    expected_version: int | Literal["any", "no_stream"] = Field(default="any")
+    expected_version: ExpectedVersionIn = Field(default="any")
 
 
 class BatchEventIn(EventIn):
@@ -26,12 +33,12 @@ class BatchIn(Input):
 
 
 class StreamQuery(Input):
-    from_version: int = Field(default=1, ge=1)
+    from_version: int = Field(default=1, ge=1, le=MAX_VERSION)
     limit: int = Field(default=100, ge=1, le=1000)
 
 
 class FeedQuery(Input):
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=MAX_POSITION)
     type: str | None = Field(default=None, max_length=2000, description="comma-separated types")
     limit: int = Field(default=100, ge=1, le=1000)
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, Field, model_validator
 
 from api.schemas.common import Input, Output, PageQuery, SmallObject
+from services.inputs import MAX_VERSION
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
 
@@ -54,7 +55,7 @@ class WaitQuery(Input):
 
 
 class EventsQuery(Input):
-    from_version: int = Field(default=1, ge=1)
+    from_version: int = Field(default=1, ge=1, le=MAX_VERSION)
     limit: int = Field(default=100, ge=1, le=1000)
 
 

@@ -171,6 +171,22 @@ def test_an_event_id_twice_in_one_tool_call_is_refused_to_the_model(alice, fake,
     assert alice.get("/v1/streams/notes/events").json["items"] == []
 
 
+def test_versions_past_the_columns_are_refused_to_the_model(alice, fake, run):
+    document = alice.post("/v1/documents", json={"title": "t", "content": "c"}).json
+    append = {"stream": "notes", "events": [{"type": "note", "data": {}}]}
+    fake.then(
+        Turn(tool_calls=[("documents.read", {"id": document["id"], "version": 2**31})]),
+        Turn(tool_calls=[("events.append", {**append, "expected_version": 2**31})]),
+        Turn(text="done"),
+    )
+    job = alice.submit(agent(alice, tools=["documents.read", "events.append"])["id"])
+    assert run(job["id"]) == "succeeded"  # the job goes on; the model hears why
+    results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert [r["ok"] for r in results] == [False, False]
+    assert "version" in results[0]["result"] and "expected_version" in results[1]["result"]
+    assert alice.get("/v1/streams/notes/events").json["items"] == []
+
+
 def test_malformed_tool_calls_become_errors_for_the_model(alice, fake, run):
     fake.then(
         Turn(tool_calls=[("documents.read", "{not json")]),

@@ -48,7 +48,8 @@ def test_cancel_a_finished_job_is_409(alice, agent, session_factory):
     run(session_factory, job["id"])
     response = alice.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 409
-    assert response.json["status"] == "succeeded"
+    assert response.json["status"] == 409  # the problem's own member (RFC 9457)
+    assert response.json["job_status"] == "succeeded"
 
 
 def test_cancel_someone_elses_job_is_404(alice, bob, agent):
@@ -113,9 +114,12 @@ def test_manual_retry_runs_a_failed_job_again(alice, session_factory):
 
 def test_retry_of_a_queued_or_succeeded_job_is_409(alice, agent, session_factory):
     job = alice.submit(agent["id"])
-    assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
+    queued = alice.post(f"/v1/jobs/{job['id']}/retry")
+    assert (queued.status_code, queued.json["status"]) == (409, 409)
+    assert queued.json["job_status"] == "queued"
     run(session_factory, job["id"])
-    assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
+    succeeded = alice.post(f"/v1/jobs/{job['id']}/retry")
+    assert (succeeded.status_code, succeeded.json["job_status"]) == (409, "succeeded")
 
 
 # --- idempotency ------------------------------------------------------------------------

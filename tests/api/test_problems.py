@@ -88,3 +88,74 @@ def test_request_id_is_generated_when_missing_or_unsafe(client):
     unsafe = client.get("/healthz", headers={"X-Request-ID": "bad id <script>" + "x" * 200})
     assert len(first) == 32 and uuid.UUID(hex=first)
     assert uuid.UUID(hex=unsafe.headers["X-Request-ID"])
+
+
+# --- numbers the database cannot hold ---------------------------------------------------
+# Versions are PostgreSQL integers and feed positions bigints: one past the largest is a 422
+# naming the field, not a statement that fails with a 500.
+INT4_PAST, INT8_PAST = 2**31, 2**63
+
+
+@pytest.fixture
+def targets(alice):
+    """A job, a document and a stream of alice's, for the requests below to name."""
+    job = alice.submit(alice.create_agent()["id"])
+    document = alice.post("/v1/documents", json={"title": "t", "content": "c"}).json
+    appended = alice.post("/v1/streams/s/events", json={"events": [{"type": "t", "data": {}}]})
+    assert appended.status_code == 201
+    return {"job": job["id"], "document": document["id"]}
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        (f"/v1/streams/s/events?from_version={INT4_PAST}", "from_version"),
+        (f"/v1/jobs/{{job}}/events?from_version={INT4_PAST}", "from_version"),
+        (f"/v1/documents/{{document}}?version={INT4_PAST}", "version"),
+        (f"/v1/documents/{{document}}/versions?cursor={INT4_PAST}", "cursor"),
+        ("/v1/documents/{document}/versions?cursor=%C2%B2", "cursor"),  # "²": isdigit() says yes
+        (f"/v1/events?after={INT8_PAST}", "after"),
+    ],
+)
+def test_a_number_past_its_column_is_422(alice, targets, url, field):
+    body = assert_problem(alice.get(url.format(**targets)), 422)
+    assert [e["field"] for e in body["errors"]] == [field]
+
+
+def test_an_expected_version_past_its_column_is_422_and_writes_nothing(alice, targets):
+    events = [{"type": "t", "data": {}}]
+    for expected in (INT4_PAST, str(INT4_PAST), -1):
+        response = alice.post(
+            "/v1/streams/s/events", json={"events": events, "expected_version": expected}
+        )
+        assert_problem(response, 422)
+    assert [e["version"] for e in alice.get("/v1/streams/s/events").json["items"]] == [1]
+
+
+@pytest.mark.parametrize("tag", ['"²"', '"' + "1" * 5000 + '"', f'"{INT4_PAST}"'])
+def test_an_if_match_that_is_no_version_is_422_and_changes_nothing(alice, targets, tag):
+    url = f"/v1/documents/{targets['document']}"
+    response = alice.patch(url, json={"title": "changed"}, headers={"If-Match": tag})
+    body = assert_problem(response, 422)
+    assert body["errors"][0] == {
+        "location": "header",
+        "field": "If-Match",
+        "detail": "expected an ETag this API returned",
+    }
+    assert alice.get(url).json["title"] == "t"
+
+
+@pytest.mark.parametrize(
+    ("url", "last_event_id"),
+    [
+        ("/v1/events", str(INT8_PAST)),
+        ("/v1/events", "²"),
+        ("/v1/streams/s/events", str(INT4_PAST)),
+        ("/v1/jobs/{job}/events", str(INT4_PAST)),
+        ("/v1/jobs/{job}/events", "1" * 5000),
+    ],
+)
+def test_a_last_event_id_we_never_sent_is_422_before_the_stream(alice, targets, url, last_event_id):
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": last_event_id}
+    body = assert_problem(alice.get(url.format(**targets), headers=headers), 422)
+    assert body["errors"][0]["field"] == "Last-Event-ID"
