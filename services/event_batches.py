@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from models import EventBatch
 from models.ids import new_id_text
@@ -62,6 +62,21 @@ def get(session: Session, *, owner_id: uuid.UUID, batch_id: uuid.UUID) -> EventB
     if batch is None or batch.owner_id != owner_id:
         raise NotFound("no receipt with this id")
     return batch
+
+
+def persist_in_transaction(
+    session_factory: sessionmaker[Session], batch_id: uuid.UUID
+) -> str | None:
+    """`persist` in a transaction of its own, which commits. When another request took one
+    of the batch's event ids between the check and the insert (`EventIdTaken`), that
+    transaction is spoilt; a second one finds the event and rejects the batch, as it would
+    have had the other request come first."""
+    try:
+        with session_factory.begin() as session:
+            return persist(session, batch_id)
+    except event_store.EventIdTaken:
+        with session_factory.begin() as session:
+            return persist(session, batch_id)
 
 
 def persist(session: Session, batch_id: uuid.UUID) -> str | None:

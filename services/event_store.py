@@ -15,6 +15,7 @@ A long-running writing transaction delays the feed; it never loses or reorders a
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import orjson
 from sqlalchemy import any_, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import Event
@@ -59,6 +61,19 @@ class WrongExpectedVersion(Conflict):
 class DuplicateEventIds(Conflict):
     slug = "duplicate-event-ids"
     title = "Event ids already used"
+
+
+class EventIdTaken(DuplicateEventIds):
+    """Another transaction committed one of these event ids after the replay check read,
+    appending to another stream (the stream's lock serializes writers of one stream). The
+    insert waited for it on the unique index, and failed: the transaction is spoilt, and
+    a new one would find that event and refuse the ids as the check does."""
+
+
+# The unique index on (owner_id, event_id), named by models.base's convention, and the
+# key PostgreSQL reports in a violation of it: "Key (owner_id, event_id)=(<uuid>, <uuid>)".
+EVENT_ID_CONSTRAINT = "uq_events_owner_id_event_id"
+_TAKEN_ID = re.compile(r"=\([0-9a-f-]{36}, ([0-9a-f-]{36})\)")
 
 
 # Rows inserted in name order, so locks are taken in that order; one statement for any
@@ -305,7 +320,17 @@ def insert_rows(
         "names": list(versions),
         "versions": list(versions.values()),
     }
-    cursor = execute_on_driver(session, _INSERT_ROWS_SETTING_VERSIONS, params)
+    try:
+        cursor = execute_on_driver(session, _INSERT_ROWS_SETTING_VERSIONS, params)
+    except IntegrityError as error:
+        diagnostics = getattr(error.orig, "diag", None)
+        if getattr(diagnostics, "constraint_name", None) != EVENT_ID_CONSTRAINT:
+            raise
+        taken = _TAKEN_ID.findall(getattr(diagnostics, "message_detail", None) or "")
+        raise EventIdTaken(
+            "some of these event ids were appended meanwhile, by another request",
+            extra={"event_ids": taken},
+        ) from None
     position_of: dict[str, int] = dict(cursor.fetchall())
     appended(session, owner_id, len(rows))
     return [position_of[str(row["event_id"])] for row in rows]

@@ -16,5 +16,4 @@ from tasks.deps import deps_of
 )
 def persist_batch(self, batch_id: str) -> str | None:
     """Persist an accepted batch in one transaction; a repeat finds it done."""
-    with deps_of(self).session_factory.begin() as session:
-        return event_batches.persist(session, uuid.UUID(batch_id))
+    return event_batches.persist_in_transaction(deps_of(self).session_factory, uuid.UUID(batch_id))

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 
 from models import Event
 from models.db import make_session_factory
-from services import event_store, users
+from services import event_batches, event_store, users
 from services.event_store import NewEvent
 from tests.conftest import FAST_PASSWORDS
 from tests.helpers import poll
@@ -211,3 +211,86 @@ def test_feed_holds_back_events_of_an_older_open_transaction(committed, owner, e
         assert feed_types(committed, owner) == ["first"]
         older.rollback()
     poll(lambda: feed_types(committed, owner) == ["first", "later"], timeout=15)
+
+
+# --- one event id, two streams, at once -------------------------------------------------
+# Each stream's lock serializes only its own writers: a request for another stream passes
+# the replay check before the first commits, and meets its event id on the unique index.
+
+
+def _inserting_waits_for_a_lock(engine) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.execute(
+                text(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'"
+                )
+            ).first()
+        )
+
+
+def _append_with_id(session, owner, stream, event_id):
+    events = [NewEvent("t", {}, event_id=event_id)]
+    event_store.append(session, owner_id=owner, stream=stream, events=events)
+
+
+def _while_first_holds(committed, engine, owner, event_id, second_writer):
+    """Append `event_id` to stream "first" and keep the transaction open until
+    `second_writer` (in a thread) waits on it; commit; return what the second raised."""
+    raised = []
+
+    def second():
+        try:
+            second_writer()
+        except Exception as error:  # the assertion is the caller's
+            raised.append(error)
+
+    with committed.begin() as first:
+        _append_with_id(first, owner, "first", event_id)
+        thread = threading.Thread(target=second)
+        thread.start()
+        poll(lambda: _inserting_waits_for_a_lock(engine), timeout=15)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return raised
+
+
+def test_an_event_id_taken_meanwhile_on_another_stream_is_a_conflict(committed, owner, engine):
+    event_id = uuid.uuid4()
+
+    def second_writer():
+        with committed.begin() as session:
+            _append_with_id(session, owner, "second", event_id)
+
+    raised = _while_first_holds(committed, engine, owner, event_id, second_writer)
+    assert [type(e) for e in raised] == [event_store.EventIdTaken]
+    assert raised[0].status == 409 and raised[0].extra == {"event_ids": [str(event_id)]}
+    with committed() as session:
+        assert event_store.stream_version(session, owner_id=owner, stream="second") == 0
+        assert event_store.stream_version(session, owner_id=owner, stream="first") == 1
+
+
+def test_a_batch_whose_event_id_was_taken_meanwhile_is_rejected(committed, owner, engine):
+    event_id = uuid.uuid4()
+    with committed.begin() as session:
+        batch_id = event_batches.accept(
+            session,
+            owner_id=owner,
+            events=[
+                ("second", NewEvent("t", {})),
+                ("second", NewEvent("t", {}, event_id=event_id)),
+            ],
+        ).id
+    status = []
+
+    def second_writer():
+        status.append(event_batches.persist_in_transaction(committed, batch_id))
+
+    assert _while_first_holds(committed, engine, owner, event_id, second_writer) == []
+    assert status == ["rejected"]
+    with committed() as session:
+        batch = event_batches.get(session, owner_id=owner, batch_id=batch_id)
+        assert [r["status"] for r in batch.results] == ["not_persisted", "rejected"]
+        assert "appended to stream 'first'" in batch.results[1]["reason"]
+        assert event_store.stream_version(session, owner_id=owner, stream="second") == 0
