@@ -33,10 +33,14 @@ _STATUS_SLUGS = {
     409: ("conflict", "Conflict"),
     412: ("precondition-failed", "Precondition failed"),
     413: ("payload-too-large", "Payload too large"),
+    414: ("uri-too-long", "URI too long"),
     415: ("unsupported-media-type", "Unsupported media type"),
+    417: ("expectation-failed", "Expectation failed"),
     422: ("validation-error", "Invalid input"),
     429: ("rate-limited", "Too many requests"),
+    431: ("request-header-fields-too-large", "Request header fields too large"),
     500: ("internal-error", "Internal server error"),
+    501: ("not-implemented", "Not implemented"),
     503: ("unavailable", "Service unavailable"),
 }
 UNAVAILABLE_ERRORS = (

@@ -11,6 +11,10 @@ budget is answered 503 here, from bytes made once, without the WSGI environment,
 logging or the problem handlers. Under twice the capacity most requests end this way, and
 a 503 made by the application cost a third of an accepted submit, which starved the
 accepted ones.
+
+Requests gunicorn cannot read (a request line or headers past its limits, a malformed
+line) never reach the application either; gunicorn answers them with an HTML page of its
+own. Importing this module makes those answers problem documents too (`error_page`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import orjson
 import structlog
+from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import ThreadWorker
 
 from api import admission
@@ -37,26 +42,45 @@ TURNED_AWAY_ROUTE = "(turned away at admission)"
 _REPORT_EVERY_S = 1.0
 
 
+def raw_problem(
+    status: int, reason: str, problem: dict[str, object], headers: dict[str, str]
+) -> bytes:
+    """A whole HTTP/1.1 answer carrying `problem`, for answers made outside the WSGI app."""
+    body = orjson.dumps(problem)
+    fields = {
+        "Content-Type": PROBLEM_MIMETYPE,
+        "Content-Length": str(len(body)),
+        **headers,
+        REQUEST_ID_HEADER: str(problem["request_id"]),
+    }
+    head = f"HTTP/1.1 {status} {reason}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in fields.items()) + "\r\n"
+    return head.encode("latin-1") + body
+
+
 def overloaded_response(request_id: str) -> bytes:
     """The whole HTTP/1.1 answer: the problem document `enter` would have produced."""
-    body = orjson.dumps(
-        document(
-            Overloaded.status,
-            admission.DETAIL,
-            slug=Overloaded.slug,
-            title=Overloaded.title,
-            request_id=request_id,
-        )
+    problem = document(
+        Overloaded.status,
+        admission.DETAIL,
+        slug=Overloaded.slug,
+        title=Overloaded.title,
+        request_id=request_id,
     )
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        f"Content-Type: {PROBLEM_MIMETYPE}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"Retry-After: {admission.RETRY_AFTER_S}\r\n"
-        f"{REQUEST_ID_HEADER}: {request_id}\r\n"
-        "\r\n"
-    )
-    return head.encode() + body
+    headers = {"Retry-After": str(admission.RETRY_AFTER_S)}
+    return raw_problem(Overloaded.status, "Service Unavailable", problem, headers)
+
+
+def error_page(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's `util.write_error`, replaced: its answer to a request it could not read
+    (414, 431, 400), or with a 500 to a response whose streaming failed, as a problem
+    document like every other error instead of an HTML page."""
+    problem = document(status_int, mesg or reason, request_id=random_uuid().hex)
+    answer = raw_problem(status_int, reason, problem, {"Connection": "close"})
+    gunicorn_util.write_nonblock(sock, answer)
+
+
+gunicorn_util.write_error = error_page
 
 
 class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]

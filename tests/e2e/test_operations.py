@@ -9,6 +9,7 @@ import base64
 import contextlib
 import http.client
 import json
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -107,6 +108,36 @@ def requests_by_pid(directory: Path, route: str) -> dict[int, float]:
                 if sample.name == REQUESTS_TOTAL and sample.labels.get("route") == route:
                     counts[pid] = counts.get(pid, 0.0) + sample.value
     return counts
+
+
+# --------------------------------------------------------------------------- unreadable
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        (b"GET /v1/agents?cursor=" + b"x" * 5000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ],
+    ids=["request line too long", "header too long", "no path"],
+)
+def test_requests_gunicorn_cannot_read_get_problem_documents(
+    ops: Ops, sent: bytes, status: int
+) -> None:
+    """gunicorn answers these itself, before the application; with an HTML page, until
+    api/server_worker.py replaced it."""
+    port = int(ops.stack.api_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(sent)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = json.loads(response.read())
+    assert response.status == status
+    assert response.getheader("Content-Type") == "application/problem+json"
+    assert body["status"] == status and body["type"].startswith("/problems/")
+    assert body["title"] and body["detail"]
+    assert body["request_id"] == response.getheader("X-Request-ID")
 
 
 # --------------------------------------------------------------------------- listening
