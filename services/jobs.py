@@ -6,7 +6,7 @@ Transitions made by workers and the sweeper live in `job_transitions` and `job_s
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 from models import TERMINAL_STATUSES, Event, Job
 from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
-from services import agents, event_store, job_events, job_view, metrics
+from services import agents, event_store, job_events, job_view, metrics, ssrf
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
 from services.job_transitions import end_jobs
 from services.pagination import Page, newest_first
+from services.webhook_policy import Network
 
 RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
 
@@ -63,6 +64,7 @@ def submit(
     policy: JobPolicy,
     queue_depth: Callable[[], int] | None = None,
     webhook_url: str | None = None,
+    webhook_networks: Sequence[Network] = (),
     metadata: dict[str, Any] | None = None,
     timeout_s: int | None = None,
     queue_timeout_s: int | None = None,
@@ -73,6 +75,11 @@ def submit(
     The answer is a row of the job's view (job_view.job_json takes it), not a loaded Job."""
     if queue_depth is not None and queue_depth() >= policy.max_queue_depth:
         raise Overloaded("the job queue is full; try again shortly", retry_after_s=5)
+    if webhook_url is not None:
+        try:
+            ssrf.check_without_resolving(webhook_url, allowed=webhook_networks)
+        except ssrf.UnsafeUrl as refused:
+            raise InvalidInput(problems=[FieldProblem("webhook_url", str(refused))]) from None
     _check_limit("timeout_s", timeout_s, policy.max_timeout_s)
     _check_limit("queue_timeout_s", queue_timeout_s, policy.max_queue_timeout_s)
     attempts = max_attempts or policy.default_max_attempts

@@ -46,6 +46,7 @@ NON_PUBLIC_NETWORKS = tuple(
         "64:ff9b:1::/48",  # local-use NAT64
     )
 )
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")  # what every `localhost` name resolves to
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 
@@ -86,6 +87,20 @@ def check(
             shown = "" if literal is not None else f" (it resolves to {address})"
             raise UnsafeUrl(f"{host} is {reason}{shown}")
     return Target(scheme, host, port, path, tuple(str(a) for a in addresses))
+
+
+def check_without_resolving(url: str, *, allowed: Sequence[Network] = ()) -> None:
+    """`check`, short of DNS: the URL's form, and its host when that is an address literal
+    or a loopback name (RFC 6761's `localhost`). A job's `webhook_url` is checked this way
+    when the job is submitted, where a lookup would hold the request up; the delivery makes
+    the whole check before every attempt."""
+    _, host, _, _ = _parse(url)
+    literal = _address_literal(host)
+    if host == "localhost" or host.endswith(".localhost"):
+        literal = _LOOPBACK
+    reason = refusal(literal, allowed) if literal is not None else None
+    if reason is not None:
+        raise UnsafeUrl(f"{host} is {reason}")
 
 
 def refusal(address: IPAddress, allowed: Sequence[Network] = ()) -> str | None:

@@ -163,6 +163,28 @@ def test_submit_validation(alice, body):
     assert alice.get("/v1/jobs").json["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:8080/hook", "a loopback address"),
+        ("http://169.254.169.254/latest", "a cloud metadata address"),
+        ("http://10.1.2.3/hook", "a private address"),
+        ("http://localhost:8080/hook", "a loopback address"),
+        ("http://2130706433/hook", "a loopback address"),  # pydantic writes it 127.0.0.1
+    ],
+)
+def test_a_webhook_url_no_delivery_may_reach_is_422_at_submit(alice, agent, url, why):
+    """Addresses written in the URL are refused at once, as `POST /v1/webhooks` refuses
+    them; names are resolved only when a delivery is sent."""
+    response = alice.post(
+        "/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "x"}, "webhook_url": url}
+    )
+    assert response.status_code == 422
+    (error,) = response.json["errors"]
+    assert error["field"] == "webhook_url" and why in error["detail"]
+    assert alice.get("/v1/jobs").json["items"] == []
+
+
 def test_timeout_above_the_limit_is_422(alice, agent, app):
     limit = app.extensions["conveyor"].settings.job_max_timeout_s
     body = {"agent_id": agent["id"], "input": {"text": "x"}, "timeout_s": limit + 1}

@@ -456,8 +456,9 @@ def test_the_sweeper_republishes_overdue_and_orphaned_deliveries(
 
 
 def test_a_refused_address_is_never_connected_to(alice, agent, session_factory):
-    """The job's own webhook_url is only checked at send time. With 127.0.0.0/8 not
-    allowed, the attempt is refused and the listener sees no connection."""
+    """The job's own webhook_url is checked again at send time, with its name resolved.
+    The app allowed 127.0.0.0/8 at submit; with a policy that no longer does, the attempt
+    is refused and the listener sees no connection."""
     listener = Listener()
     try:
         job = run_job(

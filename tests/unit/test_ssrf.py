@@ -235,3 +235,15 @@ def test_the_sender_dials_the_checked_address_not_a_new_lookup():
     ssrf.check("http://rebind.example.test/", resolver=rebinding)
     with pytest.raises(ssrf.UnsafeUrl, match="private"):
         ssrf.check("http://rebind.example.test/", resolver=rebinding)
+
+
+def test_without_resolving_names_pass_and_literals_meet_the_allowed_networks():
+    ssrf.check_without_resolving("https://hooks.does-not-resolve.invalid/x")  # no lookup
+    for url in ("http://127.0.0.1:9/x", "http://localhost:9/x", "http://app.localhost/x"):
+        with pytest.raises(ssrf.UnsafeUrl, match="loopback"):
+            ssrf.check_without_resolving(url)
+        ssrf.check_without_resolving(url, allowed=LOOPBACK)
+    with pytest.raises(ssrf.UnsafeUrl, match="metadata"):
+        ssrf.check_without_resolving(
+            "http://169.254.169.254/", allowed=parse_networks(["169.254.0.0/16"])
+        )
