@@ -14,7 +14,7 @@ import binascii
 import datetime as dt
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy import REAL, ColumnElement, Select, and_, cast, func, literal_co
 from sqlalchemy.orm import Session, defer
 
 from models import Document, Event
+from models.db import UnitOfWork, execute_on_driver
 from services import event_store
 from services.cache import VersionedCache
 from services.errors import FieldProblem, InvalidInput, NotFound, PreconditionFailed, ServiceError
@@ -99,6 +100,21 @@ def get(session: Session, *, owner_id: uuid.UUID, document_id: uuid.UUID) -> Doc
     if document is None or document.owner_id != owner_id or document.deleted_at is not None:
         raise NotFound("no document with this id")
     return document
+
+
+_LIVE_AMONG = """
+    SELECT id::text FROM documents
+    WHERE owner_id = %(owner_id)s AND id = ANY(%(ids)s::uuid[]) AND deleted_at IS NULL
+    """
+
+
+def absent(unit: UnitOfWork, *, owner_id: uuid.UUID, document_ids: Sequence[str]) -> list[int]:
+    """The indexes of `document_ids` (canonical UUID text) that name no live document of
+    the owner's: deleted, someone else's, or never made. One statement, on either unit."""
+    live = {row[0] for row in execute_on_driver(
+        unit, _LIVE_AMONG, {"owner_id": owner_id, "ids": list(document_ids)}
+    ).fetchall()}  # fmt: skip
+    return [i for i, document_id in enumerate(document_ids) if document_id not in live]
 
 
 def current_version(session: Session, *, owner_id: uuid.UUID, document_id: uuid.UUID) -> int:

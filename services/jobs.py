@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from models import TERMINAL_STATUSES, Event, Job
 from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
-from services import agents, event_store, job_events, job_view, metrics, ssrf
+from services import agents, documents, event_store, job_events, job_view, metrics, ssrf
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
@@ -80,6 +80,7 @@ def submit(
             ssrf.check_without_resolving(webhook_url, allowed=webhook_networks)
         except ssrf.UnsafeUrl as refused:
             raise InvalidInput(problems=[FieldProblem("webhook_url", str(refused))]) from None
+    _check_documents(session, owner_id, input.get("documents") or [])
     _check_limit("timeout_s", timeout_s, policy.max_timeout_s)
     _check_limit("queue_timeout_s", queue_timeout_s, policy.max_queue_timeout_s)
     attempts = max_attempts or policy.default_max_attempts
@@ -238,6 +239,18 @@ def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: J
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL_STATUSES
+
+
+def _check_documents(unit: UnitOfWork, owner_id: uuid.UUID, named: list[str]) -> None:
+    """Documents the input names must be the owner's and live when the job is submitted
+    (one may still be deleted before it runs: the model is then told it is unavailable)."""
+    if named:
+        problems = [
+            FieldProblem(f"input.documents.{i}", "no document with this id")
+            for i in documents.absent(unit, owner_id=owner_id, document_ids=named)
+        ]
+        if problems:
+            raise InvalidInput(problems=problems)
 
 
 def _check_limit(name: str, value: int | None, limit: int) -> None:

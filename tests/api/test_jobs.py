@@ -185,6 +185,26 @@ def test_a_webhook_url_no_delivery_may_reach_is_422_at_submit(alice, agent, url,
     assert alice.get("/v1/jobs").json["items"] == []
 
 
+def test_documents_the_input_names_must_be_the_owners_and_live(alice, bob, agent):
+    def document(client):
+        return client.post("/v1/documents", json={"title": "t", "content": "c"}).json["id"]
+
+    live, deleted, bobs = document(alice), document(alice), document(bob)
+    assert alice.delete(f"/v1/documents/{deleted}").status_code == 204
+    named = [live, deleted, bobs, str(uuid.uuid4())]
+    body = {"agent_id": agent["id"], "input": {"text": "x", "documents": named}}
+    response = alice.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json["errors"]] == [
+        "input.documents.1",
+        "input.documents.2",
+        "input.documents.3",
+    ]
+    assert alice.get("/v1/jobs").json["items"] == []
+    body["input"]["documents"] = [live]
+    assert alice.post("/v1/jobs", json=body).status_code == 202
+
+
 def test_timeout_above_the_limit_is_422(alice, agent, app):
     limit = app.extensions["conveyor"].settings.job_max_timeout_s
     body = {"agent_id": agent["id"], "input": {"text": "x"}, "timeout_s": limit + 1}
