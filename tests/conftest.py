@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import cli
 from api import create_app
+from models import User
+from services import users
 from services.passwords import Passwords
 from settings import Settings
 from tests.helpers import ROOT, AuthClient
@@ -33,6 +35,12 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
 FAST_PASSWORDS = Passwords(time_cost=1, memory_kib=1024)
+
+
+def new_user(session: Session) -> User:
+    """A registered user with a unique address, for tests below the API."""
+    email = f"{uuid.uuid4().hex}@example.com"
+    return users.register(session, email=email, password="p" * 12, passwords=FAST_PASSWORDS)
 
 
 def _in_ci() -> bool:

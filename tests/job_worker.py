@@ -11,10 +11,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import OneStatement, make_engine, make_session_factory
-from services import after_commit, agents, job_execution, job_transitions, job_units, jobs, users
+from services import after_commit, agents, job_execution, job_transitions, job_units, jobs
 from services.job_policy import JobPolicy
 from services.job_transitions import Claim
-from tests.conftest import FAST_PASSWORDS
+from tests.conftest import new_user
 
 POLICY = JobPolicy()
 
@@ -52,10 +52,7 @@ class Worker:
     def queued_job(self, params: dict[str, Any] | None = None, **submit: Any) -> uuid.UUID:
         """A job of a new user's echo agent (with `params`), queued; nothing dispatched."""
         with self.sessions.begin() as session:
-            owner = users.register(
-                session, email=f"{uuid.uuid4().hex}@example.com", password="p" * 12,
-                passwords=FAST_PASSWORDS,
-            ).id  # fmt: skip
+            owner = new_user(session).id
             agent = agents.create(
                 session,
                 owner_id=owner,

@@ -2,15 +2,14 @@
 connections, as the API's are."""
 
 import threading
-import uuid
 
 from sqlalchemy import func, select
 
 from models import ApiKey
 from models.db import make_session_factory
-from services import api_keys, users
+from services import api_keys
 from services.errors import Conflict
-from tests.conftest import FAST_PASSWORDS
+from tests.conftest import new_user
 
 RACERS = 20
 
@@ -18,12 +17,7 @@ RACERS = 20
 def test_racing_creates_at_the_limit_let_exactly_one_in(engine):
     committed = make_session_factory(engine)
     with committed.begin() as session:
-        owner = users.register(
-            session,
-            email=f"{uuid.uuid4().hex}@example.com",
-            password="p" * 12,
-            passwords=FAST_PASSWORDS,
-        ).id
+        owner = new_user(session).id
         for n in range(api_keys.MAX_ACTIVE_KEYS - 1):
             api_keys.create(session, owner_id=owner, name=f"k{n}")
     start = threading.Barrier(RACERS)

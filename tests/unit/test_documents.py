@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from services import documents, event_store, users
+from services import documents, event_store
 from services.cache import VersionedCache
 from services.errors import NotFound, PreconditionFailed
-from tests.conftest import FAST_PASSWORDS
+from tests.conftest import new_user
 from tests.helpers import poll
 
 LIMITS = documents.Limits()
@@ -30,12 +30,7 @@ def factory(engine: Engine) -> sessionmaker[Session]:
 def doc(factory: sessionmaker[Session]) -> tuple[uuid.UUID, uuid.UUID]:
     """A committed document at version 1: (owner id, document id)."""
     with factory.begin() as session:
-        user = users.register(
-            session,
-            email=f"{uuid.uuid4().hex}@example.com",
-            password="p" * 12,
-            passwords=FAST_PASSWORDS,
-        )
+        user = new_user(session)
         document = documents.create(
             session, owner_id=user.id, fields={"title": "T", "content": "v1"}, limits=LIMITS
         )

@@ -10,9 +10,9 @@ from sqlalchemy import select, text
 
 from models import Event
 from models.db import make_session_factory
-from services import event_batches, event_store, users
+from services import event_batches, event_store
 from services.event_store import NewEvent
-from tests.conftest import FAST_PASSWORDS
+from tests.conftest import new_user
 from tests.helpers import poll
 
 WRITERS = 4
@@ -28,12 +28,7 @@ def committed(engine):
 @pytest.fixture
 def owner(committed):
     with committed.begin() as session:
-        user = users.register(
-            session,
-            email=f"{uuid.uuid4().hex}@example.com",
-            password="p" * 12,
-            passwords=FAST_PASSWORDS,
-        )
+        user = new_user(session)
     return user.id
 
 

@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 
-from services import ssrf, users, webhook_delivery, webhooks
+from services import ssrf, webhook_delivery, webhooks
 from services.errors import InvalidInput
 from services.webhook_delivery import Claim
 from services.webhook_policy import WebhookPolicy, parse_networks
-from tests.conftest import FAST_PASSWORDS
+from tests.conftest import new_user
 from tests.webhook_receiver import Listener, receiver
 
 LOOPBACK = parse_networks(["127.0.0.0/8"])
@@ -196,8 +196,7 @@ def test_no_refused_spelling_connects_at_send_time(listener):
 
 
 def test_no_refused_spelling_registers(listener, session):
-    email = f"{uuid.uuid4().hex}@example.com"
-    owner = users.register(session, email=email, password="p" * 12, passwords=FAST_PASSWORDS)
+    owner = new_user(session)
     for url in listener_spellings(listener.port):
         with pytest.raises(InvalidInput) as refused:
             webhooks.create(

@@ -1,15 +1,13 @@
 """The sweeper ends, re-queues or re-publishes exactly the jobs that need it."""
 
-import uuid
-
 import pytest
 from sqlalchemy import text, update
 
 from models import Job
-from services import after_commit, agents, job_sweeper, job_transitions, jobs, users
+from services import after_commit, agents, job_sweeper, job_transitions, jobs
 from services.after_commit import SendTask
 from services.job_policy import JobPolicy
-from tests.conftest import FAST_PASSWORDS
+from tests.conftest import new_user
 
 POLICY = JobPolicy(republish_after_s=10, grace_s=5)
 
@@ -36,12 +34,7 @@ def published(session_factory):
 @pytest.fixture
 def submit(session_factory):
     with session_factory.begin() as session:
-        user = users.register(
-            session,
-            email=f"{uuid.uuid4().hex}@example.com",
-            password="p" * 12,
-            passwords=FAST_PASSWORDS,
-        )
+        user = new_user(session)
         agent = agents.create(session, owner_id=user.id, fields={"name": "a", "provider": "echo"})
 
     def submit(**fields):
