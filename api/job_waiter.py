@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from api.disconnect import Gone, wait_while_connected
 from api.live import FALLBACK_POLL_S
 from api.notifier import Busy, Notifier
 from services.after_commit import job_key
@@ -21,10 +22,11 @@ ReadJob = Callable[[], JobView]
 
 
 def wait_until_terminal(
-    notifier: Notifier, job_id: uuid.UUID, read: ReadJob, wait_s: float
+    notifier: Notifier, job_id: uuid.UUID, read: ReadJob, wait_s: float, *, gone: Gone
 ) -> JobView:
-    """The job once terminal, or as it is when `wait_s` has passed. When every waiting slot
-    is taken the current state is answered at once: the client simply polls again."""
+    """The job once terminal, or as it is when `wait_s` has passed (or its client has gone).
+    When every waiting slot is taken the current state is answered at once: the client
+    simply polls again."""
     job = read()
     if wait_s <= 0 or is_terminal(job["status"]):
         return job
@@ -37,7 +39,8 @@ def wait_until_terminal(
                 if remaining <= 0:
                     break
                 timeout = remaining if notifier.connected.is_set() else FALLBACK_POLL_S
-                changed.wait(min(remaining, timeout))
+                if wait_while_connected(changed, min(remaining, timeout), gone) is None:
+                    break
                 changed.clear()
                 job = read()
     except Busy:

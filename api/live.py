@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Response
 
+from api.disconnect import Gone, wait_while_connected, watcher
 from api.notifier import Busy, Notifier
 from api.sse import KEEPALIVE, frame, streaming_response
 from services.errors import Overloaded
@@ -39,7 +40,7 @@ Reader = Callable[[int], Page]
 
 
 def tail(
-    read: Reader, changed: Signal, connected: Signal, *, after: int, max_s: float
+    read: Reader, changed: Signal, connected: Signal, gone: Gone, *, after: int, max_s: float
 ) -> Iterator[bytes]:
     deadline = time.monotonic() + max_s
     quiet_since = time.monotonic()
@@ -64,7 +65,10 @@ def tail(
         if page.frames:
             recheck_s = None
         idle_s = KEEPALIVE_S if connected.is_set() else FALLBACK_POLL_S
-        if changed.wait(min(recheck_s or idle_s, remaining)):
+        woke = wait_while_connected(changed, min(recheck_s or idle_s, remaining), gone)
+        if woke is None:  # the client has gone: give the slot back now
+            return
+        if woke:
             recheck_s = RECHECK_FIRST_S
         elif recheck_s is not None:
             recheck_s = recheck_s * 2 if recheck_s < RECHECK_MAX_S else None
@@ -81,6 +85,7 @@ def open_tail(notifier: Notifier, key: str, read: Reader, *, after: int, max_s: 
         changed = slot.enter_context(notifier.watch(key))
     except Busy:
         raise Overloaded("too many open streams; try again shortly", retry_after_s=5) from None
-    response = streaming_response(tail(read, changed, notifier.connected, after=after, max_s=max_s))
+    stream = tail(read, changed, notifier.connected, watcher(), after=after, max_s=max_s)
+    response = streaming_response(stream)
     response.call_on_close(slot.close)
     return response

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from api import job_stream, live, sse
 from api.auth import current_principal, require_access_token
+from api.disconnect import watcher
 from api.job_waiter import wait_until_terminal
 from api.json_provider import dumps_bytes
 from api.representations import event_json, job_json
@@ -149,7 +150,7 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
         end_session()  # give the connection back while we wait
         return job
 
-    job = wait_until_terminal(_runtime().notifier, job_id, read, query.wait)
+    job = wait_until_terminal(_runtime().notifier, job_id, read, query.wait, gone=watcher())
     return _json_response(dumps_bytes(job), 200, None)
 
 

@@ -7,10 +7,15 @@ import uuid
 import pytest
 import redis
 
+from api.disconnect import CHECK_S
 from api.job_waiter import wait_until_terminal
 from api.notifier import Busy, Notifier
 from services.after_commit import job_channel
 from tests.helpers import poll
+
+
+def stays():
+    return False
 
 
 @pytest.fixture
@@ -44,7 +49,7 @@ def test_waiter_wakes_on_announcement(client, notifier):
     timer = threading.Timer(0.2, finish)
     started = time.monotonic()
     timer.start()
-    job = wait_until_terminal(notifier, job_id, read, wait_s=10)
+    job = wait_until_terminal(notifier, job_id, read, wait_s=10, gone=stays)
     timer.join()
     assert job["status"] == "succeeded"
     # Woken by the message, well before the 10 s limit, with a bounded number of reads.
@@ -55,16 +60,16 @@ def test_waiter_wakes_on_announcement(client, notifier):
 def test_waiter_gives_up_at_the_deadline(notifier):
     job = {"status": "queued"}
     started = time.monotonic()
-    assert (
-        wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=0.3)["status"] == "queued"
-    )
+    answer = wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=0.3, gone=stays)
+    assert answer["status"] == "queued"
     assert 0.25 <= time.monotonic() - started < 2
 
 
 def test_waiter_does_not_wait_for_terminal_jobs(notifier):
     job = {"status": "failed"}
     started = time.monotonic()
-    assert wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=10)["status"] == "failed"
+    answer = wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=10, gone=stays)
+    assert answer["status"] == "failed"
     assert time.monotonic() - started < 0.5
 
 
@@ -74,8 +79,24 @@ def test_waiters_beyond_the_slots_are_answered_at_once(notifier):
         with pytest.raises(Busy), notifier.watch(str(uuid.uuid4())):
             pass
         started = time.monotonic()
-        assert wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=10) is job
+        answer = wait_until_terminal(notifier, uuid.uuid4(), lambda: job, wait_s=10, gone=stays)
+        assert answer is job
         assert time.monotonic() - started < 0.5
     # Slots come back when the waiters leave.
     with notifier.watch(str(uuid.uuid4())):
         pass
+
+
+def test_a_waiter_whose_client_has_gone_gives_its_slot_back_within_a_check(notifier):
+    """The route passes a look at the socket (api/disconnect.py); here, a client that goes
+    away 0.2 s into a 10 s wait."""
+    job = {"status": "queued"}
+    started = time.monotonic()
+    gone_at = started + 0.2
+    answer = wait_until_terminal(
+        notifier, uuid.uuid4(), lambda: job, wait_s=10, gone=lambda: time.monotonic() > gone_at
+    )
+    assert answer is job
+    assert time.monotonic() - started < 0.2 + CHECK_S + 1
+    with notifier.watch(str(uuid.uuid4())), notifier.watch(str(uuid.uuid4())):
+        pass  # both slots free again
