@@ -21,6 +21,7 @@ import redis
 import structlog
 
 from services.after_commit import CHANNEL_PREFIX, channel
+from telemetry.prometheus import WAITING_REFUSED, WAITING_REQUESTS
 
 log = structlog.get_logger("conveyor.api")
 _PATTERN = channel("*")
@@ -46,7 +47,9 @@ class Notifier:
     def watch(self, key: str) -> Iterator[threading.Event]:
         """An Event set whenever `key` changes; raises `Busy` when no slot is free."""
         if not self._slots.acquire(blocking=False):
+            WAITING_REFUSED.inc()
             raise Busy
+        WAITING_REQUESTS.inc()
         self._ensure_listener()
         event = threading.Event()
         with self._lock:
@@ -59,6 +62,7 @@ class Notifier:
                 if not self._waiters[key]:
                     del self._waiters[key]
             self._slots.release()
+            WAITING_REQUESTS.dec()
 
     def _ensure_listener(self) -> None:
         # Started lazily, and again after a fork: threads do not survive into a child.

@@ -14,6 +14,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -46,6 +47,22 @@ HTTP_DURATION = Histogram(
     "and status.",
     HTTP_LABELS,
     buckets=LATENCY_BUCKETS,
+    registry=_own,
+)
+
+
+# Long-polls and live streams: each holds one of its web process's MAX_WAITING_REQUESTS
+# slots while it waits. A process whose slots are all taken answers long-polls at once and
+# refuses streams (503).
+WAITING_REQUESTS = Gauge(
+    f"{PREFIX}_waiting_requests",
+    "Long-polls and live streams waiting now, summed over the live web processes.",
+    registry=_own,
+    multiprocess_mode="livesum",
+)
+WAITING_REFUSED = Counter(
+    f"{PREFIX}_waiting_refused",
+    "Long-polls answered at once and live streams refused, every waiting slot being taken.",
     registry=_own,
 )
 

@@ -11,6 +11,8 @@ from api.disconnect import CHECK_S
 from api.job_waiter import wait_until_terminal
 from api.notifier import Busy, Notifier
 from services.after_commit import job_channel
+from telemetry import prometheus
+from tests import prom
 from tests.helpers import poll
 
 
@@ -100,3 +102,16 @@ def test_a_waiter_whose_client_has_gone_gives_its_slot_back_within_a_check(notif
     assert time.monotonic() - started < 0.2 + CHECK_S + 1
     with notifier.watch(str(uuid.uuid4())), notifier.watch(str(uuid.uuid4())):
         pass  # both slots free again
+
+
+def test_waiting_requests_and_refusals_are_on_the_metrics(notifier):
+    def sample(name):
+        return prom.value(prom.parse(prometheus.exposition().decode()), name)
+
+    waiting, refused = sample("conveyor_waiting_requests"), sample("conveyor_waiting_refused_total")
+    with notifier.watch(str(uuid.uuid4())), notifier.watch(str(uuid.uuid4())):
+        assert sample("conveyor_waiting_requests") == waiting + 2
+        with pytest.raises(Busy), notifier.watch(str(uuid.uuid4())):
+            pass
+    assert sample("conveyor_waiting_requests") == waiting
+    assert sample("conveyor_waiting_refused_total") == refused + 1
