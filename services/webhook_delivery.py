@@ -95,6 +95,16 @@ def claim_due(session: Session, delivery_id: uuid.UUID, *, policy: WebhookPolicy
         delivery.next_attempt_at = None
         delivery.last_error = f"not sent: the endpoint is disabled ({endpoint.disabled_reason})"
         return None
+    if delivery.attempts >= policy.max_attempts:
+        # Every attempt the schedule allows was claimed, and the last one recorded no
+        # outcome (its worker died, or it failed unexpectedly): give up, as `record` would
+        # have, rather than send it again every lease for ever.
+        delivery.status = "dead"
+        delivery.next_attempt_at = None
+        delivery.last_error = (
+            f"gave up after {delivery.attempts} attempts; the last one ended without an outcome"
+        )
+        return None
     lease_until = session.scalar(
         select(func.statement_timestamp() + dt.timedelta(seconds=policy.lease_s))
     )
@@ -176,6 +186,14 @@ def record(
     policy: WebhookPolicy,
 ) -> str:
     """Log the attempt and decide what follows: done, a retry, or giving up."""
+    held = session.scalar(
+        select(WebhookDelivery.id).where(WebhookDelivery.id == claim.delivery_id).with_for_update()
+    )
+    if held is None:
+        # Deleted with its endpoint while the attempt was in flight: nothing to log it
+        # against (the attempt's row would break its foreign key), nothing left to decide.
+        log.warning("webhook.result_fenced", delivery_id=str(claim.delivery_id), gone=True)
+        return "fenced"
     session.add(
         WebhookAttempt(
             delivery_id=claim.delivery_id,

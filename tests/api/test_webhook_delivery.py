@@ -261,6 +261,46 @@ def test_retry_after_on_429_postpones_the_retry(alice, agent, session_factory, h
     assert deliver(session_factory, delivery_id) is None  # not due yet
 
 
+@pytest.mark.parametrize(("status", "outcome"), [(429, "failed"), (200, "succeeded")])
+def test_a_retry_after_in_other_digits_is_ignored(
+    alice, agent, session_factory, hook, status, outcome
+):
+    """ "²" (0xB2 as latin-1) passes str.isdigit but not float(): the attempt raised, and the
+    delivery was sent again every lease for ever, even after a 200."""
+    hook.then(answer(status, Retry_After="²"))
+    endpoint = subscribe(alice, hook.url)
+    run_job(alice, session_factory, agent)
+    delivery_id = only_delivery(alice, endpoint["id"])["id"]
+    assert deliver(session_factory, delivery_id) == outcome
+    shown = alice.get(f"/v1/deliveries/{delivery_id}").json
+    assert shown["last_status_code"] == status and len(shown["attempts"]) == 1
+
+
+def test_attempts_that_all_ended_without_an_outcome_end_the_delivery(
+    alice, agent, session_factory, hook
+):
+    """Each claim, then its worker dies (no `record`) and the lease runs out; once every
+    attempt of the schedule was claimed, the next claim gives up instead of sending."""
+    endpoint = subscribe(alice, hook.url)
+    run_job(alice, session_factory, agent)
+    delivery_id = uuid.UUID(only_delivery(alice, endpoint["id"])["id"])
+    for _ in range(POLICY.max_attempts):
+        with session_factory.begin() as session:
+            assert webhook_delivery.claim_due(session, delivery_id, policy=POLICY) is not None
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(next_attempt_at=func.now() - dt.timedelta(minutes=5))
+            )
+    assert deliver(session_factory, str(delivery_id)) is None
+    assert hook.requests == []
+    dead = alice.get(f"/v1/deliveries/{delivery_id}").json
+    assert (dead["status"], dead["next_attempt_at"]) == ("dead", None)
+    assert dead["last_error"] == (
+        f"gave up after {POLICY.max_attempts} attempts; the last one ended without an outcome"
+    )
+
+
 def test_410_disables_the_endpoint_with_a_reason(alice, agent, session_factory, hook):
     hook.then(answer(410))
     endpoint = subscribe(alice, hook.url)
@@ -420,6 +460,26 @@ def test_a_late_result_after_a_redelivery_is_fenced(alice, agent, session_factor
         )
     assert recorded == "fenced"
     assert alice.get(f"/v1/deliveries/{delivery_id}").json["status"] == "pending"
+
+
+def test_a_result_for_a_delivery_deleted_meanwhile_is_fenced(alice, agent, session_factory, hook):
+    """The endpoint (and with it the delivery) is deleted while the attempt is in flight:
+    the attempt's log row would have broken its foreign key (a traceback per deletion)."""
+    endpoint = subscribe(alice, hook.url)
+    run_job(alice, session_factory, agent)
+    delivery_id = uuid.UUID(only_delivery(alice, endpoint["id"])["id"])
+    with session_factory.begin() as session:
+        claim = webhook_delivery.claim_due(session, delivery_id, policy=POLICY)
+    assert claim is not None
+    assert alice.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
+    answer_ = webhook_delivery.attempt(claim, policy=POLICY)
+    with session_factory.begin() as session:
+        recorded = webhook_delivery.record(
+            session, claim, answer_, attempted_at=dt.datetime.now(dt.UTC), policy=POLICY
+        )
+    assert recorded == "fenced"
+    with session_factory() as session:
+        assert session.get(WebhookDelivery, delivery_id) is None
 
 
 # --- the sweeper ------------------------------------------------------------------------
