@@ -445,41 +445,39 @@ def test_redelivery_sends_the_same_message_again(
     assert len(shown["attempts"]) == 2 and shown["status"] == "succeeded"
 
 
-def test_a_late_result_after_a_redelivery_is_fenced(alice, agent, session_factory, hook):
-    endpoint = subscribe(alice, hook.url)
-    run_job(alice, session_factory, agent)
-    delivery_id = uuid.UUID(only_delivery(alice, endpoint["id"])["id"])
+def outcome_when_meanwhile(session_factory, delivery_id, meanwhile):
+    """Claim the delivery, let `meanwhile` happen while the attempt is in flight, then
+    send it and record the answer: what `record` says."""
     with session_factory.begin() as session:
         claim = webhook_delivery.claim_due(session, delivery_id, policy=POLICY)
     assert claim is not None
-    assert alice.post(f"/v1/deliveries/{delivery_id}/redeliver").status_code == 202
+    meanwhile()
     answer_ = webhook_delivery.attempt(claim, policy=POLICY)
     with session_factory.begin() as session:
-        recorded = webhook_delivery.record(
+        return webhook_delivery.record(
             session, claim, answer_, attempted_at=dt.datetime.now(dt.UTC), policy=POLICY
         )
-    assert recorded == "fenced"
-    assert alice.get(f"/v1/deliveries/{delivery_id}").json["status"] == "pending"
 
 
-def test_a_result_for_a_delivery_deleted_meanwhile_is_fenced(alice, agent, session_factory, hook):
-    """The endpoint (and with it the delivery) is deleted while the attempt is in flight:
-    the attempt's log row would have broken its foreign key (a traceback per deletion)."""
+@pytest.mark.parametrize("meanwhile", ["redelivered", "endpoint deleted"])
+def test_a_late_result_is_fenced(alice, agent, session_factory, hook, meanwhile):
+    """The newer attempt decides after a redelivery. After the endpoint's deletion (and
+    with it the delivery's) nothing is left to decide; the attempt's log row would have
+    broken its foreign key (a traceback per deletion)."""
     endpoint = subscribe(alice, hook.url)
     run_job(alice, session_factory, agent)
     delivery_id = uuid.UUID(only_delivery(alice, endpoint["id"])["id"])
-    with session_factory.begin() as session:
-        claim = webhook_delivery.claim_due(session, delivery_id, policy=POLICY)
-    assert claim is not None
-    assert alice.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
-    answer_ = webhook_delivery.attempt(claim, policy=POLICY)
-    with session_factory.begin() as session:
-        recorded = webhook_delivery.record(
-            session, claim, answer_, attempted_at=dt.datetime.now(dt.UTC), policy=POLICY
-        )
-    assert recorded == "fenced"
+
+    def act():
+        if meanwhile == "redelivered":
+            assert alice.post(f"/v1/deliveries/{delivery_id}/redeliver").status_code == 202
+        else:
+            assert alice.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
+
+    assert outcome_when_meanwhile(session_factory, delivery_id, act) == "fenced"
     with session_factory() as session:
-        assert session.get(WebhookDelivery, delivery_id) is None
+        left = session.get(WebhookDelivery, delivery_id)
+        assert (left.status if left else None) == {"redelivered": "pending"}.get(meanwhile)
 
 
 # --- the sweeper ------------------------------------------------------------------------
