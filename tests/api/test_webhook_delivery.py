@@ -106,6 +106,18 @@ def deliver(session_factory, delivery_id, policy=POLICY):
     return webhook_delivery.deliver(session_factory, uuid.UUID(delivery_id), policy=policy)
 
 
+def claimed_by_a_worker_that_died(session_factory, delivery_id):
+    """A worker claimed the delivery and died before recording anything; its lease has run
+    out long since."""
+    with session_factory.begin() as session:
+        assert webhook_delivery.claim_due(session, delivery_id, policy=POLICY) is not None
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(next_attempt_at=func.now() - dt.timedelta(minutes=5))
+        )
+
+
 def deliver_when_due(session_factory, delivery_id, policy=POLICY, timeout=5.0):
     """Attempt as soon as the delivery is due again (its retry delay has passed)."""
     return poll(lambda: deliver(session_factory, delivery_id, policy), timeout=timeout)
@@ -285,13 +297,7 @@ def test_attempts_that_all_ended_without_an_outcome_end_the_delivery(
     run_job(alice, session_factory, agent)
     delivery_id = uuid.UUID(only_delivery(alice, endpoint["id"])["id"])
     for _ in range(POLICY.max_attempts):
-        with session_factory.begin() as session:
-            assert webhook_delivery.claim_due(session, delivery_id, policy=POLICY) is not None
-            session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id)
-                .values(next_attempt_at=func.now() - dt.timedelta(minutes=5))
-            )
+        claimed_by_a_worker_that_died(session_factory, delivery_id)
     assert deliver(session_factory, str(delivery_id)) is None
     assert hook.requests == []
     dead = alice.get(f"/v1/deliveries/{delivery_id}").json
@@ -490,14 +496,7 @@ def test_the_sweeper_republishes_overdue_and_orphaned_deliveries(
     run_job(alice, session_factory, agent)
     run_job(alice, session_factory, agent)
     waiting, orphan = (uuid.UUID(d["id"]) for d in deliveries(alice, endpoint["id"]))
-    # A worker claimed `orphan` and died; its lease has run out long since.
-    with session_factory.begin() as session:
-        assert webhook_delivery.claim_due(session, orphan, policy=POLICY) is not None
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == orphan)
-            .values(next_attempt_at=func.now() - dt.timedelta(minutes=5))
-        )
+    claimed_by_a_worker_that_died(session_factory, orphan)
     published.clear()
     with session_factory.begin() as session:
         swept = webhook_delivery.sweep(session, policy=POLICY)
