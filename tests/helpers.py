@@ -91,3 +91,17 @@ class AuthClient:
         response = self.post("/v1/jobs", json=body)
         assert response.status_code == 202, response.json
         return response.json
+
+
+def every_item(client: Any, url: str, *, limit: int) -> list[dict[str, Any]]:
+    """All items of a list, walked `limit` at a time by each page's `next_cursor`."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    first = f"{url}{'&' if '?' in url else '?'}limit={limit}"
+    while True:
+        page = client.get(first + (f"&cursor={cursor}" if cursor else ""))
+        assert page.status_code == 200, page.json
+        items += page.json["items"]
+        cursor = page.json["next_cursor"]
+        if cursor is None:
+            return items

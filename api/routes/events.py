@@ -82,8 +82,9 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
 @bp.output(PageOut)
 @bp.doc(
     summary="A stream's events in version order",
-    description="With `Accept: text/event-stream`, tails the stream live from the version "
-    "after `Last-Event-ID` (or `from_version`).",
+    description="Pages by `cursor` (the last page's `next_cursor`) or, the same, "
+    "`from_version`. With `Accept: text/event-stream`, tails the stream live from the "
+    "version after `Last-Event-ID` (or `from_version`).",
 )
 def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def]
     _check_stream(stream, writing=False)
@@ -111,9 +112,12 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
 @bp.output(PageOut)
 @bp.doc(
     summary="The caller's global feed",
-    description="Page with `after=<position>` (the last position you received; "
-    "`next_cursor` gives it). A reader that pages this way never skips an event, even one "
-    "whose transaction commits late. `type` filters by comma-separated event types. With "
+    description="Page with `after=<position>`: the position of the last event you received, "
+    "which `next_cursor` gives. Events come in commit order, so positions of concurrent "
+    "writers interleave: resume from the last event's position, not the largest one. A "
+    "reader that pages this way never skips an event, even one whose transaction commits "
+    "late. A feed has no end: `next_cursor` is null only on an empty page. `type` filters "
+    "by comma-separated event types. With "
     "`Accept: text/event-stream`, tails the feed live from `Last-Event-ID` (a position).",
 )
 def feed(query: FeedQuery):  # type: ignore[no-untyped-def]

@@ -159,8 +159,9 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
 @bp.output(PageOut)
 @bp.doc(
     summary="The job's events in order",
-    description="With `Accept: text/event-stream`, a live SSE stream that ends after the "
-    "terminal event; it resumes after the version given in `Last-Event-ID`.",
+    description="Pages by `cursor` (the last page's `next_cursor`) or, the same, "
+    "`from_version`. With `Accept: text/event-stream`, a live SSE stream that ends after "
+    "the terminal event; it resumes after the version given in `Last-Event-ID`.",
     responses=[200, 404, 503],
 )
 def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untyped-def]

@@ -6,11 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from api.schemas.common import Input, Output
+from api.schemas.common import Input, Output, VersionPageQuery
 from services.inputs import (
     MAX_APPEND,
     MAX_POSITION,
-    MAX_VERSION,
     STREAM_PATTERN,
     EventIn,
     ExpectedVersionIn,
@@ -32,9 +31,8 @@ class BatchIn(Input):
     events: list[BatchEventIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class StreamQuery(Input):
-    from_version: int = Field(default=1, ge=1, le=MAX_VERSION)
-    limit: int = Field(default=100, ge=1, le=1000)
+class StreamQuery(VersionPageQuery):
+    pass
 
 
 class FeedQuery(Input):

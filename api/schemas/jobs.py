@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, Field, model_validator
 
-from api.schemas.common import Input, Output, PageQuery, SmallObject
-from services.inputs import MAX_VERSION
+from api.schemas.common import Input, Output, PageQuery, SmallObject, VersionPageQuery
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
 
@@ -54,9 +53,8 @@ class WaitQuery(Input):
     wait: float = Field(default=0, ge=0, le=30)
 
 
-class EventsQuery(Input):
-    from_version: int = Field(default=1, ge=1, le=MAX_VERSION)
-    limit: int = Field(default=100, ge=1, le=1000)
+class EventsQuery(VersionPageQuery):
+    pass
 
 
 class JobOut(Output):

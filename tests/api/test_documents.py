@@ -13,6 +13,7 @@ import pytest
 from api import create_app
 from services import event_store
 from tests.conftest import FAST_PASSWORDS
+from tests.helpers import every_item
 
 MIB = 1024 * 1024
 
@@ -150,13 +151,7 @@ def test_history_pages(alice):
     url = f"/v1/documents/{create(alice)['id']}"
     for n in range(4):
         alice.patch(url, json={"content": f"edit {n}"})
-    seen, cursor = [], None
-    while True:
-        page = alice.get(f"{url}/versions?limit=2" + (f"&cursor={cursor}" if cursor else "")).json
-        seen += [v["version"] for v in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    seen = [v["version"] for v in every_item(alice, f"{url}/versions", limit=2)]
     assert seen == [1, 2, 3, 4, 5]
     assert alice.get(f"{url}/versions?cursor=nonsense").status_code == 422
 

@@ -5,6 +5,7 @@ import uuid
 import pytest
 
 from services import event_batches
+from tests.helpers import every_item
 
 
 def append(client, stream, *types, expected="any", ids=None, status=201):
@@ -30,6 +31,22 @@ def test_append_and_read_a_stream(alice):
     assert [e["version"] for e in items] == [1, 2, 3]
     page = alice.get("/v1/streams/orders-1/events?from_version=2&limit=1").json
     assert [e["version"] for e in page["items"]] == [2] and page["next_cursor"] == "3"
+
+
+@pytest.mark.parametrize("url", ["/v1/streams/pages/events", "/v1/jobs/{job}/events"])
+def test_event_lists_page_by_cursor_like_every_list(alice, url):
+    append(alice, "pages", "a", "b", "c", "d", "e")
+    job = alice.submit(alice.create_agent()["id"])["id"]
+    url = url.format(job=job)
+    seen = [e["version"] for e in every_item(alice, url, limit=2)]
+    assert seen == [e["version"] for e in alice.get(url).json["items"]]
+    assert seen[0] == 1 and len(seen) >= 1
+    both = alice.get(f"{url}?cursor=2&from_version=2")
+    assert both.status_code == 422 and "not both" in both.json["detail"]
+    for bad in ("0", "x", "²", str(2**31)):
+        response = alice.get(f"{url}?cursor={bad}")
+        assert response.status_code == 422
+        assert [e["field"] for e in response.json["errors"]] == ["cursor"]
 
 
 def test_expected_version_conflict_is_409_with_the_current_version(alice):
