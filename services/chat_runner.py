@@ -19,7 +19,7 @@ import openai
 from services.agent_errors import PermanentAgentError
 from services.agent_runner import RunControl
 from services.agent_tools import ToolBox
-from services.llm import Providers, classify
+from services.llm import Providers, classify, malformed
 
 # Emit buffered text when this much has gathered or this long has passed.
 DELTA_FLUSH_CHARS = 400
@@ -170,6 +170,7 @@ class ChatRunner:
         try:
             stream = client.chat.completions.create(**request)
         except openai.OpenAIError as error:
+            control.checkpoint()  # no answer by the deadline: timed out, not failed
             raise classify(error, provider) from None
         control.on_stop(stream.close)
         buffer = DeltaBuffer(control, step)
@@ -179,18 +180,14 @@ class ChatRunner:
             for chunk in _chunks(stream, provider, control):
                 control.checkpoint()
                 usage.add(getattr(chunk, "usage", None))
-                for choice in chunk.choices or []:
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        result.text += delta.content
-                        buffer.add(delta.content)
-                    for piece in (delta.tool_calls if delta is not None else None) or []:
-                        _merge_tool_call(calls, piece)
-                    if choice.finish_reason:
-                        result.finish_reason = choice.finish_reason
+                _take(chunk, result, buffer, calls, provider)
         finally:
             stream.close()
         control.checkpoint()
+        if result.finish_reason is None and not result.text and not calls:
+            # A 200 that held no answer: an HTML page, a JSON document that is not a
+            # stream, chunks without choices. It used to end the job `succeeded`, empty.
+            raise malformed(provider, "sent an answer with nothing in it")
         buffer.flush()
         result.tool_calls = [calls[i] for i in sorted(calls)]
         return result
@@ -216,14 +213,39 @@ def _chunks(stream: Any, provider: str, control: RunControl) -> Iterator[Any]:
     except openai.OpenAIError as error:
         control.checkpoint()  # a stream closed by a cancel or timeout is a stop, not an error
         raise classify(error, provider) from None
+    except ValueError:  # a chunk that is not JSON
+        control.checkpoint()
+        raise malformed(provider, "sent a chunk of its answer that is not JSON") from None
     except Exception:
         control.checkpoint()
         raise
 
 
+def _take(
+    chunk: Any, result: Any, buffer: Any, calls: dict[int, dict[str, Any]], provider: str
+) -> None:
+    """One streamed chunk into the step's text, tool calls and finish reason. The SDK
+    builds chunks without checking their types: one whose parts are not what the protocol
+    says is the provider's fault (transient), not ours (`internal`)."""
+    try:
+        for choice in chunk.choices or []:
+            delta = choice.delta
+            if delta is not None and delta.content:
+                result.text += delta.content
+                buffer.add(delta.content)
+            for piece in (delta.tool_calls if delta is not None else None) or []:
+                _merge_tool_call(calls, piece)
+            if choice.finish_reason:
+                result.finish_reason = choice.finish_reason
+    except (AttributeError, TypeError):
+        raise malformed(provider, "sent a chunk its protocol does not allow") from None
+
+
 def _merge_tool_call(calls: dict[int, dict[str, Any]], piece: Any) -> None:
     """Tool calls stream in fragments keyed by index: the id and name first, then the
     arguments in pieces."""
+    if not isinstance(piece.index, int):
+        raise TypeError("a tool call without an index")
     call = calls.setdefault(
         piece.index,
         {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},

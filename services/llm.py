@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import openai
 
+from services import retry_after
 from services.agent_errors import PermanentAgentError, TransientAgentError
 
 
@@ -47,6 +48,9 @@ class Providers:
         return self._configs[name].request_timeout_s
 
 
+MAX_RETRY_AFTER_S = 3600.0
+
+
 def classify(error: Exception, provider: str) -> Exception:
     """The agent error for a provider failure: transient (retry) or permanent (fail now)."""
     if isinstance(error, openai.APITimeoutError):
@@ -62,7 +66,15 @@ def classify(error: Exception, provider: str) -> Exception:
             )
         reason = _PERMANENT_REASONS.get(status, "rejected the request")
         return PermanentAgentError(f"the {provider} provider {reason} ({status})")
+    if isinstance(error, openai.APIError):  # an error event in the answer's stream
+        return malformed(provider, "reported an error in the middle of its answer")
     return error
+
+
+def malformed(provider: str, what: str) -> TransientAgentError:
+    """A provider's answer we cannot use: its fault, so the attempt is retried. Its own
+    words stay out (of the job's error and of the log): they may echo what we sent."""
+    return TransientAgentError(f"the {provider} provider {what}")
 
 
 _PERMANENT_REASONS = {
@@ -75,8 +87,6 @@ _PERMANENT_REASONS = {
 
 
 def _retry_after(error: openai.APIStatusError) -> float | None:
-    value = error.response.headers.get("retry-after")
-    try:
-        return min(float(value), 3600.0) if value is not None else None
-    except ValueError:
-        return None
+    """The provider's Retry-After, at most an hour."""
+    asked = retry_after.seconds(error.response.headers.get("retry-after"))
+    return min(asked, MAX_RETRY_AFTER_S) if asked is not None else None

@@ -9,7 +9,6 @@ overall deadline passes, however slowly the receiver dribbles bytes.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import http.client
 import socket
 import ssl
@@ -17,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from services.retry_after import seconds as retry_after_seconds
 from services.ssrf import Target
 
 EXCERPT_CHARS = 1024
@@ -110,7 +110,7 @@ def post(
         connection: http.client.HTTPConnection | None = None
         try:
             connection, response = _send(target, body, sent, timeout_s, watchdog)
-            retry_after = _retry_after_s(response.getheader("Retry-After"))
+            retry_after = retry_after_seconds(response.getheader("Retry-After"))
             try:
                 raw = response.read(max_bytes)
             except (OSError, http.client.HTTPException) as error:
@@ -158,20 +158,6 @@ def _send(
         return connection, connection.getresponse()
     assert last_error is not None
     raise last_error
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # not "²": headers arrive decoded as latin-1
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _describe(error: BaseException) -> str:

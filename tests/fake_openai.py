@@ -30,6 +30,9 @@ class Turn:
     chunk_delay_s: float = 0.0  # between streamed chunks
     chunk_size: int = 3  # characters per streamed text chunk
     usage: tuple[int, int] = (11, 7)
+    # A broken provider: these bytes as the whole 200 answer, with this content type.
+    raw: bytes | None = None
+    raw_type: str = "text/event-stream"
 
 
 class FakeOpenAI:
@@ -98,9 +101,18 @@ class _Handler(BaseHTTPRequestHandler):
         if turn.status != 200:
             body = {"error": {"message": f"scripted {turn.status}", "type": "server_error"}}
             return self._send_json(turn.status, body, turn.headers)
+        if turn.raw is not None:
+            return self._send_raw(turn)
         if request.get("stream"):
             return self._stream(request, turn)
         return self._send_json(200, _completion(request, turn))
+
+    def _send_raw(self, turn: Turn) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", turn.raw_type)
+        self.send_header("Content-Length", str(len(turn.raw or b"")))
+        self.end_headers()
+        self.wfile.write(turn.raw or b"")
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()

@@ -211,6 +211,58 @@ def test_stops_at_max_steps(alice, fake, run):
     assert output["stopped"] == "max_steps" and len(fake.requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "at_least_s"),
+    [("nan", 0), ("inf", 0), ("²", 0), ("Fri, 31 Dec 2100 23:59:59 GMT", 3600)],
+)
+def test_an_odd_retry_after_still_schedules_a_retry(alice, fake, run, retry_after, at_least_s):
+    """A NaN once left the job `running` with no outcome (it reached a timedelta), and a
+    date was ignored. What cannot be read is ignored; at most an hour is waited."""
+    fake.then(Turn(status=429, headers={"Retry-After": retry_after}))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "queued"
+    (scheduled,) = [
+        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
+    ]
+    assert at_least_s <= scheduled["retry_in_s"] <= 3600
+    assert scheduled["error"]["type"] == "transient"
+
+
+@pytest.mark.parametrize(
+    ("raw", "raw_type", "said"),
+    [
+        (b"<html>maintenance</html>", "text/html", "nothing in it"),
+        (
+            b'{"id": "x", "object": "chat.completion", "choices": []}',
+            "application/json",
+            "nothing in it",
+        ),
+        (b"data: {not json\n\n", "text/event-stream", "not JSON"),
+        (
+            b'data: {"id": "x", "object": "chat.completion.chunk", "choices": "oops"}\n\n',
+            "text/event-stream",
+            "does not allow",
+        ),
+        (
+            b'data: {"error": {"message": "key sk-secret refused"}}\n\n',
+            "text/event-stream",
+            "in the middle of its answer",
+        ),
+    ],
+    ids=["html", "not a stream", "not json", "choices a string", "error event"],
+)
+def test_a_broken_answer_is_the_providers_fault_and_retried(alice, fake, run, raw, raw_type, said):
+    """Each ended `succeeded` with no text, or `failed` as our own bug (`internal`)."""
+    fake.then(Turn(raw=raw, raw_type=raw_type))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "queued"
+    (scheduled,) = [
+        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
+    ]
+    assert scheduled["error"]["type"] == "transient" and said in scheduled["error"]["message"]
+    assert "sk-secret" not in str(events(alice, job["id"]))
+
+
 def test_rate_limit_is_retried_after_retry_after(alice, fake, run, session_factory):
     fake.then(Turn(status=429, headers={"Retry-After": "7"}))
     job = alice.submit(agent(alice)["id"])
