@@ -91,6 +91,7 @@ def create_app(
         redis_probe=make_redis(settings.redis_url, timeout_s=1),
         passwords=passwords or Passwords(),
         job_policy=settings.job_policy(),
+        webhook_policy=settings.webhook_policy(),
         queue_depth=QueueDepth(redis_client, AGENTS_QUEUE),
         notifier=Notifier(redis_client, slots=settings.max_waiting_requests),
         gate=rate_limits.make_gate(settings, gate_client),

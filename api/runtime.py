@@ -17,6 +17,7 @@ from api.queue_depth import QueueDepth
 from models.db import UnitOfWork
 from services.job_policy import JobPolicy
 from services.passwords import Passwords
+from services.webhook_policy import WebhookPolicy
 from settings import Settings
 from workers.publisher import BackgroundPublisher
 
@@ -36,6 +37,7 @@ class Runtime:
     redis_probe: redis.Redis
     passwords: Passwords
     job_policy: JobPolicy
+    webhook_policy: WebhookPolicy
     queue_depth: QueueDepth
     notifier: Notifier
     # Token revocation and rate limits in one Redis round trip per request.

@@ -76,9 +76,7 @@ def _submit(session: Session, owner_id: uuid.UUID, body: JobIn) -> Response:
         policy=runtime.job_policy,
         queue_depth=runtime.queue_depth,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
-        webhook_networks=(
-            runtime.settings.webhook_policy().allowed_networks if body.webhook_url else ()
-        ),
+        webhook_networks=runtime.webhook_policy.allowed_networks,
         metadata=body.metadata,
         timeout_s=body.timeout_s,
         queue_timeout_s=body.queue_timeout_s,

@@ -32,7 +32,7 @@ deliveries_bp.before_request(require_access_token)
 
 
 def _policy() -> WebhookPolicy:
-    policy: WebhookPolicy = current_app.extensions["conveyor"].settings.webhook_policy()
+    policy: WebhookPolicy = current_app.extensions["conveyor"].webhook_policy
     return policy
 
 
