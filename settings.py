@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.documents import Limits as DocumentLimits
 from services.job_policy import JobPolicy
-from services.llm import ProviderConfig
+from services.llm import DEFAULT_MAX_ANSWER_BYTES, ProviderConfig
 from services.webhook_policy import DEFAULT_RETRY_SCHEDULE_S, WebhookPolicy, parse_networks
 
 # The development default is public, so it must never sign tokens anywhere else.
@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str | None = None
     llm_request_timeout_s: float = Field(default=120.0, gt=0)
+    # The most of one model answer (one step's stream) a worker reads: past it the job
+    # fails (services/llm_http.py).
+    llm_max_answer_bytes: int = Field(default=DEFAULT_MAX_ANSWER_BYTES, ge=64 * 1024)
 
     # Webhook deliveries (services/webhook_policy.py says what each one does).
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -244,6 +247,7 @@ class Settings(BaseSettings):
                 base_url=self.openai_base_url,
                 api_key=self.openai_api_key,
                 request_timeout_s=self.llm_request_timeout_s,
+                max_answer_bytes=self.llm_max_answer_bytes,
             )
         }
 

@@ -20,10 +20,22 @@ from services.agent_errors import PermanentAgentError
 from services.agent_runner import RunControl
 from services.agent_tools import ToolBox
 from services.llm import Providers, classify, malformed
+from services.llm_http import AnswerTooLarge
 
-# Emit buffered text when this much has gathered or this long has passed.
+# Emit buffered text when this much has gathered or this long has passed; but not more
+# often than every DELTA_MIN_INTERVAL_S unless DELTA_MAX_CHARS have gathered. Each event is
+# a commit: a provider sending chunks of 400 characters and more as fast as it can made an
+# event of every chunk.
 DELTA_FLUSH_CHARS = 400
 DELTA_FLUSH_S = 0.25
+DELTA_MIN_INTERVAL_S = 0.05
+DELTA_MAX_CHARS = 16_384
+# Tool calls run per step; the model hears that the rest were not run.
+MAX_TOOL_CALLS_PER_STEP = 32
+TOO_MANY_TOOL_CALLS = (
+    f"not run: at most {MAX_TOOL_CALLS_PER_STEP} tool calls are run per step; ask again"
+    " for the rest"
+)
 MAX_CONTEXT_DOCUMENT_CHARS = 20_000
 
 
@@ -65,7 +77,12 @@ class DeltaBuffer:
     def add(self, text: str) -> None:
         self._pending.append(text)
         self._size += len(text)
-        if self._size >= DELTA_FLUSH_CHARS or time.monotonic() - self._flushed_at >= DELTA_FLUSH_S:
+        since = time.monotonic() - self._flushed_at
+        if (
+            self._size >= DELTA_MAX_CHARS
+            or since >= DELTA_FLUSH_S
+            or (self._size >= DELTA_FLUSH_CHARS and since >= DELTA_MIN_INTERVAL_S)
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -101,10 +118,12 @@ class ChatRunner:
             result = self._step(
                 client, provider, config, messages, tool_names, usage, control, step
             )
-            control.emit(
-                "job.step.finished",
-                {"step": step, "finish_reason": result.finish_reason, "usage": usage.as_dict()},
-            )
+            to_run = result.tool_calls[:MAX_TOOL_CALLS_PER_STEP]
+            not_run = result.tool_calls[MAX_TOOL_CALLS_PER_STEP:]
+            finished = {"step": step, "finish_reason": result.finish_reason}
+            if not_run:
+                finished["tool_calls_not_run"] = len(not_run)
+            control.emit("job.step.finished", {**finished, "usage": usage.as_dict()})
             if not result.tool_calls:
                 return {"text": result.text, "usage": usage.as_dict(), "steps": step}
             messages.append(
@@ -114,9 +133,14 @@ class ChatRunner:
                     "tool_calls": result.tool_calls,
                 }
             )
-            for call in result.tool_calls:
+            for call in to_run:
                 control.checkpoint()
                 messages.append(self._run_tool(call, control, step))
+            # The provider wants an answer to every call it made.
+            messages.extend(
+                {"role": "tool", "tool_call_id": call["id"], "content": TOO_MANY_TOOL_CALLS}
+                for call in not_run
+            )
         return {
             "text": None,
             "usage": usage.as_dict(),
@@ -169,7 +193,7 @@ class ChatRunner:
             request["tools"] = self._tools.specs(tool_names)
         try:
             stream = client.chat.completions.create(**request)
-        except openai.OpenAIError as error:
+        except (openai.OpenAIError, AnswerTooLarge) as error:
             control.checkpoint()  # no answer by the deadline: timed out, not failed
             raise classify(error, provider) from None
         control.on_stop(stream.close)
@@ -189,7 +213,7 @@ class ChatRunner:
             # stream, chunks without choices. It used to end the job `succeeded`, empty.
             raise malformed(provider, "sent an answer with nothing in it")
         buffer.flush()
-        result.tool_calls = [calls[i] for i in sorted(calls)]
+        result.tool_calls = _with_unique_ids([calls[i] for i in sorted(calls)])
         return result
 
     def _run_tool(self, call: dict[str, Any], control: RunControl, step: int) -> dict[str, Any]:
@@ -210,7 +234,7 @@ class ChatRunner:
 def _chunks(stream: Any, provider: str, control: RunControl) -> Iterator[Any]:
     try:
         yield from stream
-    except openai.OpenAIError as error:
+    except (openai.OpenAIError, AnswerTooLarge) as error:
         control.checkpoint()  # a stream closed by a cancel or timeout is a stop, not an error
         raise classify(error, provider) from None
     except ValueError:  # a chunk that is not JSON
@@ -239,6 +263,18 @@ def _take(
                 result.finish_reason = choice.finish_reason
     except (AttributeError, TypeError):
         raise malformed(provider, "sent a chunk its protocol does not allow") from None
+
+
+def _with_unique_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A model that gave two calls one id would have its two results answer the same id,
+    which the provider refuses as a request of ours (a permanent failure). Later repeats
+    get the id with their position appended, as the call's id everywhere after."""
+    seen: set[str] = set()
+    for position, call in enumerate(calls):
+        if call["id"] in seen:
+            call["id"] = f"{call['id']}-{position}"
+        seen.add(call["id"])
+    return calls
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], piece: Any) -> None:

@@ -10,6 +10,9 @@ import openai
 
 from services import retry_after
 from services.agent_errors import PermanentAgentError, TransientAgentError
+from services.llm_http import AnswerTooLarge, BoundedClient
+
+DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,8 @@ class ProviderConfig:
     base_url: str
     api_key: str | None
     request_timeout_s: float = 60.0
+    # The most of one answer (one step's stream, with its framing) read from the provider.
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
 
 
 class Providers:
@@ -41,6 +46,7 @@ class Providers:
                 timeout=config.request_timeout_s,
                 # Retries belong to the job (backoff, Retry-After, attempts), not the SDK.
                 max_retries=0,
+                http_client=BoundedClient(max_answer_bytes=config.max_answer_bytes),
             )
         return self._clients[name]
 
@@ -53,6 +59,9 @@ MAX_RETRY_AFTER_S = 3600.0
 
 def classify(error: Exception, provider: str) -> Exception:
     """The agent error for a provider failure: transient (retry) or permanent (fail now)."""
+    too_large = _answer_too_large(error)
+    if too_large is not None:
+        return too_large_error(too_large, provider)
     if isinstance(error, openai.APITimeoutError):
         return TransientAgentError(f"the {provider} provider did not answer in time")
     if isinstance(error, openai.APIConnectionError):
@@ -69,6 +78,28 @@ def classify(error: Exception, provider: str) -> Exception:
     if isinstance(error, openai.APIError):  # an error event in the answer's stream
         return malformed(provider, "reported an error in the middle of its answer")
     return error
+
+
+def too_large_error(error: AnswerTooLarge, provider: str) -> Exception:
+    """An answer past its bound. Too long as a whole is permanent: asked again, the model
+    would answer at the same length, at the same cost. A line without end is a broken
+    stream, the provider's fault like any malformed answer."""
+    if error.whole:
+        return PermanentAgentError(
+            f"the {provider} provider's answer passed {error.limit} bytes, the most read"
+            " of one answer; ask for a shorter one (max_tokens)"
+        )
+    return malformed(provider, f"sent a line of its answer longer than {error.limit} bytes")
+
+
+def _answer_too_large(error: BaseException) -> AnswerTooLarge | None:
+    """The bound's error, raised as it is or wrapped by the SDK (as a connection error)."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain can be made circular by hand
+        if seen is None or isinstance(seen, AnswerTooLarge):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def malformed(provider: str, what: str) -> TransientAgentError:

@@ -8,6 +8,7 @@ recorded for assertions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -30,7 +31,9 @@ class Turn:
     chunk_delay_s: float = 0.0  # between streamed chunks
     chunk_size: int = 3  # characters per streamed text chunk
     usage: tuple[int, int] = (11, 7)
-    # A broken provider: these bytes as the whole 200 answer, with this content type.
+    # The ids of calls by their position (default: fresh random ones).
+    tool_call_ids: dict[int, str] | None = None
+    # A broken provider: these bytes as the whole answer (of `status`), with this type.
     raw: bytes | None = None
     raw_type: str = "text/event-stream"
 
@@ -98,21 +101,23 @@ class _Handler(BaseHTTPRequestHandler):
         turn = self.fake.next_turn(request)
         if turn.delay_s:
             time.sleep(turn.delay_s)
+        if turn.raw is not None:
+            return self._send_raw(turn)
         if turn.status != 200:
             body = {"error": {"message": f"scripted {turn.status}", "type": "server_error"}}
             return self._send_json(turn.status, body, turn.headers)
-        if turn.raw is not None:
-            return self._send_raw(turn)
         if request.get("stream"):
             return self._stream(request, turn)
         return self._send_json(200, _completion(request, turn))
 
     def _send_raw(self, turn: Turn) -> None:
-        self.send_response(200)
+        self.send_response(turn.status)
         self.send_header("Content-Type", turn.raw_type)
         self.send_header("Content-Length", str(len(turn.raw or b"")))
         self.end_headers()
-        self.wfile.write(turn.raw or b"")
+        # The client may stop reading (an answer past its bound).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(turn.raw or b"")
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
@@ -153,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
                 send({"content": turn.text[start : start + turn.chunk_size]})
             for index, (name, arguments) in enumerate(turn.tool_calls):
                 text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-                call_id = f"call_{uuid.uuid4().hex[:8]}"
+                call_id = (turn.tool_call_ids or {}).get(index) or f"call_{uuid.uuid4().hex[:8]}"
                 send(
                     {
                         "tool_calls": [

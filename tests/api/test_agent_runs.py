@@ -321,3 +321,87 @@ def test_documents_in_the_input_are_given_as_context(alice, fake, run):
     assert run(job["id"]) == "succeeded"
     context = fake.requests[0]["messages"][1]
     assert context["role"] == "system" and "Use UUIDv7." in context["content"]
+
+
+@pytest.fixture
+def small_answers_run(fake, session_factory):
+    """A provider whose answers are read up to 64 KiB, the least LLM_MAX_ANSWER_BYTES takes."""
+    config = ProviderConfig(fake.base_url, API_KEY, 10.0, max_answer_bytes=64 * 1024)
+    runner = AgentRunner(ChatRunner(Providers({"openai": config}), ToolBox(session_factory)))
+
+    def run(job_id):
+        return job_execution.execute(
+            session_factory, uuid.UUID(job_id), policy=POLICY, runner=runner
+        )
+
+    return run
+
+
+def test_an_answer_past_its_bound_fails_the_job_at_once(alice, fake, small_answers_run):
+    """Nothing bounded an answer: the whole stream was read, however long."""
+    fake.then(Turn(text="x" * 100_000, chunk_size=500))
+    job = alice.submit(agent(alice)["id"])
+    assert small_answers_run(job["id"]) == "failed"
+    failed = alice.get(f"/v1/jobs/{job['id']}").json
+    assert failed["error"]["type"] == "permanent" and failed["attempt"] == 1
+    assert "65536 bytes" in failed["error"]["message"]
+
+
+def test_an_error_answer_past_its_bound_fails_the_job_too(alice, fake, small_answers_run):
+    fake.then(Turn(status=500, raw=b'{"error": "' + b"x" * 100_000 + b'"}', raw_type="text/json"))
+    job = alice.submit(agent(alice)["id"])
+    assert small_answers_run(job["id"]) == "failed"
+    assert "65536 bytes" in alice.get(f"/v1/jobs/{job['id']}").json["error"]["message"]
+
+
+def test_a_line_without_end_is_a_broken_answer_and_retried(alice, fake, run):
+    """One endless line grew a pool process past 1.7 GB before the job's timeout."""
+    fake.then(Turn(raw=b"data: " + b"x" * (1024 * 1024 + 1)))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "queued"
+    (scheduled,) = [
+        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
+    ]
+    assert scheduled["error"]["type"] == "transient"
+    assert "longer than 1048576 bytes" in scheduled["error"]["message"]
+
+
+def test_fast_big_chunks_are_coalesced_too(alice, fake, run):
+    """Each chunk of 400 characters or more used to be an event (and a commit) of its own."""
+    text = "y" * 500 * 200
+    fake.then(Turn(text=text, chunk_size=500))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "succeeded"
+    deltas = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.output.delta"]
+    assert "".join(d["text"] for d in deltas) == text
+    assert len(deltas) < 50  # 200 chunks; at least 16 KiB or 50 ms apart
+
+
+def test_tool_calls_past_the_cap_are_answered_not_run(alice, fake, run):
+    from services.chat_runner import MAX_TOOL_CALLS_PER_STEP
+
+    calls = [("documents.search", {"query": f"q{i}"}) for i in range(MAX_TOOL_CALLS_PER_STEP + 3)]
+    fake.then(Turn(tool_calls=calls), Turn(text="done"))
+    job = alice.submit(agent(alice, tools=["documents.search"])["id"])
+    assert run(job["id"]) == "succeeded"
+    stream = events(alice, job["id"])
+    results = [e for e in stream if e["type"] == "job.tool_result"]
+    assert len(results) == MAX_TOOL_CALLS_PER_STEP
+    finished = [e["data"] for e in stream if e["type"] == "job.step.finished"]
+    assert finished[0]["tool_calls_not_run"] == 3 and "tool_calls_not_run" not in finished[1]
+    answers = [m for m in fake.requests[1]["messages"] if m["role"] == "tool"]
+    assert len(answers) == MAX_TOOL_CALLS_PER_STEP + 3
+    assert [a["content"].startswith("not run") for a in answers].count(True) == 3
+
+
+def test_two_tool_calls_with_one_id_get_two_ids(alice, fake, run):
+    """Both results answered the same id, which the provider refuses."""
+    calls = [("documents.search", {"query": "a"}), ("documents.search", {"query": "b"})]
+    fake.then(Turn(tool_calls=calls, tool_call_ids={0: "same", 1: "same"}), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.search"])["id"])
+    assert run(job["id"]) == "succeeded"
+    second = fake.requests[1]["messages"]
+    (assistant,) = [m for m in second if m["role"] == "assistant"]
+    ids = [c["id"] for c in assistant["tool_calls"]]
+    assert len(set(ids)) == 2 and ids[0] == "same"
+    assert [m["tool_call_id"] for m in second if m["role"] == "tool"] == ids
