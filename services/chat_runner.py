@@ -60,6 +60,9 @@ class Usage:
 class StepResult:
     text: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # The text's pieces as they stream, joined once at the end: `text += piece` on an
+    # attribute copies the whole text each time (100,000 chunks took 6.8 s).
+    pieces: list[str] = field(default_factory=list)
     finish_reason: str | None = None
 
 
@@ -199,7 +202,7 @@ class ChatRunner:
         control.on_stop(stream.close)
         buffer = DeltaBuffer(control, step)
         result = StepResult()
-        calls: dict[int, dict[str, Any]] = {}
+        calls: dict[int, _CallParts] = {}
         try:
             for chunk in _chunks(stream, provider, control):
                 control.checkpoint()
@@ -208,12 +211,13 @@ class ChatRunner:
         finally:
             stream.close()
         control.checkpoint()
+        result.text = "".join(result.pieces)
         if result.finish_reason is None and not result.text and not calls:
             # A 200 that held no answer: an HTML page, a JSON document that is not a
             # stream, chunks without choices. It used to end the job `succeeded`, empty.
             raise malformed(provider, "sent an answer with nothing in it")
         buffer.flush()
-        result.tool_calls = _with_unique_ids([calls[i] for i in sorted(calls)])
+        result.tool_calls = _with_unique_ids([calls[i].call() for i in sorted(calls)])
         return result
 
     def _run_tool(self, call: dict[str, Any], control: RunControl, step: int) -> dict[str, Any]:
@@ -246,7 +250,7 @@ def _chunks(stream: Any, provider: str, control: RunControl) -> Iterator[Any]:
 
 
 def _take(
-    chunk: Any, result: Any, buffer: Any, calls: dict[int, dict[str, Any]], provider: str
+    chunk: Any, result: StepResult, buffer: DeltaBuffer, calls: dict[int, _CallParts], provider: str
 ) -> None:
     """One streamed chunk into the step's text, tool calls and finish reason. The SDK
     builds chunks without checking their types: one whose parts are not what the protocol
@@ -255,7 +259,7 @@ def _take(
         for choice in chunk.choices or []:
             delta = choice.delta
             if delta is not None and delta.content:
-                result.text += delta.content
+                result.pieces.append(_text(delta.content))
                 buffer.add(delta.content)
             for piece in (delta.tool_calls if delta is not None else None) or []:
                 _merge_tool_call(calls, piece)
@@ -277,21 +281,36 @@ def _with_unique_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return calls
 
 
-def _merge_tool_call(calls: dict[int, dict[str, Any]], piece: Any) -> None:
+@dataclass
+class _CallParts:
+    """One tool call as its fragments arrive, joined once by `call`."""
+
+    id: str
+    name: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+
+    def call(self) -> dict[str, Any]:
+        function = {"name": "".join(self.name), "arguments": "".join(self.arguments)}
+        return {"id": self.id, "type": "function", "function": function}
+
+
+def _merge_tool_call(calls: dict[int, _CallParts], piece: Any) -> None:
     """Tool calls stream in fragments keyed by index: the id and name first, then the
     arguments in pieces."""
     if not isinstance(piece.index, int):
         raise TypeError("a tool call without an index")
-    call = calls.setdefault(
-        piece.index,
-        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-    )
+    call = calls.setdefault(piece.index, _CallParts(id=f"call_{piece.index}"))
     if piece.id:
-        call["id"] = piece.id
+        call.id = _text(piece.id)
     if piece.function is not None:
         if piece.function.name:
-            call["function"]["name"] += piece.function.name
+            call.name.append(_text(piece.function.name))
         if piece.function.arguments:
-            call["function"]["arguments"] += piece.function.arguments
-    if call["id"] is None:
-        call["id"] = f"call_{piece.index}"
+            call.arguments.append(_text(piece.function.arguments))
+
+
+def _text(value: Any) -> str:
+    """A string of the protocol; anything else is a malformed chunk (`_take`)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} where the protocol has a string")
+    return value

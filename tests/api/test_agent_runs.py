@@ -248,8 +248,14 @@ def test_an_odd_retry_after_still_schedules_a_retry(alice, fake, run, retry_afte
             "text/event-stream",
             "in the middle of its answer",
         ),
+        (
+            b'data: {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0,'
+            b' "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": 5}}]}}]}\n\n',
+            "text/event-stream",
+            "does not allow",
+        ),
     ],
-    ids=["html", "not a stream", "not json", "choices a string", "error event"],
+    ids=["html", "not a stream", "not json", "choices a string", "error event", "name a number"],
 )
 def test_a_broken_answer_is_the_providers_fault_and_retried(alice, fake, run, raw, raw_type, said):
     """Each ended `succeeded` with no text, or `failed` as our own bug (`internal`)."""
