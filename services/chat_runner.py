@@ -46,11 +46,14 @@ class Usage:
     total_tokens: int = 0
 
     def add(self, usage: Any) -> None:
+        """A chunk's usage; counts that are not token counts are a malformed chunk
+        (TypeError, `_take`), not our failure: a string or a 2**70 once failed the job as
+        `internal` when the counts were added or written in an event."""
         if usage is None:
             return
-        self.prompt_tokens += usage.prompt_tokens or 0
-        self.completion_tokens += usage.completion_tokens or 0
-        self.total_tokens += usage.total_tokens or 0
+        self.prompt_tokens += _tokens(usage.prompt_tokens)
+        self.completion_tokens += _tokens(usage.completion_tokens)
+        self.total_tokens += _tokens(usage.total_tokens)
 
     def as_dict(self) -> dict[str, int]:
         return vars(self).copy()
@@ -206,8 +209,7 @@ class ChatRunner:
         try:
             for chunk in _chunks(stream, provider, control):
                 control.checkpoint()
-                usage.add(getattr(chunk, "usage", None))
-                _take(chunk, result, buffer, calls, provider)
+                _take(chunk, result, buffer, calls, usage, provider)
         finally:
             stream.close()
         control.checkpoint()
@@ -250,12 +252,18 @@ def _chunks(stream: Any, provider: str, control: RunControl) -> Iterator[Any]:
 
 
 def _take(
-    chunk: Any, result: StepResult, buffer: DeltaBuffer, calls: dict[int, _CallParts], provider: str
+    chunk: Any,
+    result: StepResult,
+    buffer: DeltaBuffer,
+    calls: dict[int, _CallParts],
+    usage: Usage,
+    provider: str,
 ) -> None:
     """One streamed chunk into the step's text, tool calls and finish reason. The SDK
     builds chunks without checking their types: one whose parts are not what the protocol
     says is the provider's fault (transient), not ours (`internal`)."""
     try:
+        usage.add(getattr(chunk, "usage", None))
         for choice in chunk.choices or []:
             delta = choice.delta
             if delta is not None and delta.content:
@@ -307,6 +315,17 @@ def _merge_tool_call(calls: dict[int, _CallParts], piece: Any) -> None:
             call.name.append(_text(piece.function.name))
         if piece.function.arguments:
             call.arguments.append(_text(piece.function.arguments))
+
+
+MAX_TOKENS_IN_A_CHUNK = 2**31
+
+
+def _tokens(value: Any) -> int:
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value < MAX_TOKENS_IN_A_CHUNK:
+        raise TypeError(f"{value!r} is not a token count")
+    return value
 
 
 def _text(value: Any) -> str:

@@ -254,8 +254,29 @@ def test_an_odd_retry_after_still_schedules_a_retry(alice, fake, run, retry_afte
             "text/event-stream",
             "does not allow",
         ),
+        (
+            b'data: {"id": "x", "object": "chat.completion.chunk", "choices": [],'
+            b' "usage": {"prompt_tokens": "5"}}\n\n',
+            "text/event-stream",
+            "does not allow",
+        ),
+        (
+            b'data: {"id": "x", "object": "chat.completion.chunk", "choices": [],'
+            b' "usage": {"prompt_tokens": 1180591620717411303424}}\n\n',
+            "text/event-stream",
+            "does not allow",
+        ),
     ],
-    ids=["html", "not a stream", "not json", "choices a string", "error event", "name a number"],
+    ids=[
+        "html",
+        "not a stream",
+        "not json",
+        "choices a string",
+        "error event",
+        "name a number",
+        "usage a string",
+        "usage past 64 bits",
+    ],
 )
 def test_a_broken_answer_is_the_providers_fault_and_retried(alice, fake, run, raw, raw_type, said):
     """Each ended `succeeded` with no text, or `failed` as our own bug (`internal`)."""
