@@ -272,7 +272,7 @@ def _take(
             for piece in (delta.tool_calls if delta is not None else None) or []:
                 _merge_tool_call(calls, piece)
             if choice.finish_reason:
-                result.finish_reason = choice.finish_reason
+                result.finish_reason = _text(choice.finish_reason)
     except (AttributeError, TypeError):
         raise malformed(provider, "sent a chunk its protocol does not allow") from None
 
