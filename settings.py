@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # Jobs one worker runs at once, a pool process each; unset: two per core
     # (workers.celery_app.default_worker_concurrency).
     worker_concurrency: int | None = Field(default=None, ge=1, le=256)
+    # A pool process whose peak RSS passed this, in MiB, is replaced after its task (0: never).
+    # One big answer or batch leaves a process holding memory that glibc does not give
+    # back; a pool process of the bench stays near 120 MiB.
+    worker_max_memory_per_child_mb: int = Field(default=300, ge=0, le=1_000_000)
 
     # The `openai` provider: any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama,
     # vLLM, LM Studio, a LiteLLM proxy). The SDK's own variable names.

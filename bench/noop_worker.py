@@ -19,6 +19,7 @@ app = make_celery(
     broker_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
     # The production worker's count (settings.worker_concurrency), read the same way.
     worker_concurrency=int(os.environ.get("WORKER_CONCURRENCY") or 0) or None,
+    max_memory_per_child_mb=int(os.environ.get("WORKER_MAX_MEMORY_PER_CHILD_MB") or 300),
 )
 app.conf.include = []  # the production task modules are not needed to do nothing
 celery = app

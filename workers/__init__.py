@@ -27,6 +27,7 @@ celery = make_celery(
     broker_url=settings.redis_url,
     sweep_interval_s=settings.sweep_interval_s,
     worker_concurrency=settings.worker_concurrency,
+    max_memory_per_child_mb=settings.worker_max_memory_per_child_mb,
 )
 app = celery  # `celery -A workers` looks for `app` or `celery`
 operations.configure(celery, settings)  # Flower's guard, task log context, metrics, shutdown

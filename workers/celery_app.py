@@ -57,7 +57,11 @@ def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 
 def make_celery(
-    *, broker_url: str, sweep_interval_s: float = 5.0, worker_concurrency: int | None = None
+    *,
+    broker_url: str,
+    sweep_interval_s: float = 5.0,
+    worker_concurrency: int | None = None,
+    max_memory_per_child_mb: int = 0,
 ) -> Celery:
     app = Celery("conveyor", broker=broker_url, include=list(TASK_MODULES))
     app.conf.update(
@@ -79,6 +83,9 @@ def make_celery(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # billiard checks the pool process's peak RSS after each task and replaces it past
+        # this (KiB); the task's result and acknowledgement are sent first.
+        worker_max_memory_per_child=max_memory_per_child_mb * 1024 or None,
         # Flower follows tasks from the worker's events. The publisher's task-sent event is
         # off: it is a second Redis publish per submit (7 % of the web's CPU in a profile),
         # and Flower shows a task from "received" on.

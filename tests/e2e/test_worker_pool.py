@@ -33,3 +33,30 @@ def test_the_worker_runs_as_many_pool_processes_as_configured(
             stack.within(60, lambda: stack.log_count("worker", "ready.") > 0, "worker not ready")
             pool = psutil.Process(stack.processes["worker"].pid).children()
             assert len(pool) == processes, [p.cmdline() for p in pool]
+
+
+def test_a_pool_process_past_its_memory_limit_is_replaced_after_its_task(
+    servers: Servers, worker_id: str, tmp_path: Path
+) -> None:
+    """WORKER_MAX_MEMORY_PER_CHILD_MB reaches billiard: with 1 MiB every pool process is
+    past it, so each job is answered and then its process replaced, and nothing is lost."""
+    with stack_on(servers, worker_id, tmp_path, "maxmem") as scenario:
+        stack = scenario.stack
+        api = stack.start_web()
+        stack.start_worker(concurrency=1, WORKER_MAX_MEMORY_PER_CHILD_MB="1")
+        with stack.logs_on_failure():
+            api.sign_up()
+            agent_id = api.create_echo_agent(delay_ms=0)
+            worker = psutil.Process(stack.processes["worker"].pid)
+
+            def pool_pid() -> int | None:
+                children = worker.children()
+                return children[0].pid if len(children) == 1 else None
+
+            seen = set()
+            for n in range(3):
+                stack.within(30, lambda: pool_pid() not in seen | {None}, "no new pool process")
+                seen.add(pool_pid())
+                job = api.wait_terminal(api.submit(agent_id, f"job {n}").body["id"])
+                assert job["status"] == "succeeded", job
+            assert len(seen) == 3
