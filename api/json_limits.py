@@ -103,6 +103,18 @@ def check_shape(value: Any, *, raw: bytes, limits: JsonLimits) -> None:
         _refuse("", "is not a JSON object")
 
 
+def nesting_depth(value: Any) -> int:
+    """Levels of objects and arrays in `value` (a scalar: 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 

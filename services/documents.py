@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import REAL, ColumnElement, Select, and_, cast, func, literal_column, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, defer
 
 from models import Document, Event
@@ -282,13 +283,27 @@ def _search_page(
         # Ranks are float4: compare as float4, or a rank would not equal itself.
         bound = cast(after_rank, REAL)
         ranked = ranked.where(or_(rank < bound, and_(rank == bound, Document.id < after_id)))
-    rows = session.execute(ranked.order_by(rank.desc(), Document.id.desc()).limit(limit + 1)).all()
+    try:
+        rows = session.execute(
+            ranked.order_by(rank.desc(), Document.id.desc()).limit(limit + 1)
+        ).all()
+    except DBAPIError as error:
+        if _TSQUERY_TOO_DEEP not in str(error.orig):
+            raise
+        # PostgreSQL's parser of `websearch_to_tsquery` refuses some runs of operators (33
+        # dashes, "- " 40 times) with an internal error; it was a 500, to agents a failure.
+        raise InvalidInput(
+            problems=[FieldProblem("q", "too many operators in a row ('-', 'or')", "query")]
+        ) from None
     items = [document for document, _ in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last, last_rank = rows[limit - 1]
         next_cursor = _encode_rank_cursor(last_rank, last.id)
     return Page(items=items, next_cursor=next_cursor)
+
+
+_TSQUERY_TOO_DEEP = "tsquery stack too small"
 
 
 def _encode_rank_cursor(rank: float, document_id: uuid.UUID) -> str:

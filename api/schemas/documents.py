@@ -10,10 +10,14 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BeforeValidator, Field, model_validator
 
+from api.json_limits import nesting_depth
 from api.schemas.common import Input, Output, PageQuery
 from services.inputs import MAX_VERSION
 
 MAX_FILTER_CHARS = 4096
+# As a body may (JSON_MAX_DEPTH's default): orjson writes 254 levels at most, and a deeper
+# filter failed as a 500 when it was sent to PostgreSQL.
+MAX_FILTER_DEPTH = 32
 # type "/" subtype, then parameters: text/markdown, application/json, text/plain; charset=utf-8
 ContentType = Annotated[
     str, Field(max_length=200, pattern=r"^[A-Za-z0-9][\w!#$&^.+-]*/[\w!#$&^.+-]+(\s*;.*)?$")
@@ -29,9 +33,12 @@ def _json_object(value: object) -> object:
     if "\\u0000" in value:  # PostgreSQL's jsonb holds no NUL: a 500 otherwise
         raise ValueError("must not contain NUL characters (\\u0000)")
     try:
-        return orjson.loads(value)
+        parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
         raise ValueError('must be a JSON object, such as {"project": "apollo"}') from None
+    if nesting_depth(parsed) > MAX_FILTER_DEPTH:
+        raise ValueError(f"must not nest deeper than {MAX_FILTER_DEPTH} levels")
+    return parsed
 
 
 class DocumentIn(Input):

@@ -432,3 +432,12 @@ def test_two_tool_calls_with_one_id_get_two_ids(alice, fake, run):
     ids = [c["id"] for c in assistant["tool_calls"]]
     assert len(set(ids)) == 2 and ids[0] == "same"
     assert [m["tool_call_id"] for m in second if m["role"] == "tool"] == ids
+
+
+def test_a_search_postgres_cannot_parse_is_refused_to_the_model(alice, fake, run):
+    """It failed the job as `internal`: only ServiceErrors were refusals."""
+    fake.then(Turn(tool_calls=[("documents.search", {"query": "-" * 40})]), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.search"])["id"])
+    assert run(job["id"]) == "succeeded"
+    (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert result["ok"] is False and "too many operators" in result["result"]

@@ -257,6 +257,15 @@ def test_search_ranks_a_title_match_above_a_content_match(alice):
     assert search(alice, "the") == []  # only a stop word: matches nothing, fails nothing
 
 
+@pytest.mark.parametrize("q", ["-" * 33, "- " * 40, "a " + "-" * 40])
+def test_a_search_postgres_cannot_parse_is_refused_not_a_500(alice, q):
+    create(alice, title="Kafka", content="text")
+    answer = alice.get("/v1/documents", query_string={"q": q})
+    assert answer.status_code == 422, answer.json
+    assert answer.json["errors"][0]["field"] == "q"
+    assert search(alice, "kafka")  # the connection is still usable
+
+
 def test_search_pages_through_ties_without_gaps_or_repeats(alice):
     # A title match (weight 1.0), five equal content matches (2 x 0.4, ties broken by id,
     # newest first), and a single content match (0.4).
@@ -293,7 +302,13 @@ def test_metadata_filters_by_containment(alice):
     assert ids({"priority": "2"}) == [zeus["id"]]
     assert ids({"project": "apollo"}, q="text") == [apollo["id"]]
     assert ids({"project": "hermes"}) == []
-    for bad in ("{not json", "[1, 2]", '"text"'):
+    # 254 levels (orjson writes no more) was a 500 when the filter went to PostgreSQL.
+    deep = '{"a": ' + "[" * 254 + "1" + "]" * 254 + "}"
+    at_limit: Any = 1
+    for _ in range(31):  # and the object: 32 levels
+        at_limit = [at_limit]
+    assert ids({"a": at_limit}) == []
+    for bad in ("{not json", "[1, 2]", '"text"', deep, '{"a": ' + "[" * 32 + "]" * 32 + "}"):
         response = alice.get(f"/v1/documents?metadata={quote(bad)}")
         assert response.status_code == 422, bad
         assert response.json["errors"][0]["field"] == "metadata"
