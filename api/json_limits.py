@@ -1,11 +1,12 @@
 """Bounds on the shape of JSON request bodies, checked as the body is parsed.
 
-MAX_BODY_BYTES bounds the size; this bounds nesting depth (orjson parses up to 1024 levels
-but writes back only 254, so a deep body could be stored and then never be shown again),
-the length of object keys and of any one string, and refuses NUL characters (PostgreSQL
-stores none). The parsed body is walked only when its raw bytes could break a rule: more
-brackets than the depth allows, more bytes than a key may have characters, or an escaped
-NUL. A NUL in the URL's path or query is refused too.
+MAX_BODY_BYTES bounds the size (a chunked body too: `refuse_cut_off_body`); this bounds
+nesting depth (orjson parses up to 1024 levels but writes back only 254, so a deep body
+could be stored and then never be shown again), the length of object keys and of any one
+string, and refuses NUL characters (PostgreSQL stores none). The parsed body is walked
+only when its raw bytes could break a rule: more brackets than the depth allows, more
+bytes than a key may have characters, or an escaped NUL. A NUL in the URL's path or query
+is refused too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Request, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.errors import FieldProblem, InvalidInput
 
@@ -32,6 +34,15 @@ def install(app: Flask, *, max_depth: int, max_key_chars: int, max_string_chars:
 
     class LimitedJsonRequest(Request):
         _json_checked = False
+        _length_checked = False
+
+        def get_data(  # type: ignore[override]
+            self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
+        ) -> bytes | str:
+            if not self._length_checked:
+                self._length_checked = True
+                refuse_cut_off_body(self, super().get_data(cache=True))
+            return super().get_data(cache, as_text, parse_form_data)
 
         def get_json(
             self, force: bool = False, silent: bool = False, cache: bool = True
@@ -46,6 +57,16 @@ def install(app: Flask, *, max_depth: int, max_key_chars: int, max_string_chars:
 
     app.request_class = LimitedJsonRequest
     app.before_request(refuse_nul_in_url)
+
+
+def refuse_cut_off_body(req: Request, data: bytes) -> None:
+    """413 for a body without Content-Length (chunked) that goes on past MAX_BODY_BYTES.
+    Werkzeug reads such a body up to the limit and stops there without a word, so a valid
+    JSON document followed by anything was taken; one byte more tells."""
+    limit = req.max_content_length
+    unbounded = req.content_length is None and limit is not None and len(data) >= limit
+    if unbounded and req.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def refuse_nul_in_url() -> None:

@@ -1,5 +1,6 @@
 """Every error is a problem document; nothing internal reaches the client."""
 
+import io
 import uuid
 
 import pytest
@@ -45,6 +46,32 @@ def test_too_large_body_is_413(alice, app):
     payload = b'{"name": "' + b"x" * limit + b'"}'
     response = alice.post("/v1/agents", data=payload, content_type="application/json")
     assert_problem(response, 413)
+
+
+def test_a_chunked_body_past_the_limit_is_413_not_cut_off(alice, app):
+    """A body without Content-Length (chunked, which gunicorn ends for the application) was
+    read up to the limit and the rest ignored: valid JSON there was taken, garbage after."""
+    limit = app.extensions["conveyor"].settings.max_body_bytes
+    body = b'{"title": "cut", "content": "b"}' + b" " * limit + b"GARBAGE"
+    response = alice.post(
+        "/v1/documents",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert_problem(response, 413)
+    assert alice.get("/v1/documents").json["items"] == []
+    at_limit = b'{"title": "whole", "content": "b"}'
+    at_limit += b" " * (limit - len(at_limit))
+    response = alice.post(
+        "/v1/documents",
+        input_stream=io.BytesIO(at_limit),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 201, response.json
 
 
 def test_validation_lists_each_field(alice):
