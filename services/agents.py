@@ -47,12 +47,7 @@ def update(
     if_version: int | None = None,
 ) -> Agent:
     """Apply a partial update and bump the version; `if_version` guards lost updates."""
-    agent = _lock(session, owner_id=owner_id, agent_id=agent_id)
-    if if_version is not None and agent.version != if_version:
-        raise PreconditionFailed(
-            f"the agent is at version {agent.version}, not {if_version}",
-            extra={"current_version": agent.version},
-        )
+    agent = _lock(session, owner_id=owner_id, agent_id=agent_id, if_version=if_version)
     for name, value in fields.items():
         setattr(agent, name, value)
     agent.version += 1
@@ -60,14 +55,21 @@ def update(
     return agent
 
 
-def delete(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> None:
-    """Soft delete: the agent disappears, the jobs that ran it stay readable."""
-    agent = _lock(session, owner_id=owner_id, agent_id=agent_id)
+def delete(
+    session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID, if_version: int | None = None
+) -> None:
+    """Soft delete: the agent disappears, the jobs that ran it stay readable. `if_version`
+    guards it as it guards an update: a client deleting what it last saw at version 1
+    must not delete changes it never saw."""
+    agent = _lock(session, owner_id=owner_id, agent_id=agent_id, if_version=if_version)
     agent.deleted_at = func.now()
     session.flush()
 
 
-def _lock(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:
+def _lock(
+    session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID, if_version: int | None
+) -> Agent:
+    """The live agent, locked; 412 when `if_version` is given and is not its version."""
     agent = session.scalar(
         select(Agent)
         .where(Agent.id == agent_id, Agent.owner_id == owner_id, Agent.deleted_at.is_(None))
@@ -75,4 +77,9 @@ def _lock(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Agen
     )
     if agent is None:
         raise NotFound("no agent with this id")
+    if if_version is not None and agent.version != if_version:
+        raise PreconditionFailed(
+            f"the agent is at version {agent.version}, not {if_version}",
+            extra={"current_version": agent.version},
+        )
     return agent

@@ -61,7 +61,16 @@ def update_agent(agent_id: uuid.UUID, body: AgentPatch):  # type: ignore[no-unty
 
 
 @bp.delete("/<uuid:agent_id>")
-@bp.doc(summary="Delete an agent; the jobs that ran it stay readable", responses=[204, 404])
+@bp.doc(
+    summary="Delete an agent; the jobs that ran it stay readable",
+    description="`If-Match` honoured, as for PATCH.",
+    responses=[204, 404, 412, 422],
+)
 def delete_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
-    agents.delete(db(), owner_id=current_principal().user_id, agent_id=agent_id)
+    agents.delete(
+        db(),
+        owner_id=current_principal().user_id,
+        agent_id=agent_id,
+        if_version=if_match_version(),
+    )
     return "", 204

@@ -30,6 +30,19 @@ def test_patch_bumps_version_and_honours_if_match(alice):
     assert alice.get(url).json["instructions"] == "new"
 
 
+def test_delete_honours_if_match(alice):
+    """It was ignored: a client that last saw version 1 deleted changes it never saw."""
+    agent = alice.create_agent()
+    url = f"/v1/agents/{agent['id']}"
+    alice.patch(url, json={"instructions": "new"})
+    stale = alice.delete(url, headers={"If-Match": '"1"'})
+    assert stale.status_code == 412 and stale.json["current_version"] == 2
+    assert alice.get(url).status_code == 200
+    assert alice.delete(url, headers={"If-Match": "not-a-tag"}).status_code == 422
+    assert alice.delete(url, headers={"If-Match": '"2"'}).status_code == 204
+    assert alice.get(url).status_code == 404
+
+
 def test_patch_rejects_empty_and_unknown_fields(alice):
     url = f"/v1/agents/{alice.create_agent()['id']}"
     assert alice.patch(url, json={}).status_code == 422
