@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models import TERMINAL_STATUSES, Event, Job
+from models import TERMINAL_STATUSES, Agent, Event, Job
 from models.db import UnitOfWork, execute_on_driver
 from models.ids import new_id
 from services import agents, documents, event_store, job_events, job_view, metrics, ssrf
@@ -200,10 +200,18 @@ def cancel(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
 
 
 def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: JobPolicy) -> Job:
-    """Queue a failed, cancelled or timed-out job again, with a fresh budget of attempts."""
+    """Queue a failed, cancelled or timed-out job again, with a fresh budget of attempts.
+    Not when its agent has been deleted since: a deleted agent takes no new work, and a
+    retry is new work (it ran again, as the agent was when the job was submitted)."""
+    agent_live = select(Agent.id).where(Agent.id == Job.agent_id, Agent.deleted_at.is_(None))
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.owner_id == owner_id, Job.status.in_(RETRYABLE_STATUSES))
+        .where(
+            Job.id == job_id,
+            Job.owner_id == owner_id,
+            Job.status.in_(RETRYABLE_STATUSES),
+            agent_live.exists(),
+        )
         .values(
             status="queued",
             max_attempts=Job.attempt + Job.attempt_budget,
@@ -220,6 +228,11 @@ def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: J
     ).one_or_none()
     if row is None:
         job = get(session, owner_id=owner_id, job_id=job_id)
+        if job.status in RETRYABLE_STATUSES:
+            raise Conflict(
+                "the job's agent has been deleted; submit the job to a live agent instead",
+                extra={"job_status": job.status},
+            )
         raise Conflict(
             f"only failed, cancelled or timed-out jobs can be retried; this one is {job.status}",
             extra={"job_status": job.status},

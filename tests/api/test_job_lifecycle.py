@@ -122,6 +122,19 @@ def test_retry_of_a_queued_or_succeeded_job_is_409(alice, agent, session_factory
     assert (succeeded.status_code, succeeded.json["job_status"]) == (409, "succeeded")
 
 
+def test_retry_of_a_job_whose_agent_was_deleted_is_409(alice, session_factory):
+    """It ran again: a deleted agent takes no new jobs, and a retry is one."""
+    agent = alice.create_agent(params={"fail": "nope"})
+    job = alice.submit(agent["id"], max_attempts=1)
+    assert run(session_factory, job["id"]) == "failed"
+    assert alice.delete(f"/v1/agents/{agent['id']}").status_code == 204
+    response = alice.post(f"/v1/jobs/{job['id']}/retry")
+    assert response.status_code == 409 and response.json["job_status"] == "failed"
+    assert "deleted" in response.json["detail"]
+    assert alice.get(f"/v1/jobs/{job['id']}").json["status"] == "failed"
+    assert "job.retried" not in event_types(alice, job["id"])
+
+
 # --- idempotency ------------------------------------------------------------------------
 
 
