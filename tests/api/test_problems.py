@@ -74,6 +74,22 @@ def test_a_chunked_body_past_the_limit_is_413_not_cut_off(alice, app):
     assert response.status_code == 201, response.json
 
 
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30])
+def test_an_integer_that_cannot_be_kept_exactly_is_422(alice, number):
+    """It was kept as the nearest double: 2**64 came back as 1.8446744073709552e+19."""
+    body = b'{"title": "n", "content": "c", "metadata": {"n": %d}}' % number
+    response = alice.post("/v1/documents", data=body, content_type="application/json")
+    assert assert_problem(response, 422)["errors"][0]["field"] == "body"
+    assert alice.get("/v1/documents").json["items"] == []
+
+
+def test_integers_at_the_edges_and_long_digit_strings_are_kept(alice):
+    metadata = {"top": 2**64 - 1, "bottom": -(2**63), "digits": "1" * 30}
+    created = alice.post("/v1/documents", json={"title": "n", "content": "c", "metadata": metadata})
+    assert created.status_code == 201, created.json
+    assert alice.get(f"/v1/documents/{created.json['id']}").json["metadata"] == metadata
+
+
 def test_validation_lists_each_field(alice):
     response = alice.post("/v1/agents", json={"name": "", "provider": "nope", "extra": 1})
     body = assert_problem(response, 422)
