@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import any_, cast, func, select, tuple_
+from sqlalchemy import cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.exc import IntegrityError
@@ -341,12 +341,16 @@ def existing_events(
 ) -> dict[uuid.UUID, Event]:
     if not event_ids:
         return {}
-    # As text, one parameter: cheaper to bind than an array of a thousand UUIDs.
-    wanted = func.string_to_array(",".join(str(i) for i in event_ids), ",")
+    # As text, one parameter: cheaper to bind than an array of a thousand UUIDs. Unnested
+    # into a set to join, not `event_id = ANY(<the array>)`: as a filter, that array was
+    # parsed again for every row of the owner's, and the statement's generic plan (psycopg
+    # prepares it; PostgreSQL plans it once for all) came to filter them all when planned
+    # against a small table: persisting a batch of 1000 ids took 7.8 s on 11,000 events.
+    wanted = func.unnest(
+        cast(func.string_to_array(",".join(str(i) for i in event_ids), ","), ARRAY(PG_UUID))
+    )
     rows = session.scalars(
-        select(Event).where(
-            Event.owner_id == owner_id, Event.event_id == any_(cast(wanted, ARRAY(PG_UUID)))
-        )
+        select(Event).where(Event.owner_id == owner_id, Event.event_id.in_(select(wanted)))
     )
     return {row.event_id: row for row in rows}
 
