@@ -13,7 +13,9 @@ import email.utils
 import re
 import time
 
-_SECONDS = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")  # ASCII only: re's [0-9], not \d
+_SECONDS = re.compile(r"([0-9]+)(\.[0-9]{1,6})?")  # ASCII only: re's [0-9], not \d
+# Longer than any caller waits (a day at most); more digits read as this, not as nothing.
+_LONGEST_S = 10.0**9
 
 
 def seconds(value: str | None) -> float | None:
@@ -22,8 +24,10 @@ def seconds(value: str | None) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if _SECONDS.fullmatch(value):
-        return float(value)
+    number = _SECONDS.fullmatch(value)
+    if number:
+        # Twenty digits asked for longer than the caller's cap, not for the usual schedule.
+        return _LONGEST_S if len(number.group(1)) > 9 else float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, OverflowError, IndexError):
