@@ -21,6 +21,7 @@ from services import documents, event_store
 from services.errors import ServiceError
 from services.event_store import NewEvent
 from services.inputs import (
+    MAX_STREAM_CHARS,
     STREAM_PATTERN,
     EventIn,
     ExpectedVersionIn,
@@ -55,7 +56,7 @@ class WriteArgs(Input):
 
 
 class AppendArgs(Input):
-    stream: str = Field(pattern=STREAM_PATTERN)
+    stream: str = Field(pattern=STREAM_PATTERN, max_length=MAX_STREAM_CHARS)
     events: list[EventIn] = Field(min_length=1, max_length=100)
     expected_version: ExpectedVersionIn = "any"
 

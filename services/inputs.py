@@ -10,7 +10,10 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MAX_METADATA_BYTES = 16 * 1024
-STREAM_PATTERN = r"^[A-Za-z0-9._:\-]{1,200}$"
+# 1 to 200 of these characters (MAX_STREAM_CHARS, checked beside the pattern), not only dots:
+# clients and proxies resolve `/v1/streams/../events` to `/v1/events` before sending it.
+STREAM_PATTERN = r"^[A-Za-z0-9._:\-]*[A-Za-z0-9_:\-][A-Za-z0-9._:\-]*$"
+MAX_STREAM_CHARS = 200
 TYPE_PATTERN = r"^[A-Za-z0-9._:\-/]{1,200}$"
 MAX_APPEND = 1000
 # Streams the server writes itself: clients and agents read them but cannot forge events.

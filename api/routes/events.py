@@ -17,6 +17,7 @@ from api.representations import event_json, receipt_json
 from api.request_context import db, end_session, single_statement_db
 from api.schemas.common import PageOut
 from api.schemas.events import (
+    MAX_STREAM_CHARS,
     STREAM_PATTERN,
     AppendIn,
     AppendOut,
@@ -220,10 +221,14 @@ _STREAM = re.compile(STREAM_PATTERN)
 
 
 def _check_stream(stream: str, *, writing: bool) -> None:
-    if not _STREAM.fullmatch(stream):
+    if len(stream) > MAX_STREAM_CHARS or not _STREAM.fullmatch(stream):
         raise InvalidInput(
             problems=[
-                FieldProblem("stream", "1 to 200 letters, digits, '.', '_', '-' or ':'", "path")
+                FieldProblem(
+                    "stream",
+                    "1 to 200 letters, digits, '.', '_', '-' or ':', not only dots",
+                    "path",
+                )
             ]
         )
     if writing and is_reserved_stream(stream):

@@ -10,6 +10,7 @@ from api.schemas.common import Input, Output, VersionPageQuery
 from services.inputs import (
     MAX_APPEND,
     MAX_POSITION,
+    MAX_STREAM_CHARS,
     STREAM_PATTERN,
     EventIn,
     ExpectedVersionIn,
@@ -24,7 +25,7 @@ class AppendIn(Input):
 
 
 class BatchEventIn(EventIn):
-    stream: str = Field(pattern=STREAM_PATTERN)
+    stream: str = Field(pattern=STREAM_PATTERN, max_length=MAX_STREAM_CHARS)
 
 
 class BatchIn(Input):

@@ -94,13 +94,22 @@ def test_server_streams_cannot_be_written_by_clients(alice, stream):
     assert body["errors"][0]["field"] == "stream"
 
 
-@pytest.mark.parametrize("stream", ["has space", "x" * 201, "emoji-\u2603"])
+@pytest.mark.parametrize("stream", ["has space", "x" * 201, "emoji-\u2603", ".", "..", "..."])
 def test_bad_stream_names_are_422(alice, stream):
+    """Only dots were valid, but `/v1/streams/../events` reaches `/v1/events` from most
+    clients: a read of it answered the owner's whole feed."""
     response = alice.post(
         f"/v1/streams/{stream}/events", json={"events": [{"type": "a", "data": {}}]}
     )
     assert response.status_code in (404, 422)
     assert response.mimetype == "application/problem+json"
+    batch = alice.post("/v1/events/batch", json={"events": [{"stream": stream, "type": "a"}]})
+    assert batch.status_code == 422
+
+
+@pytest.mark.parametrize("stream", [".a", "a..b", "x" * 200, "a:b-c_d.e"])
+def test_stream_names_with_dots_and_more_are_fine(alice, stream):
+    append(alice, stream, "a")
 
 
 def test_event_limits(alice, app):
