@@ -362,19 +362,32 @@ def _replay(
     found = existing_events(session, owner_id, ids)
     if not found:
         return None
-    same_request = len(found) == len(events) == len(ids) and all(
-        found[i].stream == stream for i in ids
-    )
-    if not same_request:
+    earlier = [found[i] for i in ids if i in found]
+    if not (len(found) == len(events) == len(ids) and _same_events(earlier, stream, events)):
         raise DuplicateEventIds(
             "some of these event ids were appended before, but not as this same request",
             extra={"event_ids": sorted(str(i) for i in found)},
         )
-    earlier = [found[i] for i in ids]
     return AppendResult(
         first_version=earlier[0].version,
         last_version=earlier[-1].version,
         positions=[e.position for e in earlier],
+    )
+
+
+def _same_events(earlier: list[Event], stream: str, events: Sequence[NewEvent]) -> bool:
+    """The stored events are this request's: its stream, one after another in its order,
+    each with its type, data and metadata. Ids alone answered a different body with the
+    first answer (its data thrown away unsaid), and the same ids in another order with
+    `first_version` 2, `last_version` 1."""
+    first = earlier[0].version
+    return all(
+        row.stream == stream
+        and row.version == first + offset
+        and row.type == str(event.type)
+        and row.data == dict(event.data)
+        and row.metadata_ == dict(event.metadata)
+        for offset, (row, event) in enumerate(zip(earlier, events, strict=True))
     )
 
 

@@ -88,6 +88,32 @@ def test_reusing_some_event_ids_in_another_request_is_409(alice):
     assert append(alice, "other", "a", ids=ids[:1], status=409)
 
 
+def test_the_same_ids_with_another_body_or_in_another_order_are_409(alice):
+    """Ids alone decided: a different body got the first answer (its data thrown away
+    unsaid), the same ids swapped got first_version 2 and last_version 1."""
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    events = [
+        {"type": "a", "data": {"n": 0}, "event_id": ids[0]},
+        {"type": "b", "data": {"n": 1}, "event_id": ids[1]},
+    ]
+    url = "/v1/streams/idem3/events"
+    first = alice.post(url, json={"events": events}).json
+    changed = [
+        [events[1], events[0]],
+        [{**events[0], "data": {"n": 99}}, events[1]],
+        [{**events[0], "type": "other"}, events[1]],
+        [{**events[0], "metadata": {"m": 1}}, events[1]],
+    ]
+    for body in changed:
+        answer = alice.post(url, json={"events": body})
+        assert answer.status_code == 409, body
+        assert answer.json["type"] == "/problems/duplicate-event-ids"
+    # The same events again, data keys in another order: the same request.
+    same = [{**events[0], "data": {"n": 0}}, events[1]]
+    assert alice.post(url, json={"events": same}).json == first
+    assert [e["data"] for e in alice.get(url).json["items"]] == [{"n": 0}, {"n": 1}]
+
+
 @pytest.mark.parametrize("stream", ["job-123", "document-abc"])
 def test_server_streams_cannot_be_written_by_clients(alice, stream):
     body = append(alice, stream, "forged", status=422)
