@@ -37,7 +37,7 @@ from jwt import PyJWTError
 from api import gate
 from api.tokens import ALGORITHM, ISSUER, AccessTokens, InvalidToken, complete
 from services import api_keys
-from services.errors import Overloaded, Unauthorized
+from services.errors import FieldProblem, InvalidInput, Overloaded, Unauthorized
 
 API_KEY_HEADER = "X-API-Key"
 _CREDENTIALS_HINT = f"send Authorization: Bearer <access token> or {API_KEY_HEADER}: <key>"
@@ -152,18 +152,29 @@ def _authenticate() -> Principal:
     return Principal(owner.user_id, owner.role, api_key_id=owner.key_id)
 
 
-def _access_claims() -> dict[str, Any]:
+def _bearer_token() -> str | None:
+    """The token of `Authorization: Bearer <token>`; the scheme in any case (RFC 9110,
+    11.1: `bearer` and `BEARER` were refused)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme != "Bearer" or not token:
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _access_claims() -> dict[str, Any]:
+    token = _bearer_token()
+    if token is None:
         raise Unauthorized(_missing_or_invalid())
     tokens: AccessTokens = current_app.extensions["conveyor.access_tokens"]
     try:
-        return tokens.claims(token.strip())
+        return tokens.claims(token)
     except InvalidToken:
         raise Unauthorized(_missing_or_invalid()) from None
 
 
 def require_refresh_token() -> dict[str, Any]:
+    token = _bearer_token()
+    if token is not None:  # flask-jwt-extended reads the scheme as "Bearer" only
+        request.environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     try:
         verify_jwt_in_request(refresh=True)
     except (JWTExtendedException, PyJWTError):
@@ -198,14 +209,21 @@ def revoke_current() -> None:
 
 
 def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
-    """Revoke a refresh token sent in a logout body; another user's token is refused."""
+    """Revoke a refresh token sent in a logout body. One of the owner's that expired or
+    was revoked already has nothing left to revoke, and logout goes on. Anything else (not
+    our token, another user's, not a refresh token) is a 422 on the body, before anything
+    is revoked: it was a 401, which says the *presented* token failed, and a client that
+    believed it dropped an access token that stayed valid."""
     try:
-        payload = decode_token(token)
+        payload = decode_token(token, allow_expired=True)
     except (JWTExtendedException, PyJWTError):
-        raise Unauthorized("the refresh token is invalid, expired or revoked") from None
-    if not complete(payload) or payload["sub"] != str(owner):
-        raise Unauthorized("the refresh token is invalid, expired or revoked")
-    _revoke(payload["jti"], payload["exp"])
+        payload = {}
+    if not complete(payload) or payload["sub"] != str(owner) or payload["type"] != "refresh":
+        raise InvalidInput(
+            problems=[FieldProblem("refresh_token", "not a refresh token of this account")]
+        )
+    if payload["exp"] > time.time():
+        _revoke(payload["jti"], payload["exp"])
 
 
 def is_revoked(jti: object) -> bool:

@@ -76,7 +76,7 @@ def refresh():  # type: ignore[no-untyped-def]
     description='The body is optional: `{"refresh_token": "..."}`. An API key is revoked '
     "with `DELETE /v1/api-keys/<id>` instead.",
     security="BearerAuth",
-    responses=[204, 401],
+    responses=[204, 401, 422],
 )
 def logout():  # type: ignore[no-untyped-def]
     require_bearer_token()

@@ -108,13 +108,35 @@ def test_logout_without_body_revokes_the_access_token(alice):
     assert alice.get("/v1/auth/me").status_code == 401
 
 
-def test_logout_cannot_revoke_someone_elses_refresh_token(client, alice, bob):
-    response = alice.post("/v1/auth/logout", json={"refresh_token": bob.tokens["refresh_token"]})
-    assert response.status_code == 401
+@pytest.mark.parametrize("which", ["bob's", "garbage", "alice's access token"])
+def test_logout_with_a_refresh_token_not_of_this_account_is_422_and_revokes_nothing(
+    client, alice, bob, which
+):
+    """It was a 401, which tells the client its presented token failed: one that believed
+    it dropped an access token that stayed valid."""
+    token = {
+        "bob's": bob.tokens["refresh_token"],
+        "garbage": "not.a.token",
+        "alice's access token": alice.tokens["access_token"],
+    }[which]
+    response = alice.post("/v1/auth/logout", json={"refresh_token": token})
+    assert response.status_code == 422
+    assert response.json["errors"][0]["field"] == "refresh_token"
+    assert alice.get("/v1/auth/me").status_code == 200
     still = client.post(
         "/v1/auth/refresh", headers={"Authorization": f"Bearer {bob.tokens['refresh_token']}"}
     )
     assert still.status_code == 200
+
+
+def test_logout_with_a_refresh_token_revoked_already_still_logs_out(client, alice):
+    refresh = alice.tokens["refresh_token"]
+    assert alice.post("/v1/auth/logout", json={"refresh_token": refresh}).status_code == 204
+    login = client.post("/v1/auth/login", json={"email": alice.email, "password": PASSWORD})
+    alice.tokens = login.json
+    again = alice.post("/v1/auth/logout", json={"refresh_token": refresh})
+    assert again.status_code == 204
+    assert alice.get("/v1/auth/me").status_code == 401
 
 
 def test_tokens_signed_with_another_key_are_401(client, alice, app):
@@ -135,3 +157,12 @@ def test_me_shows_role(alice):
 def test_second_user_gets_distinct_identity(client, alice):
     other = AuthClient.register(client, "other@example.com")
     assert other.get("/v1/auth/me").json["id"] != alice.get("/v1/auth/me").json["id"]
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_read_in_any_case(client, alice, scheme):
+    """RFC 9110 (11.1): the scheme is case-insensitive; `bearer` was a 401."""
+    access = {"Authorization": f"{scheme} {alice.tokens['access_token']}"}
+    assert client.get("/v1/auth/me", headers=access).status_code == 200
+    refresh = {"Authorization": f"{scheme} {alice.tokens['refresh_token']}"}
+    assert client.post("/v1/auth/refresh", headers=refresh).status_code == 200
