@@ -64,6 +64,18 @@ def test_feed_pages_every_event_once_in_order(carol):
     assert last == {"items": [], "next_cursor": None}
 
 
+def test_feed_pages_by_cursor_as_every_list_does(carol):
+    """`cursor` was refused as an unknown parameter: a client paging every list by it could
+    not walk the feed."""
+    append(carol, "a", "a.1", "a.2", "a.3")
+    feed_shows(carol, 3)
+    first = carol.get("/v1/events?limit=2").json
+    rest = carol.get(f"/v1/events?cursor={first['next_cursor']}").json
+    assert [e["type"] for e in rest["items"]] == ["a.3"]
+    for bad in ("cursor=x", "cursor=-1", "cursor=1&after=1"):
+        assert carol.get(f"/v1/events?{bad}").status_code == 422, bad
+
+
 def test_feed_filters_by_type(carol):
     append(carol, "a", "keep", "drop", "keep", "other")
     items = feed_shows(carol, 3, "&type=keep,other")
