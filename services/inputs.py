@@ -7,7 +7,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
 MAX_METADATA_BYTES = 16 * 1024
 # 1 to 200 of these characters (MAX_STREAM_CHARS, checked beside the pattern), not only dots:
@@ -48,7 +48,9 @@ class EventIn(Input):
 
 
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
-ExpectedVersionIn = Annotated[int, Field(ge=0, le=MAX_VERSION)] | Literal["any", "no_stream"]
+# Strict: `true`, "1" and 1.0 were read as version 1, and an append meant for a new stream
+# could land on one at version 1.
+ExpectedVersionIn = Annotated[StrictInt, Field(ge=0, le=MAX_VERSION)] | Literal["any", "no_stream"]
 
 
 def parse_counter(text: str, maximum: int) -> int | None:

@@ -249,3 +249,16 @@ def test_one_event_id_twice_in_a_request_is_422_and_writes_nothing(alice):
     response = alice.post("/v1/events/batch", json=batch)
     assert response.status_code == 422, response.json
     assert response.json["errors"][0]["field"] == "events.1.event_id"
+
+
+@pytest.mark.parametrize("expected", [True, "1", 1.0, "2", None])
+def test_expected_version_is_a_number_any_or_no_stream_and_nothing_else(alice, expected):
+    """`true`, "1" and 1.0 were read as version 1."""
+    append(alice, "strict", "a")
+    url = "/v1/streams/strict/events"
+    answer = alice.post(
+        url, json={"events": [{"type": "b", "data": {}}], "expected_version": expected}
+    )
+    assert answer.status_code == 422, answer.json
+    assert answer.json["errors"][0]["field"].startswith("expected_version")
+    assert len(alice.get(url).json["items"]) == 1
