@@ -146,8 +146,8 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     responses=[202, 422],
 )
 def batch(body: BatchIn):  # type: ignore[no-untyped-def]
-    for event in body.events:
-        _check_stream(event.stream, writing=True)
+    for i, event in enumerate(body.events):
+        _check_stream(event.stream, writing=True, field=f"events.{i}.stream", location="body")
     _check_sizes(body.events)
     accepted = event_batches.accept(
         db(),
@@ -220,14 +220,14 @@ def _tail(
 _STREAM = re.compile(STREAM_PATTERN)
 
 
-def _check_stream(stream: str, *, writing: bool) -> None:
+def _check_stream(
+    stream: str, *, writing: bool, field: str = "stream", location: str = "path"
+) -> None:
     if len(stream) > MAX_STREAM_CHARS or not _STREAM.fullmatch(stream):
         raise InvalidInput(
             problems=[
                 FieldProblem(
-                    "stream",
-                    "1 to 200 letters, digits, '.', '_', '-' or ':', not only dots",
-                    "path",
+                    field, "1 to 200 letters, digits, '.', '_', '-' or ':', not only dots", location
                 )
             ]
         )
@@ -235,10 +235,10 @@ def _check_stream(stream: str, *, writing: bool) -> None:
         raise InvalidInput(
             problems=[
                 FieldProblem(
-                    "stream",
+                    field,
                     f"streams starting with {', '.join(RESERVED_STREAM_PREFIXES)} "
                     "are written by the server only",
-                    "path",
+                    location,
                 )
             ]
         )
