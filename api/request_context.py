@@ -125,6 +125,9 @@ def _finish(response: Response) -> Response:
         finally:
             session.close()
     response.headers.add(REQUEST_ID_HEADER, ctx.get("request_id", ""))  # set nowhere else
+    if response.status_code in (204, 304):
+        # No body, so no type: Flask gives `return "", 204` its default, text/html.
+        response.headers.pop("Content-Type", None)
     now = time.perf_counter()
     access_log.info(
         "request",

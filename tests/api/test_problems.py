@@ -202,3 +202,10 @@ def test_a_last_event_id_we_never_sent_is_422_before_the_stream(alice, targets, 
     headers = {"Accept": "text/event-stream", "Last-Event-ID": last_event_id}
     body = assert_problem(alice.get(url.format(**targets), headers=headers), 422)
     assert body["errors"][0]["field"] == "Last-Event-ID"
+
+
+def test_an_answer_without_a_body_has_no_content_type(alice):
+    """A 204 said `Content-Type: text/html`, Flask's default for `return "", 204`."""
+    agent = alice.create_agent()
+    deleted = alice.delete(f"/v1/agents/{agent['id']}")
+    assert deleted.status_code == 204 and "Content-Type" not in deleted.headers
