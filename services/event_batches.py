@@ -25,6 +25,9 @@ from services.event_store import NewEvent
 from services.job_transitions import seconds
 
 PERSIST_TASK = "conveyor.events.persist_batch"
+# Marks an event whose id `accept` made (a batch stored before the mark has none: all its
+# ids are looked up, as they were then).
+SERVER_MADE_ID = "id_by_server"
 EVENTS_QUEUE = "events"
 
 
@@ -45,6 +48,7 @@ def accept(
             "metadata": dict(event.metadata),
             # Fixed now, so that persisting twice can only find the same ids.
             "event_id": str(event.event_id) if event.event_id else new_id_text(),
+            **({} if event.event_id else {SERVER_MADE_ID: True}),
         }
         for stream, event in events
     ]
@@ -96,9 +100,13 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
     # Ids stay the strings `accept` stored (canonical UUID text): parsing a thousand of them
     # and printing them back cost more than the insert.
     ids: list[str] = [e["event_id"] for e in incoming]
+    # Only a client's ids can have been used before: the batch is persisted once (locked,
+    # and pending until its transaction commits), so an id made for it exists nowhere else.
+    # Looking all of them up was a thousand index probes for nothing on a batch without ids.
+    clients = [e["event_id"] for e in incoming if not e.get(SERVER_MADE_ID)]
     found = {
         str(event_id): event
-        for event_id, event in event_store.existing_events(session, owner_id, ids).items()
+        for event_id, event in event_store.existing_events(session, owner_id, clients).items()
     }
 
     results: list[dict[str, Any]] = []

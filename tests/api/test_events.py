@@ -199,6 +199,21 @@ def test_batch_events_already_appended_are_duplicates_not_copies(alice, session)
     assert len(alice.get("/v1/streams/dup/events").json["items"]) == 1
 
 
+def test_an_id_the_server_made_for_a_batch_is_found_when_a_client_sends_it(alice, session):
+    """Ids the server makes are no longer looked up when their batch is persisted; sent
+    back by a client (from a receipt), they are."""
+    first = alice.post("/v1/events/batch", json={"events": [{"stream": "made", "type": "t"}]})
+    event_batches.persist(session, uuid.UUID(first.json["receipt_id"]))
+    receipt = alice.get(f"/v1/events/receipts/{first.json['receipt_id']}").json
+    made = receipt["results"][0]["event_id"]
+    again = {"events": [{"stream": "made", "type": "t", "event_id": made}]}
+    second = alice.post("/v1/events/batch", json=again).json
+    assert event_batches.persist(session, uuid.UUID(second["receipt_id"])) == "persisted"
+    done = alice.get(f"/v1/events/receipts/{second['receipt_id']}").json
+    assert done["results"][0]["status"] == "duplicate"
+    assert len(alice.get("/v1/streams/made/events").json["items"]) == 1
+
+
 def test_a_batch_with_a_conflicting_event_is_rejected_whole(alice, session):
     event_id = str(uuid.uuid4())
     append(alice, "elsewhere", "t", ids=[event_id])
