@@ -202,11 +202,13 @@ def test_batch_events_already_appended_are_duplicates_not_copies(alice, session)
 def test_an_id_the_server_made_for_a_batch_is_found_when_a_client_sends_it(alice, session):
     """Ids the server makes are no longer looked up when their batch is persisted; sent
     back by a client (from a receipt), they are."""
-    first = alice.post("/v1/events/batch", json={"events": [{"stream": "made", "type": "t"}]})
+    first = alice.post(
+        "/v1/events/batch", json={"events": [{"stream": "made", "type": "t", "data": {}}]}
+    )
     event_batches.persist(session, uuid.UUID(first.json["receipt_id"]))
     receipt = alice.get(f"/v1/events/receipts/{first.json['receipt_id']}").json
     made = receipt["results"][0]["event_id"]
-    again = {"events": [{"stream": "made", "type": "t", "event_id": made}]}
+    again = {"events": [{"stream": "made", "type": "t", "data": {}, "event_id": made}]}
     second = alice.post("/v1/events/batch", json=again).json
     assert event_batches.persist(session, uuid.UUID(second["receipt_id"])) == "persisted"
     done = alice.get(f"/v1/events/receipts/{second['receipt_id']}").json
