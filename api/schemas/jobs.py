@@ -50,7 +50,7 @@ class JobListQuery(PageQuery):
 
 
 class WaitQuery(Input):
-    wait: float = Field(default=0, ge=0, le=30)
+    wait: float = Field(default=0, ge=0, le=30, allow_inf_nan=False)
 
 
 class EventsQuery(VersionPageQuery):

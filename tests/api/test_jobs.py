@@ -253,3 +253,10 @@ def test_wait_times_out_with_the_current_state(alice, agent):
 def test_wait_above_limit_is_422(alice, agent):
     job = alice.submit(agent["id"])
     assert alice.get(f"/v1/jobs/{job['id']}?wait=31").status_code == 422
+
+
+def test_wait_that_is_not_a_finite_number_says_so(alice, agent):
+    """`nan` was refused as not "less than or equal to 30"."""
+    job = alice.submit(agent["id"])
+    answer = alice.get(f"/v1/jobs/{job['id']}?wait=nan")
+    assert answer.status_code == 422 and "finite" in answer.json["errors"][0]["detail"]
