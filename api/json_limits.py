@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Request, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from services.errors import FieldProblem, InvalidInput
 
+# What gunicorn raises from a body it cannot read: a malformed chunk, or the client gone.
+UNREADABLE_BODY = (ParseException, NoMoreData)
 NUL_DETAIL = "contains a NUL character (\\u0000), which cannot be stored"
 
 
@@ -41,7 +44,13 @@ def install(app: Flask, *, max_depth: int, max_key_chars: int, max_string_chars:
         ) -> bytes | str:
             if not self._length_checked:
                 self._length_checked = True
-                refuse_cut_off_body(self, super().get_data(cache=True))
+                try:
+                    data = super().get_data(cache=True)
+                except UNREADABLE_BODY:
+                    # gunicorn reads a chunked body as the application asks for it, and
+                    # raised its parse errors (a chunk without its terminator) here: 500s.
+                    raise BadRequest("the request's body is malformed or incomplete") from None
+                refuse_cut_off_body(self, data)
             return super().get_data(cache, as_text, parse_form_data)
 
         def get_json(

@@ -58,7 +58,7 @@ def raw_problem(
     return head.encode("latin-1") + body
 
 
-def overloaded_response(request_id: str) -> bytes:
+def overloaded_response(request_id: str, *, close: bool = False) -> bytes:
     """The whole HTTP/1.1 answer: the problem document `enter` would have produced."""
     problem = document(
         Overloaded.status,
@@ -68,6 +68,8 @@ def overloaded_response(request_id: str) -> bytes:
         request_id=request_id,
     )
     headers = {"Retry-After": str(admission.RETRY_AFTER_S)}
+    if close:
+        headers["Connection"] = "close"
     return raw_problem(Overloaded.status, "Service Unavailable", problem, headers)
 
 
@@ -82,6 +84,34 @@ def error_page(sock: Any, status_int: int, reason: str, mesg: str) -> None:
 
 gunicorn_util.write_error = error_page
 
+# gunicorn drains at most this much of a body the application left unread before it reuses
+# the connection (gunicorn.http.parser._DRAIN_MAX_BYTES); past it, it closes the connection.
+UNDRAINED_BODY_BYTES = 64 * 1024
+
+
+def closing_after_unread_bodies(app: Any) -> Any:
+    """The WSGI app, answering an error to a body gunicorn may not drain with `Connection:
+    close`. gunicorn said `keep-alive` and then closed the connection, so a client's next
+    request on it (a pooled connection) failed: a 401 or 413 to a 2 MiB upload did this.
+    Errors only: a body the application took was read whole."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length <= UNDRAINED_BODY_BYTES and "HTTP_TRANSFER_ENCODING" not in environ:
+            return app(environ, start_response)
+
+        def start(status: str, headers: Any, exc_info: Any = None) -> Any:
+            if status[:1] in ("4", "5"):
+                start_response.__self__.force_close()  # gunicorn's Response
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return wrapped
+
 
 class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -89,6 +119,10 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._turned_away = 0
         self._turned_away_lock = threading.Lock()
         self._reported_at = time.monotonic()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = closing_after_unread_bodies(self.wsgi)
 
     def enqueue_req(self, conn: Any) -> None:
         conn.conveyor_queued_at = time.monotonic()
@@ -118,8 +152,11 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def _turn_away(self, req: Any, conn: Any) -> bool:
         started = time.perf_counter()
-        req.body.read()  # the connection stays usable only once the body is consumed
-        conn.sock.sendall(overloaded_response(random_uuid().hex))
+        # The connection stays usable only once the body is consumed; a large one (or an
+        # endless chunked one, which kept this thread reading) is left, and the connection
+        # closed.
+        whole = len(req.body.read(UNDRAINED_BODY_BYTES + 1)) <= UNDRAINED_BODY_BYTES
+        conn.sock.sendall(overloaded_response(random_uuid().hex, close=not whole))
         prometheus.observe_request(
             method_label(req.method),
             TURNED_AWAY_ROUTE,
@@ -127,7 +164,7 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
             time.perf_counter() - started,
         )
         self._count_turned_away()
-        return bool(self.alive) and not req.should_close()
+        return whole and bool(self.alive) and not req.should_close()
 
     def _count_turned_away(self) -> None:
         """One warning a second at most, with the count, instead of a line per request."""

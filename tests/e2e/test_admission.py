@@ -9,6 +9,10 @@ One gunicorn process with one slot, so that every figure is this process's.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import socket
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -76,6 +80,62 @@ def test_a_request_that_fails_before_the_applications_hooks_gives_the_slot_back(
         refused = _post_text(api, "/v1/jobs")  # 415 before admission's hook runs
         assert refused == 415
         assert api.get("/v1/agents").status == 200  # a lost slot would make this a 503
+
+
+def test_a_large_body_turned_away_is_not_read_and_its_connection_is_closed(api: Api) -> None:
+    """The worker read a turned-away request's whole body to keep the connection, however
+    large, an endless chunked one for ever; now past 64 KiB it answers `Connection: close`."""
+    host, port = api.base_url.removeprefix("http://").split(":")
+    auth = f"Authorization: Bearer {api.token}\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as holder:
+        # A chunked body that does not come: its request holds the one slot while the
+        # application waits to read it.
+        holder.sendall(
+            b"POST /v1/documents HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            + auth
+            + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+        )
+        # Held once a small request is turned away.
+        deadline = time.monotonic() + 10
+        while api.get("/v1/agents").status != 503:
+            assert time.monotonic() < deadline, "the holder never took the slot"
+        body = b"x" * (256 * 1024)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/documents HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                + auth
+                + b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            with contextlib.suppress(OSError):  # the server may stop reading: it answered
+                sock.sendall(body)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            response.read()
+        assert response.status == 503
+        assert response.getheader("Connection") == "close"
+        rest = b'"title": "t", "content": "c"}'
+        holder.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+        done = http.client.HTTPResponse(holder)
+        done.begin()
+        assert done.status == 201, done.read()
+    assert api.get("/v1/agents").status == 200  # the slot came back
+
+
+def test_a_malformed_chunked_body_is_400_not_an_unhandled_error(api: Api) -> None:
+    """gunicorn raises its parse errors from the body as the application reads it: a chunk
+    without its terminator was a 500 (the fixture's teardown checks no error was logged)."""
+    host, port = api.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/documents HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {api.token}\r\n".encode()
+            + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n"
+        )
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+    assert response.status == 400, body
+    assert response.getheader("Content-Type") == "application/problem+json"
 
 
 def _post_text(api: Api, path: str) -> int:

@@ -140,6 +140,34 @@ def test_requests_gunicorn_cannot_read_get_problem_documents(
     assert body["request_id"] == response.getheader("X-Request-ID")
 
 
+def test_an_error_to_a_body_left_unread_closes_the_connection_and_says_so(ops: Ops) -> None:
+    """gunicorn drains 64 KiB of a body the application did not read, then closes the
+    connection: it used to say `keep-alive` first, and a client's next request on the
+    connection failed."""
+    port = int(ops.stack.api_url.rsplit(":", 1)[1])
+    body = b"x" * (256 * 1024)
+    head = b"POST /v1/documents HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body))
+        with contextlib.suppress(OSError):  # the server may stop reading: it answers first
+            sock.sendall(body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.read()
+    assert response.status == 401
+    assert response.getheader("Connection") == "close"
+    # A small body is drained, and the connection stays open.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        small = b"{}"
+        for _ in range(2):
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(small) + small)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            response.read()
+            assert response.status == 401
+            assert response.getheader("Connection") == "keep-alive"
+
+
 # --------------------------------------------------------------------------- listening
 
 
