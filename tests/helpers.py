@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,3 +108,24 @@ def every_item(client: Any, url: str, *, limit: int) -> list[dict[str, Any]]:
         cursor = page.json["next_cursor"]
         if cursor is None:
             return items
+
+
+POST_DOCUMENT = b"POST /v1/documents HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+
+
+def answer(sock: socket.socket) -> http.client.HTTPResponse:
+    """The next HTTP answer on a raw connection, body read."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response
+
+
+def post_document_body(port: int, body: bytes, headers: bytes = b"") -> http.client.HTTPResponse:
+    """POST `body` to /v1/documents of the server on 127.0.0.1:`port`, on a connection of
+    its own, and its answer; the server may answer before it has read the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(POST_DOCUMENT + headers + b"Content-Length: %d\r\n\r\n" % len(body))
+        with contextlib.suppress(OSError):  # it stopped reading: it has answered
+            sock.sendall(body)
+        return answer(sock)

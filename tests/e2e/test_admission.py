@@ -9,8 +9,6 @@ One gunicorn process with one slot, so that every figure is this process's.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import socket
 import time
 import urllib.request
@@ -23,6 +21,7 @@ import pytest
 
 from tests import prom
 from tests.conftest import Servers
+from tests.helpers import answer, post_document_body
 from tests.stack import Api, stack_on
 
 pytestmark = pytest.mark.e2e
@@ -99,25 +98,12 @@ def test_a_large_body_turned_away_is_not_read_and_its_connection_is_closed(api: 
         deadline = time.monotonic() + 10
         while api.get("/v1/agents").status != 503:
             assert time.monotonic() < deadline, "the holder never took the slot"
-        body = b"x" * (256 * 1024)
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(
-                b"POST /v1/documents HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
-                + auth
-                + b"Content-Length: %d\r\n\r\n" % len(body)
-            )
-            with contextlib.suppress(OSError):  # the server may stop reading: it answered
-                sock.sendall(body)
-            response = http.client.HTTPResponse(sock)
-            response.begin()
-            response.read()
+        response = post_document_body(int(port), b"x" * (256 * 1024), auth)
         assert response.status == 503
         assert response.getheader("Connection") == "close"
         rest = b'"title": "t", "content": "c"}'
         holder.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
-        done = http.client.HTTPResponse(holder)
-        done.begin()
-        assert done.status == 201, done.read()
+        assert answer(holder).status == 201
     assert api.get("/v1/agents").status == 200  # the slot came back
 
 
@@ -131,10 +117,8 @@ def test_a_malformed_chunked_body_is_400_not_an_unhandled_error(api: Api) -> Non
             + f"Authorization: Bearer {api.token}\r\n".encode()
             + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n"
         )
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        body = response.read()
-    assert response.status == 400, body
+        response = answer(sock)
+    assert response.status == 400
     assert response.getheader("Content-Type") == "application/problem+json"
 
 

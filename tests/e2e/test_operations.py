@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests import prom
 from tests.conftest import Servers
-from tests.helpers import ROOT
+from tests.helpers import POST_DOCUMENT, ROOT, answer, post_document_body
 from tests.stack import Api, Stack, free_port, procfile_command, stack_on
 
 pytestmark = pytest.mark.e2e
@@ -145,25 +145,14 @@ def test_an_error_to_a_body_left_unread_closes_the_connection_and_says_so(ops: O
     connection: it used to say `keep-alive` first, and a client's next request on the
     connection failed."""
     port = int(ops.stack.api_url.rsplit(":", 1)[1])
-    body = b"x" * (256 * 1024)
-    head = b"POST /v1/documents HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body))
-        with contextlib.suppress(OSError):  # the server may stop reading: it answers first
-            sock.sendall(body)
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        response.read()
+    response = post_document_body(port, b"x" * (256 * 1024))
     assert response.status == 401
     assert response.getheader("Connection") == "close"
     # A small body is drained, and the connection stays open.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        small = b"{}"
         for _ in range(2):
-            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(small) + small)
-            response = http.client.HTTPResponse(sock)
-            response.begin()
-            response.read()
+            sock.sendall(POST_DOCUMENT + b"Content-Length: 2\r\n\r\n{}")
+            response = answer(sock)
             assert response.status == 401
             assert response.getheader("Connection") == "keep-alive"
 
