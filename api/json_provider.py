@@ -11,6 +11,7 @@ import orjson
 from flask.json.provider import JSONProvider
 
 from services.errors import FieldProblem, InvalidInput
+from services.inputs import LARGEST_INT, SMALLEST_INT
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
@@ -41,7 +42,6 @@ class OrjsonProvider(JSONProvider):
 # orjson keeps integers from -2**63 to 2**64 - 1 exactly and reads any other as the nearest
 # double: 2**64 came back as 1.8446744073709552e+19, and two bodies differing only there
 # were the same request to Idempotency-Key. Such a number needs 19 digits at least.
-_SMALLEST_INT, _LARGEST_INT = -(2**63), 2**64 - 1
 _MAYBE_TOO_LONG = re.compile(r"\d{19}")
 _MAYBE_TOO_LONG_BYTES = re.compile(rb"\d{19}")
 INEXACT_DETAIL = (
@@ -61,7 +61,7 @@ def refuse_inexact_integers(s: str | bytes) -> None:
 def _exact_int(text: str) -> int:
     if len(text) <= 21:  # 2**64 has 20 digits; a longer text is out of range whatever it is
         value = int(text)
-        if _SMALLEST_INT <= value <= _LARGEST_INT:
+        if SMALLEST_INT <= value <= LARGEST_INT:
             return value
     raise InvalidInput(problems=[FieldProblem("body", INEXACT_DETAIL)])
 

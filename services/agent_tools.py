@@ -9,11 +9,12 @@ tool call cannot flood the model's context.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pydantic_core
 from pydantic import Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +30,7 @@ from services.inputs import (
     SmallObject,
     Version,
     is_reserved_stream,
+    unstorable,
 )
 
 MAX_RESULT_CHARS = 8_000
@@ -46,9 +48,12 @@ class ReadArgs(Input):
 
 
 class WriteArgs(Input):
-    """Create a document, or with `id` replace one the owner has."""
+    """Create a document, or with `id` replace one the owner has; with `version` too, only
+    if it is still at that version (what documents.read returned), so that a change made
+    meanwhile is not overwritten unseen."""
 
     id: uuid.UUID | None = None
+    version: Version | None = None
     title: str = Field(min_length=1, max_length=500)
     content: str
     content_type: str = Field(default="text/markdown", max_length=200)
@@ -120,12 +125,23 @@ class ToolBox:
     def specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
         return [self._tools[name].spec() for name in names if name in self._tools]
 
-    def execute(self, name: str, arguments: str, *, owner_id: uuid.UUID) -> Outcome:
-        tool = self._tools.get(name)
+    def execute(
+        self, name: str, arguments: str, *, owner_id: uuid.UUID, allowed: Collection[str]
+    ) -> Outcome:
+        """Run tool `name` if it is one of the agent's (`allowed`): the model may name any
+        tool, and every tool used to run whatever the agent was given."""
+        tool = self._tools.get(name) if name in allowed else None
         if tool is None:
-            return _failure(f"there is no tool named {name!r}")
+            return _failure(f"there is no tool named {name[:200]!r}")
         try:
-            args = tool.arguments.model_validate_json(arguments or "{}")
+            parsed = pydantic_core.from_json(arguments or "{}", allow_inf_nan=False)
+        except ValueError as error:
+            return _failure(f"invalid arguments for {name}: not JSON ({error})")
+        problem = unstorable(parsed)
+        if problem is not None:
+            return _failure(f"invalid arguments for {name}: {problem}")
+        try:
+            args = tool.arguments.model_validate(parsed)
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
@@ -180,14 +196,19 @@ class ToolBox:
         }
 
     def _write(self, session: Session, owner_id: uuid.UUID, args: WriteArgs) -> Any:
-        fields = args.model_dump(exclude={"id"})
+        fields = args.model_dump(exclude={"id", "version"})
         if args.id is None:
             document = documents.create(
                 session, owner_id=owner_id, fields=fields, limits=self._limits
             )
         else:
             document = documents.update(
-                session, owner_id=owner_id, document_id=args.id, fields=fields, limits=self._limits
+                session,
+                owner_id=owner_id,
+                document_id=args.id,
+                fields=fields,
+                limits=self._limits,
+                if_version=args.version,
             )
         return {"id": document.id, "version": document.version}
 

@@ -9,8 +9,9 @@ never holds a database transaction while the model is working.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +142,7 @@ class ChatRunner:
             )
             for call in to_run:
                 control.checkpoint()
-                messages.append(self._run_tool(call, control, step))
+                messages.append(self._run_tool(call, control, step, tool_names))
             # The provider wants an answer to every call it made.
             messages.extend(
                 {"role": "tool", "tool_call_id": call["id"], "content": TOO_MANY_TOOL_CALLS}
@@ -222,18 +223,15 @@ class ChatRunner:
         result.tool_calls = _with_unique_ids([calls[i].call() for i in sorted(calls)])
         return result
 
-    def _run_tool(self, call: dict[str, Any], control: RunControl, step: int) -> dict[str, Any]:
+    def _run_tool(
+        self, call: dict[str, Any], control: RunControl, step: int, allowed: Sequence[str]
+    ) -> dict[str, Any]:
         name = call["function"]["name"]
         arguments = call["function"]["arguments"]
-        control.emit(
-            "job.tool_call",
-            {"step": step, "call_id": call["id"], "name": name, "arguments": arguments[:4000]},
-        )
-        outcome = self._tools.execute(name, arguments, owner_id=control.owner_id)
-        control.emit(
-            "job.tool_result",
-            {"step": step, "call_id": call["id"], "name": name, **outcome.as_event()},
-        )
+        shown = {"step": step, "call_id": call["id"][:200], "name": name[:200]}
+        control.emit("job.tool_call", {**shown, "arguments": arguments[:4000]})
+        outcome = self._tools.execute(name, arguments, owner_id=control.owner_id, allowed=allowed)
+        control.emit("job.tool_result", {**shown, **outcome.as_event()})
         return {"role": "tool", "tool_call_id": call["id"], "content": outcome.content}
 
 
@@ -267,12 +265,13 @@ def _take(
         for choice in chunk.choices or []:
             delta = choice.delta
             if delta is not None and delta.content:
-                result.pieces.append(_text(delta.content))
-                buffer.add(delta.content)
+                text = _text(delta.content)
+                result.pieces.append(text)
+                buffer.add(text)
             for piece in (delta.tool_calls if delta is not None else None) or []:
                 _merge_tool_call(calls, piece)
             if choice.finish_reason:
-                result.finish_reason = _text(choice.finish_reason)
+                result.finish_reason = _text(choice.finish_reason)[:100]
     except (AttributeError, TypeError):
         raise malformed(provider, "sent a chunk its protocol does not allow") from None
 
@@ -328,8 +327,14 @@ def _tokens(value: Any) -> int:
     return value
 
 
+# PostgreSQL stores no NUL, and JSON (orjson) no lone surrogate: either in a model's text
+# failed the job as `internal` when it was written in an event.
+_UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+
+
 def _text(value: Any) -> str:
-    """A string of the protocol; anything else is a malformed chunk (`_take`)."""
+    """A string of the protocol, with what cannot be stored replaced by U+FFFD; anything
+    else is a malformed chunk (`_take`)."""
     if not isinstance(value, str):
         raise TypeError(f"{type(value).__name__} where the protocol has a string")
-    return value
+    return _UNSTORABLE_CHARACTERS.sub("\ufffd", value)

@@ -3,6 +3,7 @@ same things. Unknown fields are an error, never ignored."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,37 @@ class Input(BaseModel):
     """Base of every request body, query and tool argument object."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+# The integers JSON here (orjson) keeps exactly.
+SMALLEST_INT, LARGEST_INT = -(2**63), 2**64 - 1
+
+
+def unstorable(value: Any) -> str | None:
+    """What in a parsed JSON value could not be stored as it is, said for its sender, or
+    None: a NUL character (PostgreSQL stores none), an integer beyond 64 bits or a number
+    beyond a double (orjson writes neither). The API refuses these as it parses a body;
+    a model's tool arguments come here."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return "a string holds a NUL character (\\u0000), which cannot be stored"
+        elif isinstance(node, bool):
+            continue
+        elif isinstance(node, int):
+            if not SMALLEST_INT <= node <= LARGEST_INT:
+                return "an integer is outside -2^63 .. 2^64-1 and cannot be kept exactly"
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                return "a number is too large to keep"
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
 
 
 def _small_json(value: dict[str, Any]) -> dict[str, Any]:

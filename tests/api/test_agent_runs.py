@@ -441,3 +441,61 @@ def test_a_search_postgres_cannot_parse_is_refused_to_the_model(alice, fake, run
     assert run(job["id"]) == "succeeded"
     (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
     assert result["ok"] is False and "too many operators" in result["result"]
+
+
+def test_what_cannot_be_stored_in_a_models_text_is_replaced_not_a_failure(alice, fake, run):
+    """A NUL or a lone surrogate failed the job as `internal` when its event was written."""
+    fake.then(Turn(text="nul\x00 and half an emoji \ud83d."))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "succeeded"
+    text = alice.get(f"/v1/jobs/{job['id']}").json["output"]["text"]
+    assert text == "nul\ufffd and half an emoji \ufffd."
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        ('{"title": "t", "content": "a\\u0000b"}', "NUL"),
+        (
+            '{"title": "t", "content": "c", "metadata": {"n": 123456789012345678901234567890}}',
+            "2^63",
+        ),
+        ('{"title": "t", "content": "c", "metadata": {"n": 1e400}}', "too large"),
+    ],
+    ids=["nul", "big integer", "infinite number"],
+)
+def test_tool_arguments_that_cannot_be_stored_are_refused_to_the_model(
+    alice, fake, run, arguments, said
+):
+    """Each failed the job as `internal` (a DataError, or orjson's TypeError)."""
+    fake.then(Turn(tool_calls=[("documents.write", arguments)]), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "succeeded"
+    (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert result["ok"] is False and said in result["result"]
+    assert alice.get("/v1/documents").json["items"] == []
+
+
+def test_a_tool_the_agent_was_not_given_is_not_run(alice, fake, run):
+    """Only the specs sent to the model followed the agent's tools: any tool it named ran."""
+    write = ("documents.write", {"title": "sneaky", "content": "x"})
+    fake.then(Turn(tool_calls=[write]), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.read"])["id"])
+    assert run(job["id"]) == "succeeded"
+    (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert result["ok"] is False and "no tool named" in result["result"]
+    assert alice.get("/v1/documents").json["items"] == []
+
+
+def test_a_write_with_the_version_it_read_does_not_overwrite_a_change_made_meanwhile(
+    alice, fake, run
+):
+    document = alice.post("/v1/documents", json={"title": "t", "content": "v1"}).json
+    alice.patch(f"/v1/documents/{document['id']}", json={"content": "client's"})
+    stale = {"id": document["id"], "version": 1, "title": "t", "content": "agent's"}
+    fake.then(Turn(tool_calls=[("documents.write", stale)]), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "succeeded"
+    (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert result["ok"] is False and "version 2" in result["result"]
+    assert alice.get(f"/v1/documents/{document['id']}").json["content"] == "client's"
