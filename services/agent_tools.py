@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 import pydantic_core
 from pydantic import Field, ValidationError
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import documents, event_store
@@ -34,6 +36,10 @@ from services.inputs import (
 )
 
 MAX_RESULT_CHARS = 8_000
+_PAST_THE_DEADLINE_MS = 200
+_BOUND_WAITS = text(
+    "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
+)
 SEARCH_LIMIT = 10
 
 
@@ -126,7 +132,14 @@ class ToolBox:
         return [self._tools[name].spec() for name in names if name in self._tools]
 
     def execute(
-        self, name: str, arguments: str, *, owner_id: uuid.UUID, allowed: Collection[str]
+        self,
+        name: str,
+        arguments: str,
+        *,
+        owner_id: uuid.UUID,
+        allowed: Collection[str],
+        time_left_s: float | None = None,
+        arm: Callable[[Callable[[], None] | None], None] | None = None,
     ) -> Outcome:
         """Run tool `name` if it is one of the agent's (`allowed`): the model may name any
         tool, and every tool used to run whatever the agent was given."""
@@ -149,11 +162,40 @@ class ToolBox:
             )
             return _failure(f"invalid arguments for {name}: {problems}")
         try:
-            with self._factory.begin() as session:
-                result = tool.handler(session, owner_id, args)
+            result = self._run(tool, owner_id, args, time_left_s, arm)
         except ServiceError as error:
             return _failure(error.detail)
         return Outcome(True, _truncate(orjson.dumps(result, default=str).decode()))
+
+    def _run(
+        self,
+        tool: Tool,
+        owner_id: uuid.UUID,
+        args: Input,
+        time_left_s: float | None,
+        arm: Callable[[Callable[[], None] | None], None] | None,
+    ) -> Any:
+        """The tool in a transaction of its own, which commits. A tool blocked in PostgreSQL
+        (a row another writer holds) kept the attempt past its deadline and ended it as
+        `internal`, and a cancelled job's write could land long after the job ended; so
+        the transaction's statements wait at most `time_left_s` (then fail, and the runner
+        finds the attempt timed out), and `arm` is handed the way to cancel the statement
+        under way until the transaction has committed (the runner calls it to stop)."""
+        with self._factory() as session:
+            if time_left_s is not None:
+                # A little past the deadline: the attempt's own stop comes first.
+                wait_ms = str(int(time_left_s * 1000) + _PAST_THE_DEADLINE_MS)
+                session.execute(_BOUND_WAITS, {"ms": wait_ms})
+            if arm is not None:
+                driver: psycopg.Connection[Any] = session.connection().connection.driver_connection  # type: ignore[assignment]
+                arm(driver.cancel_safe)
+            try:
+                result = tool.handler(session, owner_id, args)
+                session.commit()
+            finally:
+                if arm is not None:
+                    arm(None)
+        return result
 
     def context_documents(self, owner_id: uuid.UUID, ids: Sequence[Any]) -> str:
         """The documents a job's input names, as context for the model."""

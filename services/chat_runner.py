@@ -10,12 +10,14 @@ never holds a database transaction while the model is working.
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from sqlalchemy.exc import DBAPIError
 
 from services.agent_errors import PermanentAgentError
 from services.agent_runner import RunControl
@@ -104,6 +106,24 @@ class DeltaBuffer:
         self.index += 1
 
 
+class Interruptible:
+    """What a tool is doing in PostgreSQL, to cancel when the attempt must stop (a
+    `RunControl.on_stop` callback): armed by the toolbox while its transaction is open."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancel: Callable[[], None] | None = None
+
+    def arm(self, cancel: Callable[[], None] | None) -> None:
+        with self._lock:
+            self._cancel = cancel
+
+    def __call__(self) -> None:
+        with self._lock:  # not disarmed halfway: the transaction stays open meanwhile
+            if self._cancel is not None:
+                self._cancel()
+
+
 class ChatRunner:
     def __init__(self, providers: Providers, tools: ToolBox) -> None:
         self._providers = providers
@@ -119,6 +139,8 @@ class ChatRunner:
         tool_names = list(config.get("tools") or [])
         messages = self._first_messages(config, job_input, control)
         usage = Usage()
+        interruptible = Interruptible()
+        control.on_stop(interruptible)
         for step in range(1, int(config.get("max_steps") or 1) + 1):
             control.checkpoint()
             control.emit("job.step.started", {"step": step})
@@ -142,7 +164,7 @@ class ChatRunner:
             )
             for call in to_run:
                 control.checkpoint()
-                messages.append(self._run_tool(call, control, step, tool_names))
+                messages.append(self._run_tool(call, control, step, tool_names, interruptible))
             # The provider wants an answer to every call it made.
             messages.extend(
                 {"role": "tool", "tool_call_id": call["id"], "content": TOO_MANY_TOOL_CALLS}
@@ -224,13 +246,29 @@ class ChatRunner:
         return result
 
     def _run_tool(
-        self, call: dict[str, Any], control: RunControl, step: int, allowed: Sequence[str]
+        self,
+        call: dict[str, Any],
+        control: RunControl,
+        step: int,
+        allowed: Sequence[str],
+        interruptible: Interruptible,
     ) -> dict[str, Any]:
         name = call["function"]["name"]
         arguments = call["function"]["arguments"]
         shown = {"step": step, "call_id": call["id"][:200], "name": name[:200]}
         control.emit("job.tool_call", {**shown, "arguments": arguments[:4000]})
-        outcome = self._tools.execute(name, arguments, owner_id=control.owner_id, allowed=allowed)
+        try:
+            outcome = self._tools.execute(
+                name,
+                arguments,
+                owner_id=control.owner_id,
+                allowed=allowed,
+                time_left_s=control.remaining_s(),
+                arm=interruptible.arm,
+            )
+        except DBAPIError:
+            control.checkpoint()  # cancelled or past the deadline: a stop, not a failure
+            raise
         control.emit("job.tool_result", {**shown, **outcome.as_event()})
         return {"role": "tool", "tool_call_id": call["id"], "content": outcome.content}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.conftest import Servers
@@ -90,3 +91,36 @@ def test_a_run_past_its_timeout_ends_timed_out(running, fake):
         assert job["status"] == "timed_out", job
         assert job["error"]["type"] == "timeout"
         assert job["attempt"] == 1
+
+
+@pytest.mark.parametrize("stop", ["cancel", "timeout"])
+def test_a_tool_blocked_in_the_database_is_stopped_and_its_write_never_lands(running, fake, stop):
+    """A tool waiting for a row another writer held kept the attempt past its deadline
+    (ended `internal`), and a cancelled job's write committed once the row was free."""
+    scenario, api = running
+    fake.script.clear()  # a stopped run leaves its later turns unasked
+    document = api.post("/v1/documents", {"title": "t", "content": "before"}).body
+    write = {"id": document["id"], "title": "t", "content": "by the agent"}
+    fake.then(Turn(tool_calls=[("documents.write", write)]), Turn(text="done"))
+    body = {"name": "w", "provider": "openai", "model": "fake", "tools": ["documents.write"]}
+    agent_id = api.post("/v1/agents", body).body["id"]
+    job_body = {"agent_id": agent_id, "input": {"text": "write"}}
+    if stop == "timeout":
+        job_body["timeout_s"] = 3
+    with scenario.stack.logs_on_failure(), psycopg.connect(scenario.db.url) as holder:
+        holder.execute("SELECT 1 FROM documents WHERE id = %s FOR UPDATE", (document["id"],))
+        job_id = api.post("/v1/jobs", job_body).body["id"]
+        scenario.stack.within(
+            20,
+            lambda: "job.tool_call" in [t for _, t in api.event_types(job_id)],
+            "the tool never started",
+        )
+        asked_at = time.monotonic()
+        if stop == "cancel":
+            assert api.post(f"/v1/jobs/{job_id}/cancel").status == 200
+        job = api.wait_terminal(job_id, timeout=20)
+        assert job["status"] == {"cancel": "cancelled", "timeout": "timed_out"}[stop], job
+        assert time.monotonic() - asked_at < 5.0
+        holder.rollback()  # the row is free again
+    assert api.get(f"/v1/documents/{document['id']}").body["content"] == "before"
+    assert [t for _, t in api.event_types(job_id)][-1] == f"job.{job['status']}"
