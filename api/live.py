@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from threading import Event as Signal
 from typing import Any
 
+import structlog
 from flask import Response
+from sqlalchemy.exc import DBAPIError
 
 from api.disconnect import Gone, wait_while_connected, watcher
 from api.notifier import Busy, Notifier
 from api.sse import KEEPALIVE, frame, streaming_response
 from services.errors import Overloaded
 
+log = structlog.get_logger("conveyor.api")
 KEEPALIVE_S = 15.0
 # Without the notifier's subscription (Redis away), re-read this often instead.
 FALLBACK_POLL_S = 1.0
@@ -40,8 +43,19 @@ Reader = Callable[[int], Page]
 
 
 def tail(
-    read: Reader, changed: Signal, connected: Signal, gone: Gone, *, after: int, max_s: float
+    read: Reader,
+    changed: Signal,
+    connected: Signal,
+    gone: Gone,
+    *,
+    after: int,
+    max_s: float,
+    first: Page | None = None,
 ) -> Iterator[bytes]:
+    """The stream's bytes; `first`, read before the response began, is its first page.
+    A read that fails later (the database went away) ends the stream as `max_s` does, and
+    the client resumes from its `Last-Event-ID`: the body used to stop without its last
+    chunk, a broken response, and a traceback in the log."""
     deadline = time.monotonic() + max_s
     quiet_since = time.monotonic()
     # After an announcement the read may still find nothing (the feed holds back events
@@ -49,8 +63,15 @@ def tail(
     # sleeping until the next announcement.
     recheck_s: float | None = None
     while True:
-        changed.clear()
-        page = read(after)
+        if first is not None:
+            page, first = first, None
+        else:
+            changed.clear()
+            try:
+                page = read(after)
+            except DBAPIError:
+                log.warning("live.read_failed", after=after, exc_info=True)
+                return
         for event_id, event_type, body in page.frames:
             after = event_id
             quiet_since = time.monotonic()
@@ -85,7 +106,17 @@ def open_tail(notifier: Notifier, key: str, read: Reader, *, after: int, max_s: 
         changed = slot.enter_context(notifier.watch(key))
     except Busy:
         raise Overloaded("too many open streams; try again shortly", retry_after_s=5) from None
-    stream = tail(read, changed, notifier.connected, watcher(), after=after, max_s=max_s)
+    try:
+        # Read once before answering: a database that is away is a 503 like for any request
+        # (the first read used to fail inside the body, a 500 logged as a 200).
+        changed.clear()
+        first = read(after)
+    except BaseException:
+        slot.close()
+        raise
+    stream = tail(
+        read, changed, notifier.connected, watcher(), after=after, max_s=max_s, first=first
+    )
     response = streaming_response(stream)
     response.call_on_close(slot.close)
     return response

@@ -29,6 +29,7 @@ JOBS = 12
 DELAY_MS = 1000
 # Longer than a lease (JOB_LEASE_S=2): running attempts lose theirs while the database is away.
 OUTAGE_S = 3.0
+SSE = {"Accept": "text/event-stream"}
 
 
 @pytest.fixture
@@ -89,6 +90,10 @@ def test_jobs_end_after_a_postgres_restart(
                 lambda: api.post(f"/v1/jobs/{job_ids[-1]}/cancel"),
                 lambda: api.try_create_echo_agent(delay_ms=0),
                 lambda: api.get("/readyz"),
+                # A live tail read first inside its body: a 500, logged as a 200.
+                lambda: api.get("/v1/events", headers=SSE, timeout=5),
+                lambda: api.get("/v1/streams/s/events", headers=SSE, timeout=5),
+                lambda: api.get(f"/v1/jobs/{job_ids[0]}/events", headers=SSE, timeout=5),
             ]
             # Once only: the auth endpoints are rate-limited per address.
             login = {"email": api.email, "password": PASSWORD}
