@@ -65,6 +65,7 @@ def create_app(
         max_overflow=settings.database_max_overflow,
     )
     redis_client = make_redis(settings.redis_url, timeout_s=5)
+    redis_probe = make_redis(settings.redis_url, timeout_s=1)
     gate_client = rate_limits.gate_client(settings)
     producer = make_celery(broker_url=settings.redis_url)
     tests_factory = session_factory
@@ -88,11 +89,12 @@ def create_app(
         single_statement=single_statement,
         publisher=after_commit.background,
         redis=redis_client,
-        redis_probe=make_redis(settings.redis_url, timeout_s=1),
+        redis_probe=redis_probe,
         passwords=passwords or Passwords(),
         job_policy=settings.job_policy(),
         webhook_policy=settings.webhook_policy(),
-        queue_depth=QueueDepth(redis_client, AGENTS_QUEUE),
+        # The probe's quick client: a submit must not hang on a Redis that does not answer.
+        queue_depth=QueueDepth(redis_probe, AGENTS_QUEUE),
         notifier=Notifier(redis_client, slots=settings.max_waiting_requests),
         gate=rate_limits.make_gate(settings, gate_client),
     )

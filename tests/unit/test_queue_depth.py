@@ -1,0 +1,40 @@
+"""The queue depth submits read (api/queue_depth.py) when Redis stops answering."""
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from api.queue_depth import QueueDepth
+from api.runtime import make_redis
+
+
+def test_submits_do_not_queue_behind_a_redis_that_does_not_answer():
+    """They waited on one lock, each then waiting out its own read: the tenth submit of a
+    burst answered after twenty seconds. One reads; the others fail at once (503)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        depth = QueueDepth(make_redis(f"redis://127.0.0.1:{port}/0", timeout_s=1), "agents")
+
+        def ask(_: int) -> float:
+            started = time.monotonic()
+            with pytest.raises(redis.RedisError):
+                depth()
+            return time.monotonic() - started
+
+        with ThreadPoolExecutor(10) as pool:
+            waits = sorted(pool.map(ask, range(10)))
+    assert waits[-1] < 5  # the reader: a timeout and one retry
+    assert waits[-2] < 1  # everyone else
+
+
+def test_the_depth_is_read_from_redis(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    queue = f"depth-test-{time.monotonic_ns()}"
+    client.rpush(queue, "a", "b", "c")
+    try:
+        assert QueueDepth(make_redis(redis_url, timeout_s=1), queue)() == 3
+    finally:
+        client.delete(queue)
