@@ -37,7 +37,7 @@ from jwt import PyJWTError
 from api import gate
 from api.tokens import ALGORITHM, ISSUER, AccessTokens, InvalidToken, complete
 from services import api_keys
-from services.errors import FieldProblem, InvalidInput, Overloaded, Unauthorized
+from services.errors import FieldProblem, InvalidInput, Overloaded, Unauthorized, Unavailable
 
 API_KEY_HEADER = "X-API-Key"
 _CREDENTIALS_HINT = f"send Authorization: Bearer <access token> or {API_KEY_HEADER}: <key>"
@@ -99,7 +99,7 @@ def settle_revocation(revoked: bool | None) -> None:
     g.auth_error = (
         Unauthorized(_missing_or_invalid())
         if revoked
-        else Overloaded("token revocation cannot be checked right now", retry_after_s=2)
+        else Unavailable("token revocation cannot be checked right now", retry_after_s=2)
     )
 
 
@@ -180,7 +180,7 @@ def require_refresh_token() -> dict[str, Any]:
     except (JWTExtendedException, PyJWTError):
         raise Unauthorized(_missing_or_invalid()) from None
     except redis.RedisError:
-        raise Overloaded("token revocation cannot be checked right now", retry_after_s=2) from None
+        raise Unavailable("token revocation cannot be checked right now", retry_after_s=2) from None
     return get_jwt()
 
 

@@ -66,6 +66,14 @@ class Overloaded(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class Unavailable(Overloaded):
+    """503 because a service the request needs (Redis, PostgreSQL) does not answer; the
+    same answer as for the driver errors `api/problems.py` maps, not "overloaded"."""
+
+    slug = "unavailable"
+    title = "Service unavailable"
+
+
 @dataclass
 class InvalidInput(ServiceError):
     """Input that passed the schema but breaks a rule only the domain knows."""
