@@ -124,6 +124,17 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().load_wsgi()
         self.wsgi = closing_after_unread_bodies(self.wsgi)
 
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gunicorn stops accepting at a graceful stop but keeps its listening sockets
+        until it exits, up to `graceful_timeout` later: meanwhile the kernel queued new
+        connections there, which hung and were then reset. Closed at once, they are
+        refused, and a client or a balancer tries elsewhere; connections already queued on
+        them are reset (gunicorn.conf.py, reuse_port)."""
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            for listener in self.sockets:
+                listener.close()
+
     def enqueue_req(self, conn: Any) -> None:
         conn.conveyor_queued_at = time.monotonic()
         admission.mark_queued()

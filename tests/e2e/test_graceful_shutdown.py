@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +153,9 @@ def test_web_answers_in_flight_requests_before_it_exits(
 
             stack.within(10, accepted, "a gunicorn worker never took the request")
             send(stack, name, signum, group=group)
+            # New connections are refused while the stop goes on: they used to be queued,
+            # hang for the whole stop, and be reset.
+            stack.within(5, lambda port=port: refused(int(port)), "new connections hung")
             stack.signal_group("worker", signal.SIGCONT)
 
             response = connection.getresponse()
@@ -163,6 +167,18 @@ def test_web_answers_in_flight_requests_before_it_exits(
             assert code == 0
             handled = f"Handling signal: {signal.Signals(signum).name[3:].lower()}"
             assert stack.log_count(name, handled) == 1
+
+
+def refused(port: int) -> bool:
+    """A new connection is refused or reset (True), not left waiting (False)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            return probe.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
 
 
 # Beat sends a due task every 10 ms here, so a signal often lands while a message is being
