@@ -23,6 +23,10 @@ from api.sse import KEEPALIVE, frame, streaming_response
 from services.errors import Overloaded
 
 log = structlog.get_logger("conveyor.api")
+# Set by the server when its process begins a graceful stop (api/server_worker.py): open
+# tails end within a second, as when `max_s` is up, and their clients resume elsewhere with
+# `Last-Event-ID`. They used to hold the stop for its whole `graceful_timeout`, then be cut.
+STOPPING = Signal()
 KEEPALIVE_S = 15.0
 # Without the notifier's subscription (Redis away), re-read this often instead.
 FALLBACK_POLL_S = 1.0
@@ -87,7 +91,7 @@ def tail(
             recheck_s = None
         idle_s = KEEPALIVE_S if connected.is_set() else FALLBACK_POLL_S
         woke = wait_while_connected(changed, min(recheck_s or idle_s, remaining), gone)
-        if woke is None:  # the client has gone: give the slot back now
+        if woke is None:  # the client has gone, or the server stops: give the slot back now
             return
         if woke:
             recheck_s = RECHECK_FIRST_S
@@ -114,8 +118,15 @@ def open_tail(notifier: Notifier, key: str, read: Reader, *, after: int, max_s: 
     except BaseException:
         slot.close()
         raise
+    client_gone = watcher()
     stream = tail(
-        read, changed, notifier.connected, watcher(), after=after, max_s=max_s, first=first
+        read,
+        changed,
+        notifier.connected,
+        lambda: STOPPING.is_set() or client_gone(),
+        after=after,
+        max_s=max_s,
+        first=first,
     )
     response = streaming_response(stream)
     response.call_on_close(slot.close)

@@ -28,7 +28,7 @@ import structlog
 from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import ThreadWorker
 
-from api import admission
+from api import admission, live
 from api.metrics import method_label
 from api.problems import PROBLEM_MIMETYPE, document
 from api.request_context import REQUEST_ID_HEADER
@@ -129,11 +129,13 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         until it exits, up to `graceful_timeout` later: meanwhile the kernel queued new
         connections there, which hung and were then reset. Closed at once, they are
         refused, and a client or a balancer tries elsewhere; connections already queued on
-        them are reset (gunicorn.conf.py, reuse_port)."""
+        them are reset (gunicorn.conf.py, reuse_port). Open live tails end then too
+        (`live.STOPPING`): they held the stop until its timeout and were cut mid-body."""
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
             for listener in self.sockets:
                 listener.close()
+            live.STOPPING.set()
 
     def enqueue_req(self, conn: Any) -> None:
         conn.conveyor_queued_at = time.monotonic()

@@ -12,6 +12,7 @@ import http.client
 import json
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,6 +168,31 @@ def test_web_answers_in_flight_requests_before_it_exits(
             assert code == 0
             handled = f"Handling signal: {signal.Signals(signum).name[3:].lower()}"
             assert stack.log_count(name, handled) == 1
+
+
+def test_open_live_tails_end_cleanly_when_the_web_stops(
+    servers: Servers, worker_id: str, tmp_path: Path
+) -> None:
+    """A tail held the stop for its whole graceful_timeout (30 s), then was cut mid-body."""
+    with signed_up(servers, worker_id, tmp_path, "stoptails", worker=False) as setup:
+        stack, api, _ = setup
+        appended = api.post("/v1/streams/s/events", {"events": [{"type": "t", "data": {}}]})
+        assert appended.status == 201, appended
+        connection = http.client.HTTPConnection("127.0.0.1", int(stack.env["PORT"]), timeout=20)
+        connection.request(
+            "GET",
+            "/v1/streams/s/events",
+            headers={"Authorization": f"Bearer {api.token}", "Accept": "text/event-stream"},
+        )
+        response = connection.getresponse()  # the first event has come: the tail is open
+        assert response.status == 200
+        stopped_at = time.monotonic()
+        send(stack, "web", signal.SIGTERM, group=False)
+        body = response.read()  # IncompleteRead if the body was cut
+        connection.close()
+        assert b"id: 1" in body
+        assert wait_exit(stack, "web") == 0
+        assert time.monotonic() - stopped_at < 10
 
 
 def refused(port: int) -> bool:
