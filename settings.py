@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # each request past the pool costs more than the request itself.
     database_pool_size: int = Field(default=16, ge=1, le=200)
     database_max_overflow: int = Field(default=16, ge=0, le=200)
+    # The longest a web request's statement may run (PostgreSQL's statement_timeout on the
+    # web's connections; 0: no limit). Past it the request answers 503: a table locked by a
+    # migration held every request (and so every admission slot) for as long as it lasted.
+    web_statement_timeout_ms: int = Field(default=10_000, ge=0, le=3_600_000)
     redis_url: str = DEFAULT_REDIS_URL
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"

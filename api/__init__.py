@@ -63,6 +63,7 @@ def create_app(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
+        statement_timeout_ms=settings.web_statement_timeout_ms,
     )
     redis_client = make_redis(settings.redis_url, timeout_s=5)
     redis_probe = make_redis(settings.redis_url, timeout_s=1)

@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = None) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int | None = None,
+    statement_timeout_ms: int = 0,
+) -> Engine:
     """No `pool_pre_ping`: it costs a round trip per checkout. A request that meets a
     connection the server dropped answers 503 (problems.py) and SQLAlchemy then discards
     every connection older than the failure, so one request per process pays instead of
@@ -24,8 +30,16 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = Non
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_recycle=1800,
-        # Fail fast instead of hanging a request when the server is gone.
-        connect_args={"connect_timeout": 5},
+        # Fail fast instead of hanging a request when the server is gone (or, with
+        # `statement_timeout_ms`, when a statement waits too long for it).
+        connect_args={
+            "connect_timeout": 5,
+            **(
+                {"options": f"-c statement_timeout={statement_timeout_ms}"}
+                if statement_timeout_ms
+                else {}
+            ),
+        },
         # JSONB values (job input and output, event data, batch results) serialized by
         # orjson: several times faster than the json module on a batch's thousand results.
         # Read back by orjson too (on the driver's connections as well): what it cannot read

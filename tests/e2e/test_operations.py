@@ -11,6 +11,7 @@ import http.client
 import json
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -155,6 +157,27 @@ def test_an_error_to_a_body_left_unread_closes_the_connection_and_says_so(ops: O
             response = answer(sock)
             assert response.status == 401
             assert response.getheader("Connection") == "keep-alive"
+
+
+def test_a_statement_waiting_past_the_web_timeout_answers_503(ops: Ops) -> None:
+    """A locked table (a migration, say) held each request, and so its thread and its
+    admission slot, for as long as the lock lasted."""
+    port = free_port()
+    ops.stack.start_web("web-timeout", PORT=str(port), WEB_STATEMENT_TIMEOUT_MS="500")
+    api = ops.api.with_base(f"http://127.0.0.1:{port}")
+    url = ops.stack.env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(url) as locker:
+            locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            reply = api.get("/v1/jobs", timeout=10)
+            waited = time.monotonic() - started
+            locker.rollback()
+        assert reply.status == 503 and reply.body["type"] == "/problems/unavailable", reply
+        assert waited < 5
+        assert api.get("/v1/jobs").status == 200
+    finally:
+        ops.stack.kill("web-timeout")
 
 
 # --------------------------------------------------------------------------- listening
