@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,29 +28,43 @@ class PageQuery(Input):
     cursor: str | None = Field(default=None, max_length=64)
 
 
-class VersionPageQuery(Input):
-    """A stream's events in version order, from `from_version`. `cursor` (a page's
-    `next_cursor`) says the same, so a client that pages every list by `cursor` pages these
-    too; giving both is refused."""
+class CounterCursorQuery(Input):
+    """A list paged by a counter (`CURSOR_FOR`, a version or a position) that `cursor`, a
+    page's `next_cursor`, may give instead: a client that pages every list by `cursor`
+    pages these too. Giving both is refused."""
 
-    from_version: int = Field(default=1, ge=1, le=MAX_VERSION)
+    CURSOR_FOR: ClassVar[str]
+    CURSOR_RANGE: ClassVar[tuple[int, int]]
+
     cursor: str | None = Field(default=None, max_length=64)
-    limit: int = Field(default=100, ge=1, le=1000)
 
     @field_validator("cursor")
     @classmethod
-    def _a_version(cls, cursor: str | None) -> str | None:
-        if cursor is not None and not parse_counter(cursor, MAX_VERSION):
-            raise ValueError("not a cursor this API returned")
+    def _a_counter(cls, cursor: str | None) -> str | None:
+        if cursor is not None:
+            low, high = cls.CURSOR_RANGE
+            value = parse_counter(cursor, high)
+            if value is None or value < low:
+                raise ValueError("not a cursor this API returned")
         return cursor
 
     @model_validator(mode="after")
-    def _cursor_is_from_version(self) -> VersionPageQuery:
+    def _cursor_is_the_counter(self) -> Self:
         if self.cursor is not None:
-            if "from_version" in self.model_fields_set:
-                raise ValueError("give cursor or from_version, not both")
-            self.from_version = int(self.cursor)
+            if self.CURSOR_FOR in self.model_fields_set:
+                raise ValueError(f"give cursor or {self.CURSOR_FOR}, not both")
+            setattr(self, self.CURSOR_FOR, int(self.cursor))
         return self
+
+
+class VersionPageQuery(CounterCursorQuery):
+    """A stream's events in version order, from `from_version`."""
+
+    CURSOR_FOR = "from_version"
+    CURSOR_RANGE = (1, MAX_VERSION)
+
+    from_version: int = Field(default=1, ge=1, le=MAX_VERSION)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class PageOut(Output):
