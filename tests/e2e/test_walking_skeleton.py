@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from tests.conftest import Servers
+from tests.helpers import poll
 from tests.stack import Api, Stack, stack_on
 
 pytestmark = pytest.mark.e2e
@@ -106,7 +107,10 @@ def test_a_lost_message_is_republished_by_the_sweeper(
 
             broker = redis.Redis.from_url(stack.env["REDIS_URL"])
             try:
-                messages = [json.loads(m) for m in broker.lrange("agents", 0, -1)]
+                # The web publishes after answering (workers/publisher.py): wait for it.
+                messages = poll(
+                    lambda: [json.loads(m) for m in broker.lrange("agents", 0, -1)] or None
+                )
                 assert [m["headers"]["task"] for m in messages] == ["conveyor.jobs.run"]
                 assert job_id in messages[0]["headers"]["argsrepr"]
                 assert broker.delete("agents") == 1
