@@ -148,7 +148,7 @@ def _from_apiflask_error(error: HTTPError) -> Response:
     """APIFlask reports schema validation (422) and its own aborts through here."""
     if error.status_code == 422 and isinstance(error.detail, dict) and error.detail:
         errors = [
-            {"location": _LOCATIONS.get(location, location), "field": field, "detail": message}
+            _field_error(location, field, message)
             for location, fields in error.detail.items()
             for field, messages in fields.items()
             for message in messages
@@ -158,6 +158,13 @@ def _from_apiflask_error(error: HTTPError) -> Response:
     status = error.status_code
     detail = error.message if isinstance(error.message, str) else _STATUS_SLUGS[status][1]
     return problem(status, detail, headers=dict(error.headers or {}))
+
+
+def _field_error(location: str, field: str, detail: str) -> dict[str, str]:
+    where = _LOCATIONS.get(location, location)
+    # An error of the whole object (a model validator's) comes under marshmallow's name for
+    # it, `_schema`; the client is told the location instead, as `optional_body` does.
+    return {"location": where, "field": where if field == "_schema" else field, "detail": detail}
 
 
 def _framework_detail(error: HTTPException) -> str:

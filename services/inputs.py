@@ -27,7 +27,13 @@ MAX_POSITION = 2**63 - 1
 
 
 class Input(BaseModel):
-    """Base of every request body, query and tool argument object."""
+    """Base of every request body, query and tool argument object.
+
+    A request body's integers and booleans are declared `StrictInt` and `StrictBool`: JSON
+    has numbers and booleans of its own, so `true` or "5" for a count is a client's
+    mistake, which lax coercion would hide (and turn into 1 or 5). Queries stay lax, since
+    every value arrives as text there, and so do tool arguments: models write "5" for 5
+    often enough that refusing it would only cost a step."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 

@@ -4,7 +4,7 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 
 from api.schemas.common import Input, Output, SmallObject
 
@@ -19,8 +19,8 @@ class AgentIn(Input):
     instructions: str | None = Field(default=None, max_length=100_000)
     params: SmallObject = Field(default_factory=dict)
     tools: list[ToolName] = Field(default_factory=list, max_length=16)
-    max_steps: int = Field(default=8, ge=1, le=100)
-    timeout_s: int | None = Field(default=None, ge=1, le=3600)
+    max_steps: StrictInt = Field(default=8, ge=1, le=100)
+    timeout_s: StrictInt | None = Field(default=None, ge=1, le=3600)
 
 
 class AgentPatch(Input):
@@ -30,8 +30,8 @@ class AgentPatch(Input):
     instructions: str | None = Field(default=None, max_length=100_000)
     params: SmallObject | None = None
     tools: list[ToolName] | None = Field(default=None, max_length=16)
-    max_steps: int | None = Field(default=None, ge=1, le=100)
-    timeout_s: int | None = Field(default=None, ge=1, le=3600)
+    max_steps: StrictInt | None = Field(default=None, ge=1, le=100)
+    timeout_s: StrictInt | None = Field(default=None, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _not_empty(self) -> AgentPatch:

@@ -4,7 +4,7 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, Field, model_validator
+from pydantic import AnyHttpUrl, Field, StrictInt, model_validator
 
 from api.schemas.common import Input, Output, PageQuery, SmallObject, VersionPageQuery
 
@@ -33,9 +33,9 @@ class JobIn(Input):
     input: JobInput
     webhook_url: AnyHttpUrl | None = Field(default=None)
     metadata: SmallObject = Field(default_factory=dict)
-    timeout_s: int | None = Field(default=None, ge=1)
-    queue_timeout_s: int | None = Field(default=None, ge=1)
-    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    timeout_s: StrictInt | None = Field(default=None, ge=1)
+    queue_timeout_s: StrictInt | None = Field(default=None, ge=1)
+    max_attempts: StrictInt | None = Field(default=None, ge=1, le=20)
 
     @model_validator(mode="after")
     def _url_length(self) -> JobIn:

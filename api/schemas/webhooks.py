@@ -4,7 +4,7 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from api.schemas.common import Input, Output, PageQuery
 
@@ -21,7 +21,7 @@ class EndpointPatch(Input):
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     event_types: list[EventTypeName] | None = Field(default=None, min_length=1, max_length=16)
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
     disabled_reason: str | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")

@@ -1,3 +1,6 @@
+import pytest
+
+
 def test_create_and_read_agent(alice):
     created = alice.create_agent(name="writer", instructions="Be brief.", params={"delay_ms": 5})
     assert created["version"] == 1 and created["provider"] == "echo"
@@ -82,3 +85,16 @@ def test_agent_validation(alice):
     assert too_many_steps.status_code == 422
     assert unknown_tool.status_code == 422
     assert alice.get("/v1/agents").json["items"] == []
+
+
+@pytest.mark.parametrize("field", ["max_steps", "timeout_s"])
+@pytest.mark.parametrize("value", [True, "8"])
+def test_an_agents_counts_must_be_json_integers(alice, field, value):
+    created = alice.post("/v1/agents", json={"name": "x", "provider": "echo", field: value})
+    assert created.status_code == 422, created.json
+    assert [e["field"] for e in created.json["errors"]] == [field]
+    assert alice.get("/v1/agents").json["items"] == []
+    agent = alice.post("/v1/agents", json={"name": "x", "provider": "echo"}).json
+    patched = alice.patch(f"/v1/agents/{agent['id']}", json={field: value})
+    assert patched.status_code == 422, patched.json
+    assert alice.get(f"/v1/agents/{agent['id']}").json["version"] == 1

@@ -163,6 +163,18 @@ def test_submit_validation(alice, body):
     assert alice.get("/v1/jobs").json["items"] == []
 
 
+@pytest.mark.parametrize("field", ["timeout_s", "queue_timeout_s", "max_attempts"])
+@pytest.mark.parametrize("value", [True, "5", 5.0])
+def test_a_count_must_be_a_json_integer(alice, agent, field, value):
+    """Not a boolean, a string or a float that happens to be whole: lax coercion would
+    read `true` as 1."""
+    body = {"agent_id": agent["id"], "input": {"text": "x"}, field: value}
+    response = alice.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.json
+    assert [e["field"] for e in response.json["errors"]] == [field]
+    assert alice.get("/v1/jobs").json["items"] == []
+
+
 @pytest.mark.parametrize(
     ("url", "why"),
     [

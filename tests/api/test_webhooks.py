@@ -89,6 +89,16 @@ def test_disable_shows_why_and_enable_clears_it(alice):
     assert enabled["disabled_reason"] is None and enabled["disabled_at"] is None
 
 
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_enabled_must_be_a_json_boolean(alice, value):
+    created = create(alice)
+    response = alice.patch(f"/v1/webhooks/{created['id']}", json={"enabled": value})
+    assert response.status_code == 422, response.json
+    # null passes the type and fails the model's check, which names the whole body
+    assert [e["field"] for e in response.json["errors"]] == ["body" if value is None else "enabled"]
+    assert alice.get(f"/v1/webhooks/{created['id']}").json["enabled"] is True
+
+
 def test_empty_patch_is_422(alice):
     created = create(alice)
     assert alice.patch(f"/v1/webhooks/{created['id']}", json={}).status_code == 422
