@@ -133,7 +133,8 @@ class ChatRunner:
         self, config: dict[str, Any], job_input: dict[str, Any], control: RunControl
     ) -> dict[str, Any]:
         provider = config["provider"]
-        client = self._providers.client(provider)
+        connection = self._providers.get(provider)
+        client = connection.client
         if not config.get("model"):
             raise PermanentAgentError("the agent names no model for its provider")
         tool_names = list(config.get("tools") or [])
@@ -141,6 +142,10 @@ class ChatRunner:
         usage = Usage()
         interruptible = Interruptible()
         control.on_stop(interruptible)
+        # A stop cuts a request still waiting for the provider's first byte, which closing
+        # its stream (below) cannot reach: the attempt ends now, not after the request's
+        # timeout (up to LLM_REQUEST_TIMEOUT_S, two minutes by default).
+        control.on_stop(connection.http.abort_requests)
         for step in range(1, int(config.get("max_steps") or 1) + 1):
             control.checkpoint()
             control.emit("job.step.started", {"step": step})

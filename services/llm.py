@@ -3,6 +3,7 @@ transient and permanent in words a job's owner understands, never with the API k
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,31 +25,42 @@ class ProviderConfig:
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
 
 
+@dataclass(frozen=True)
+class Provider:
+    client: openai.OpenAI
+    http: BoundedClient  # the client's connections: `abort_requests` cuts its requests
+
+
 class Providers:
-    """One client per configured provider, shared by the process (it pools connections)."""
+    """One client per configured provider and thread (it pools connections). Per thread,
+    because stopping an attempt cuts every request of its client (`Provider.http`); in
+    Celery's prefork pool that is one client per provider and process."""
 
     def __init__(self, configs: Mapping[str, ProviderConfig]) -> None:
         self._configs = dict(configs)
-        self._clients: dict[str, openai.OpenAI] = {}
+        self._local = threading.local()
 
     def names(self) -> list[str]:
         return sorted(self._configs)
 
-    def client(self, name: str) -> openai.OpenAI:
+    def get(self, name: str) -> Provider:
         if name not in self._configs:
             raise PermanentAgentError(f"provider {name!r} is not configured on this server")
-        if name not in self._clients:
+        made: dict[str, Provider] = self._local.__dict__.setdefault("providers", {})
+        if name not in made:
             config = self._configs[name]
-            self._clients[name] = openai.OpenAI(
+            http = BoundedClient(max_answer_bytes=config.max_answer_bytes)
+            client = openai.OpenAI(
                 base_url=config.base_url,
                 # The SDK refuses to start without a key; local servers (Ollama) need none.
                 api_key=config.api_key or "not-needed",
                 timeout=config.request_timeout_s,
                 # Retries belong to the job (backoff, Retry-After, attempts), not the SDK.
                 max_retries=0,
-                http_client=BoundedClient(max_answer_bytes=config.max_answer_bytes),
+                http_client=http,
             )
-        return self._clients[name]
+            made[name] = Provider(client, http)
+        return made[name]
 
     def timeout_s(self, name: str) -> float:
         return self._configs[name].request_timeout_s

@@ -12,11 +12,23 @@ some kilobytes at once).
 The bound wraps the response's byte stream in `send`, rather than the transport, so the
 client keeps everything else of the SDK's (its connection limits, redirects, the
 environment's proxies).
+
+A request can also be cut from another thread (`abort_requests`), when the job is
+cancelled or runs out of time: the SDK's own way out, closing the response, exists only
+once the provider has sent its headers, and a provider can take minutes to send them.
+Closing a socket does not wake a thread blocked reading it (Linux), so the client keeps
+the sockets of the connections it opens (httpcore's `trace` extension reports each one
+as it connects) and shuts them down: the blocked read ends at once, as if the provider
+had hung up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2
@@ -58,9 +70,39 @@ class _BoundedStream(httpx2.SyncByteStream):
         self._inner.close()
 
 
+class _Sockets:
+    """The sockets of the connections a client opened, weakly held (the pool closes and
+    drops connections as it likes), to shut down on demand."""
+
+    # httpcore's trace events whose return value is a new connection's stream.
+    _CONNECTED = ("connect_tcp.complete", "connect_unix_socket.complete", "start_tls.complete")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event.endswith(self._CONNECTED):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with self._lock:
+                    self._sockets.add(sock)
+
+    def shut_down(self) -> None:
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            # OSError: closed already, or never connected. The plain socket's method, not
+            # SSLSocket's, which would also drop the TLS state under the reading thread.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 class BoundedClient(openai.DefaultHttpxClient):
     """The SDK's default client (its timeouts, limits and redirects), reading at most
-    `max_answer_bytes` of each answer."""
+    `max_answer_bytes` of each answer, whose requests in flight can be cut from another
+    thread (`abort_requests`). Use one per thread: an abort cuts all of its requests."""
 
     def __init__(
         self, *, max_answer_bytes: int, max_line_bytes: int = MAX_LINE_BYTES, **kwargs: Any
@@ -68,10 +110,18 @@ class BoundedClient(openai.DefaultHttpxClient):
         super().__init__(**kwargs)
         self._max_answer_bytes = max_answer_bytes
         self._max_line_bytes = min(max_line_bytes, max_answer_bytes)
+        self._sockets = _Sockets()
+
+    def abort_requests(self) -> None:
+        """End every request of this client at once, from any thread: each one waiting for
+        or reading an answer fails as a connection the provider closed. Idle pooled
+        connections go too (the pool finds them closed and opens new ones)."""
+        self._sockets.shut_down()
 
     def send(
         self, request: httpx2.Request, *, stream: bool = False, **kwargs: Any
     ) -> httpx2.Response:
+        request.extensions["trace"] = _chained(self._sockets.trace, request.extensions.get("trace"))
         # Always streamed here, so that an answer the caller wants whole is read through
         # the bound too.
         response = super().send(request, stream=True, **kwargs)
@@ -85,3 +135,16 @@ class BoundedClient(openai.DefaultHttpxClient):
                 response.close()
                 raise
         return response
+
+
+def _chained(
+    ours: Callable[[str, dict[str, Any]], None], theirs: Callable[..., Any] | None
+) -> Callable[[str, dict[str, Any]], None]:
+    if theirs is None:
+        return ours
+
+    def both(event: str, info: dict[str, Any]) -> None:
+        ours(event, info)
+        theirs(event, info)
+
+    return both

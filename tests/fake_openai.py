@@ -42,6 +42,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.script: deque[Turn] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.chunks_sent = 0  # streamed chunks written, of every answer
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -149,6 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
+            self.fake.chunks_sent += 1
             if turn.chunk_delay_s:
                 time.sleep(turn.chunk_delay_s)
 
