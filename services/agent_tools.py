@@ -34,6 +34,7 @@ from services.inputs import (
     is_reserved_stream,
     unstorable,
 )
+from services.preconditions import VersionCondition
 
 MAX_RESULT_CHARS = 8_000
 _PAST_THE_DEADLINE_MS = 200
@@ -250,7 +251,7 @@ class ToolBox:
                 document_id=args.id,
                 fields=fields,
                 limits=self._limits,
-                if_version=args.version,
+                condition=VersionCondition.at(args.version),
             )
         return {"id": document.id, "version": document.version}
 

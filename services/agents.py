@@ -9,8 +9,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import Agent
-from services.errors import NotFound, PreconditionFailed
+from services import preconditions
+from services.errors import NotFound
 from services.pagination import Page, newest_first
+from services.preconditions import VersionCondition
 
 # The fields a job copies at submit time; changing the agent later does not change the job.
 CONFIG_FIELDS = ("provider", "model", "instructions", "params", "tools", "max_steps", "timeout_s")
@@ -44,10 +46,10 @@ def update(
     owner_id: uuid.UUID,
     agent_id: uuid.UUID,
     fields: dict[str, Any],
-    if_version: int | None = None,
+    condition: VersionCondition | None = None,
 ) -> Agent:
-    """Apply a partial update and bump the version; `if_version` guards lost updates."""
-    agent = _lock(session, owner_id=owner_id, agent_id=agent_id, if_version=if_version)
+    """Apply a partial update and bump the version; `condition` (If-Match) guards lost updates."""
+    agent = _lock(session, owner_id=owner_id, agent_id=agent_id, condition=condition)
     for name, value in fields.items():
         setattr(agent, name, value)
     agent.version += 1
@@ -56,20 +58,28 @@ def update(
 
 
 def delete(
-    session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID, if_version: int | None = None
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    condition: VersionCondition | None = None,
 ) -> None:
-    """Soft delete: the agent disappears, the jobs that ran it stay readable. `if_version`
+    """Soft delete: the agent disappears, the jobs that ran it stay readable. `condition`
     guards it as it guards an update: a client deleting what it last saw at version 1
     must not delete changes it never saw."""
-    agent = _lock(session, owner_id=owner_id, agent_id=agent_id, if_version=if_version)
+    agent = _lock(session, owner_id=owner_id, agent_id=agent_id, condition=condition)
     agent.deleted_at = func.now()
     session.flush()
 
 
 def _lock(
-    session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID, if_version: int | None
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    condition: VersionCondition | None,
 ) -> Agent:
-    """The live agent, locked; 412 when `if_version` is given and is not its version."""
+    """The live agent, locked; 412 when its version does not meet `condition`."""
     agent = session.scalar(
         select(Agent)
         .where(Agent.id == agent_id, Agent.owner_id == owner_id, Agent.deleted_at.is_(None))
@@ -77,9 +87,5 @@ def _lock(
     )
     if agent is None:
         raise NotFound("no agent with this id")
-    if if_version is not None and agent.version != if_version:
-        raise PreconditionFailed(
-            f"the agent is at version {agent.version}, not {if_version}",
-            extra={"current_version": agent.version},
-        )
+    preconditions.check(condition, "agent", agent.version)
     return agent

@@ -25,13 +25,14 @@ from sqlalchemy.orm import Session, defer
 
 from models import Document, Event
 from models.db import UnitOfWork, execute_on_driver
-from services import event_store
+from services import event_store, preconditions
 from services.cache import VersionedCache
-from services.errors import FieldProblem, InvalidInput, NotFound, PreconditionFailed, ServiceError
+from services.errors import FieldProblem, InvalidInput, NotFound, ServiceError
 from services.event_store import NewEvent
 from services.event_types import EventType, document_stream
 from services.inputs import MAX_VERSION, parse_counter
 from services.pagination import Page, newest_first
+from services.preconditions import VersionCondition
 
 # What a client may set; `metadata` is the model's `metadata_`.
 FIELDS = ("title", "content", "content_type", "metadata")
@@ -157,16 +158,16 @@ def update(
     document_id: uuid.UUID,
     fields: dict[str, Any],
     limits: Limits,
-    if_version: int | None = None,
+    condition: VersionCondition | None = None,
     correlation_id: str | None = None,
 ) -> Document:
-    """Change the given fields and bump the version; `if_version` guards lost updates.
+    """Change the given fields and bump the version; `condition` (If-Match) guards lost updates.
 
     The row lock serializes writers: of two updates of the same version, the second waits,
     then sees the first one's version and fails its precondition.
     """
     _check_limits(fields, limits)
-    document = _lock(session, owner_id=owner_id, document_id=document_id, if_version=if_version)
+    document = _lock(session, owner_id=owner_id, document_id=document_id, condition=condition)
     for name, value in _columns(fields).items():
         setattr(document, name, value)
     document.version += 1
@@ -180,11 +181,11 @@ def delete(
     *,
     owner_id: uuid.UUID,
     document_id: uuid.UUID,
-    if_version: int | None = None,
+    condition: VersionCondition | None = None,
     correlation_id: str | None = None,
 ) -> Document:
     """Soft delete: the document is 404 from now on; its history stays readable."""
-    document = _lock(session, owner_id=owner_id, document_id=document_id, if_version=if_version)
+    document = _lock(session, owner_id=owner_id, document_id=document_id, condition=condition)
     document.deleted_at = func.now()
     document.version += 1
     session.flush()
@@ -352,18 +353,18 @@ def _created_at(session: Session, *, owner_id: uuid.UUID, document_id: uuid.UUID
 
 
 def _lock(
-    session: Session, *, owner_id: uuid.UUID, document_id: uuid.UUID, if_version: int | None
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    document_id: uuid.UUID,
+    condition: VersionCondition | None,
 ) -> Document:
     document = session.scalar(
         select(Document).where(*_live(owner_id), Document.id == document_id).with_for_update()
     )
     if document is None:
         raise NotFound("no document with this id")
-    if if_version is not None and document.version != if_version:
-        raise PreconditionFailed(
-            f"the document is at version {document.version}, not {if_version}",
-            extra={"current_version": document.version},
-        )
+    preconditions.check(condition, "document", document.version)
     return document
 
 

@@ -5,7 +5,7 @@ import uuid
 from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_access_token
-from api.preconditions import if_match_version
+from api.preconditions import version_condition
 from api.representations import agent_json, etag
 from api.request_context import db
 from api.schemas.agents import AgentIn, AgentOut, AgentPatch
@@ -55,7 +55,7 @@ def update_agent(agent_id: uuid.UUID, body: AgentPatch):  # type: ignore[no-unty
         owner_id=current_principal().user_id,
         agent_id=agent_id,
         fields=body.model_dump(exclude_unset=True),
-        if_version=if_match_version(),
+        condition=version_condition(),
     )
     return agent_json(agent), 200, {"ETag": etag(agent.version)}
 
@@ -71,6 +71,6 @@ def delete_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
         db(),
         owner_id=current_principal().user_id,
         agent_id=agent_id,
-        if_version=if_match_version(),
+        condition=version_condition(),
     )
     return "", 204

@@ -9,7 +9,7 @@ from flask.blueprints import BlueprintSetupState
 
 from api.auth import current_principal, require_access_token
 from api.json_provider import dumps_bytes
-from api.preconditions import if_match_version
+from api.preconditions import version_condition
 from api.representations import (
     document_json,
     document_summary_json,
@@ -150,7 +150,7 @@ def _update(document_id: uuid.UUID, fields: dict[str, Any]):  # type: ignore[no-
         document_id=document_id,
         fields=fields,
         limits=_limits(),
-        if_version=if_match_version(),
+        condition=version_condition(),
         correlation_id=g.request_id,
     )
     return _written(document)
@@ -163,7 +163,7 @@ def delete_document(document_id: uuid.UUID):  # type: ignore[no-untyped-def]
         db(),
         owner_id=current_principal().user_id,
         document_id=document_id,
-        if_version=if_match_version(),
+        condition=version_condition(),
         correlation_id=g.request_id,
     )
     _cache().discard(document.id)

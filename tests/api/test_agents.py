@@ -42,7 +42,8 @@ def test_delete_honours_if_match(alice):
     assert stale.status_code == 412 and stale.json["current_version"] == 2
     assert alice.get(url).status_code == 200
     assert alice.delete(url, headers={"If-Match": "not-a-tag"}).status_code == 422
-    assert alice.delete(url, headers={"If-Match": '"2"'}).status_code == 204
+    assert alice.delete(url, headers={"If-None-Match": "*"}).status_code == 412
+    assert alice.delete(url, headers={"If-Match": '"1", "2"'}).status_code == 204
     assert alice.get(url).status_code == 404
 
 

@@ -118,6 +118,37 @@ def test_if_match_is_honoured_by_put_patch_and_delete(alice):
     assert alice.delete(url, headers={"If-Match": '"4"'}).status_code == 204
 
 
+def test_if_match_takes_a_list_of_tags_any_of_which_will_do(alice):
+    url = f"/v1/documents/{create(alice)['id']}"
+    assert alice.patch(url, json={"content": "v2"}).json["version"] == 2
+    stale = alice.patch(url, json={"content": "lost"}, headers={"If-Match": '"1", "3"'})
+    assert stale.status_code == 412 and stale.json["current_version"] == 2
+    assert "not 1 or 3" in stale.json["detail"]
+    ok = alice.patch(url, json={"content": "v3"}, headers={"If-Match": '"1", W/"2"'})
+    assert ok.status_code == 200 and ok.json["version"] == 3
+    for bad in ("", '"3", "x"'):
+        refused = alice.patch(url, json={"content": "x"}, headers={"If-Match": bad})
+        assert refused.status_code == 422 and refused.json["errors"][0]["field"] == "If-Match"
+    assert alice.get(url).json["content"] == "v3"
+
+
+@pytest.mark.parametrize(
+    ("method", "tag"), [("patch", "*"), ("delete", "*"), ("patch", '"2"'), ("delete", 'W/"2"')]
+)
+def test_if_none_match_on_a_change_is_refused_at_a_listed_version(alice, method, tag):
+    """`*` asks that nothing exist, which a change of a document never meets; a tag asks
+    that the document not be at that version. Both used to be ignored."""
+    url = f"/v1/documents/{create(alice)['id']}"
+    assert alice.patch(url, json={"content": "v2"}).status_code == 200
+    kwargs = {"json": {"content": "lost"}} if method == "patch" else {}
+    refused = getattr(alice, method)(url, headers={"If-None-Match": tag}, **kwargs)
+    assert refused.status_code == 412 and refused.json["current_version"] == 2
+    current = alice.get(url)
+    assert current.status_code == 200 and current.json["content"] == "v2"
+    allowed = getattr(alice, method)(url, headers={"If-None-Match": '"1"'}, **kwargs)
+    assert allowed.status_code in (200, 204)
+
+
 def test_history_lists_every_version_and_serves_past_ones(alice):
     document = create(alice, title="First", content="one")
     url = f"/v1/documents/{document['id']}"

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services import documents, event_store
 from services.cache import VersionedCache
 from services.errors import NotFound, PreconditionFailed
+from services.preconditions import VersionCondition
 from tests.conftest import new_user
 from tests.helpers import poll
 
@@ -45,7 +46,7 @@ def update(factory, owner_id, document_id, if_version, content):  # type: ignore
             document_id=document_id,
             fields={"content": content},
             limits=LIMITS,
-            if_version=if_version,
+            condition=VersionCondition.at(if_version),
         ).version
 
 
@@ -100,7 +101,7 @@ def test_the_second_writer_of_a_version_waits_then_fails_its_precondition(engine
         document_id=document_id,
         fields={"content": "first"},
         limits=LIMITS,
-        if_version=1,
+        condition=VersionCondition.at(1),
     )
     outcome: dict[str, Any] = {}
 
@@ -155,7 +156,10 @@ def test_update_racing_delete_leaves_a_consistent_history(factory, doc):
         if i == 0:
             with factory.begin() as session:
                 return documents.delete(
-                    session, owner_id=owner_id, document_id=document_id, if_version=1
+                    session,
+                    owner_id=owner_id,
+                    document_id=document_id,
+                    condition=VersionCondition.at(1),
                 ).version
         return update(factory, owner_id, document_id, 1, "edit")
 

@@ -1,0 +1,44 @@
+"""What a conditional change requires of the current version of what it changes: HTTP's
+`If-Match` and `If-None-Match` (api/preconditions.py reads them), or the version an agent's
+tool read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.errors import PreconditionFailed
+
+
+@dataclass(frozen=True)
+class VersionCondition:
+    """The change goes ahead only at one of `any_of` (None: at any version), and at none of
+    `none_of`; `nothing_there` (`If-None-Match: *`) holds only where nothing exists, so
+    never for a change of something that does."""
+
+    any_of: frozenset[int] | None = None
+    none_of: frozenset[int] = frozenset()
+    nothing_there: bool = False
+
+    @classmethod
+    def at(cls, version: int | None) -> VersionCondition | None:
+        """Exactly this version, or no condition for None."""
+        return None if version is None else cls(any_of=frozenset({version}))
+
+    def check(self, what: str, current: int) -> None:
+        """Raise 412, naming the current version, unless the change may go ahead."""
+        if self.any_of is not None and current not in self.any_of:
+            wanted = " or ".join(str(v) for v in sorted(self.any_of))
+            self._refuse(f"the {what} is at version {current}, not {wanted}", current)
+        if self.nothing_there:
+            self._refuse(f"the {what} exists (If-None-Match: *)", current)
+        if current in self.none_of:
+            self._refuse(f"the {what} is at version {current} (If-None-Match)", current)
+
+    @staticmethod
+    def _refuse(detail: str, current: int) -> None:
+        raise PreconditionFailed(detail, extra={"current_version": current})
+
+
+def check(condition: VersionCondition | None, what: str, current: int) -> None:
+    if condition is not None:
+        condition.check(what, current)
