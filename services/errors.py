@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 @dataclass
@@ -87,3 +89,17 @@ class InvalidInput(ServiceError):
     def __post_init__(self) -> None:
         detail = "; ".join(f"{p.field}: {p.detail}" for p in self.problems)
         ServiceError.__init__(self, detail)
+
+
+def in_chain(error: BaseException, kinds: type[E] | tuple[type[E], ...]) -> E | None:
+    """The first of `kinds` among `error` and what it was raised from or during (its
+    `__cause__`, else its `__context__`), or None: what a library raised while handling
+    ours (a rollback that failed, a wrapper of its own) hides it from a plain `except`."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain can be made circular by hand
+        if seen is None:
+            return None
+        if isinstance(seen, kinds):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -14,6 +14,7 @@ import structlog
 from models.db import UnitOfWork
 from services import agent_runner, job_transitions
 from services.agent_runner import AgentError, Stopped
+from services.errors import in_chain
 from services.job_policy import JobPolicy
 from services.job_transitions import Claim
 from services.job_units import Held, SessionFactory, Units, in_transaction
@@ -77,7 +78,11 @@ def _attempt(
             return _stopped(units, claim, "timed_out")
         except AgentError as error:
             return _failed(units, claim, error, policy)
-        except Exception:
+        except Exception as error:
+            if interrupts and in_chain(error, interrupts):
+                # The time limit hit inside a library, which raised an error of its own
+                # while handling it: psycopg's failed rollback of the interrupted statement.
+                return _stopped(units, claim, "timed_out")
             log.exception("job.runner_crashed", job_id=str(claim.job_id), attempt=claim.attempt)
             # Our bug, not the user's input: say so without leaking internals.
             crash = {"type": "internal", "message": "the agent runner failed unexpectedly"}

@@ -11,6 +11,7 @@ import openai
 
 from services import retry_after
 from services.agent_errors import PermanentAgentError, TransientAgentError
+from services.errors import in_chain
 from services.llm_http import AnswerTooLarge, BoundedClient
 
 DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
@@ -71,7 +72,7 @@ MAX_RETRY_AFTER_S = 3600.0
 
 def classify(error: Exception, provider: str) -> Exception:
     """The agent error for a provider failure: transient (retry) or permanent (fail now)."""
-    too_large = _answer_too_large(error)
+    too_large = in_chain(error, AnswerTooLarge)  # raised as it is, or wrapped by the SDK
     if too_large is not None:
         return too_large_error(too_large, provider)
     if isinstance(error, openai.APITimeoutError):
@@ -102,16 +103,6 @@ def too_large_error(error: AnswerTooLarge, provider: str) -> Exception:
             " of one answer; ask for a shorter one (max_tokens)"
         )
     return malformed(provider, f"sent a line of its answer longer than {error.limit} bytes")
-
-
-def _answer_too_large(error: BaseException) -> AnswerTooLarge | None:
-    """The bound's error, raised as it is or wrapped by the SDK (as a connection error)."""
-    seen: BaseException | None = error
-    for _ in range(8):  # a chain can be made circular by hand
-        if seen is None or isinstance(seen, AnswerTooLarge):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def malformed(provider: str, what: str) -> TransientAgentError:

@@ -91,6 +91,40 @@ def test_transient_failure_on_the_last_attempt_fails(alice, session_factory):
     }
 
 
+class TimeLimit(Exception):
+    """Stands for Celery's SoftTimeLimitExceeded, raised into the runner by its host."""
+
+
+def interrupted_inside_a_library(config, job_input, *, control):
+    try:
+        raise TimeLimit()
+    except TimeLimit:  # as psycopg's wait did: its rollback of the statement failed too
+        raise RuntimeError("cannot rollback: the connection is busy") from None
+
+
+@pytest.mark.parametrize("cause", ["cause", "context"])
+def test_a_time_limit_hidden_by_a_librarys_own_error_still_times_the_job_out(
+    alice, agent, session_factory, cause
+):
+    """It ended the job `failed` as an internal error of ours."""
+
+    def runner(config, job_input, *, control):
+        try:
+            interrupted_inside_a_library(config, job_input, control=control)
+        except RuntimeError as error:
+            if cause == "cause":
+                raise ValueError("wrapped") from error.__context__
+            raise
+
+    job = alice.submit(agent["id"])
+    status = job_execution.execute(
+        session_factory, uuid.UUID(job["id"]), policy=POLICY, runner=runner, interrupts=(TimeLimit,)
+    )
+    assert status == "timed_out"
+    ended = alice.get(f"/v1/jobs/{job['id']}").json
+    assert ended["status"] == "timed_out" and ended["error"]["type"] == "timeout"
+
+
 def test_permanent_failure_is_not_retried(alice, session_factory):
     agent = alice.create_agent(params={"fail": "bad instructions"})
     job = alice.submit(agent["id"])
