@@ -186,6 +186,15 @@ def record(
     policy: WebhookPolicy,
 ) -> str:
     """Log the attempt and decide what follows: done, a retry, or giving up."""
+    # The endpoint's row first (it may be updated below), then the delivery's: the order in
+    # which deleting the endpoint takes them (the row, then its deliveries by the cascade).
+    # The other order deadlocked with a deletion.
+    session.execute(
+        select(WebhookEndpoint.id)
+        .join(WebhookDelivery, WebhookDelivery.endpoint_id == WebhookEndpoint.id)
+        .where(WebhookDelivery.id == claim.delivery_id)
+        .with_for_update(of=WebhookEndpoint, key_share=True)  # FOR NO KEY UPDATE
+    )
     held = session.scalar(
         select(WebhookDelivery.id).where(WebhookDelivery.id == claim.delivery_id).with_for_update()
     )

@@ -239,7 +239,8 @@ def job_ended(
             {"owner_id": owner_id, "job_id": job_id, "event_type": [str(event_type)]},
         ).one()
         told = Told(endpoint_ids or [], webhook_url)
-    targets: list[dict[str, Any]] = [{"endpoint_id": e, "url": None} for e in told.endpoint_ids]
+    endpoint_ids = _still_there(session, told.endpoint_ids) if told.endpoint_ids else []
+    targets: list[dict[str, Any]] = [{"endpoint_id": e, "url": None} for e in endpoint_ids]
     if told.webhook_url:
         targets.append({"endpoint_id": None, "url": told.webhook_url})
     if not targets:
@@ -275,6 +276,23 @@ def job_ended(
     for delivery_id in delivery_ids:
         publish(session, delivery_id)
     return delivery_ids
+
+
+def _still_there(session: Session, endpoint_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The endpoints not deleted meanwhile, share-locked until the commit (FOR KEY SHARE,
+    which an endpoint's change does not wait for, but its deletion does). One deleted
+    between the read of who is told and the insert of the deliveries broke their foreign
+    key, and with it the job's end: a cancel answered 500, and a worker's finished job
+    stayed `running` until its lease lapsed and the job ran again. A deletion under way
+    is waited for, and then the endpoint is left out."""
+    return list(
+        session.scalars(
+            select(WebhookEndpoint.id)
+            .where(WebhookEndpoint.id.in_(endpoint_ids))
+            .order_by(WebhookEndpoint.id)  # one order of locks for every transaction
+            .with_for_update(read=True, key_share=True)
+        )
+    )
 
 
 def publish(session: Session, delivery_id: uuid.UUID, *, countdown_s: float = 0) -> None:
