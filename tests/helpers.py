@@ -33,6 +33,22 @@ def terminate_backend(database_url: str, pid: int) -> None:
         )
 
 
+def waiting_for_locks(engine: Any, query_like: str = "%") -> int:
+    """How many sessions of the engine's database wait for a lock, in a statement whose text
+    is LIKE `query_like`."""
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        found = connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE :query_like"
+            ),
+            {"query_like": query_like},
+        )
+    return int(found or 0)
+
+
 def poll(check: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.05) -> T:
     """Call `check` until it returns something truthy; fail when `timeout` passes first."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import documents, event_store
@@ -17,7 +17,7 @@ from services.cache import VersionedCache
 from services.errors import NotFound, PreconditionFailed
 from services.preconditions import VersionCondition
 from tests.conftest import new_user
-from tests.helpers import poll
+from tests.helpers import poll, waiting_for_locks
 
 LIMITS = documents.Limits()
 
@@ -59,15 +59,7 @@ def stream_versions(factory, owner_id, document_id) -> list[tuple[int, int, str]
 
 
 def waiting_for_a_row_lock(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        return bool(
-            connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%FROM documents%FOR UPDATE%'"
-                )
-            )
-        )
+    return waiting_for_locks(engine, "%FROM documents%FOR UPDATE%") > 0
 
 
 def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:

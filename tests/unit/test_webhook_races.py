@@ -20,7 +20,7 @@ from services.webhook_http import Answer
 from services.webhook_policy import WebhookPolicy, parse_networks
 from services.webhooks import Told
 from tests.conftest import new_user
-from tests.helpers import poll
+from tests.helpers import poll, waiting_for_locks
 
 POLICY = WebhookPolicy(allowed_networks=parse_networks(["127.0.0.0/8"]), jitter=0.0)
 EVENT = "job.succeeded"
@@ -56,20 +56,6 @@ def subscribed(factory: sessionmaker[Session]) -> tuple[uuid.UUID, uuid.UUID, uu
             session, owner_id=user.id, agent_id=agent.id, input={"text": "x"}, policy=JobPolicy()
         )
     return user.id, endpoint.id, job.id
-
-
-def waiting_for_locks(engine: Engine) -> int:
-    """Sessions of this test's database waiting for a lock."""
-    with engine.connect() as connection:
-        return int(
-            connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-            or 0
-        )
 
 
 def test_an_endpoint_deleted_while_a_job_ends_is_left_out_of_its_deliveries(

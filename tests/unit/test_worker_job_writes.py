@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
@@ -18,7 +18,7 @@ from models.db import make_engine, make_session_factory
 from services import job_execution, job_transitions, job_units
 from services.after_commit import Announce, SendTask
 from services.job_transitions import Claim
-from tests.helpers import poll, terminate_backend
+from tests.helpers import poll, terminate_backend, waiting_for_locks
 from tests.job_worker import POLICY, Worker
 
 
@@ -121,23 +121,11 @@ def _while_another_writer_holds_the_row(
         )
         thread = threading.Thread(target=lambda: results.append(write()))
         thread.start()
-        poll(lambda: _waits_for_a_lock(outside))
+        poll(lambda: waiting_for_locks(outside))
         other.commit()
         thread.join(timeout=10)
     assert results, "the write failed"
     return results[0]
-
-
-def _waits_for_a_lock(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        return bool(
-            connection.execute(
-                text(
-                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"
-                )
-            ).first()
-        )
 
 
 def test_a_claim_that_lost_its_events_version_to_a_concurrent_writer_is_made_again(worker):
