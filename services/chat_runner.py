@@ -9,7 +9,6 @@ never holds a database transaction while the model is working.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from services.agent_errors import PermanentAgentError
 from services.agent_runner import RunControl
 from services.agent_tools import ToolBox
+from services.inputs import storable_text
 from services.llm import Providers, classify, malformed
 from services.llm_http import AnswerTooLarge
 
@@ -370,14 +370,10 @@ def _tokens(value: Any) -> int:
     return value
 
 
-# PostgreSQL stores no NUL, and JSON (orjson) no lone surrogate: either in a model's text
-# failed the job as `internal` when it was written in an event.
-_UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
-
-
 def _text(value: Any) -> str:
-    """A string of the protocol, with what cannot be stored replaced by U+FFFD; anything
+    """A string of the protocol, with what cannot be stored replaced by U+FFFD (either in a
+    model's text failed the job as `internal` when it was written in an event); anything
     else is a malformed chunk (`_take`)."""
     if not isinstance(value, str):
         raise TypeError(f"{type(value).__name__} where the protocol has a string")
-    return _UNSTORABLE_CHARACTERS.sub("\ufffd", value)
+    return storable_text(value)

@@ -4,6 +4,7 @@ same things. Unknown fields are an error, never ignored."""
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -67,6 +68,16 @@ def unstorable(value: Any) -> str | None:
         elif isinstance(node, list):
             stack.extend(node)
     return None
+
+
+# PostgreSQL stores no NUL, and JSON (orjson) no lone surrogate.
+_UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` with what cannot be stored (NUL, lone surrogates) replaced by U+FFFD: for text
+    of others that we keep as it came (a model's answer, a receiver's reply)."""
+    return _UNSTORABLE_CHARACTERS.sub("\ufffd", text)
 
 
 def _small_json(value: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from services.webhook_policy import Network
 
@@ -133,7 +133,7 @@ def refusal(address: IPAddress, allowed: Sequence[Network] = ()) -> str | None:
 def _parse(url: str) -> tuple[str, str, int, str]:
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 or ch == "\\" for ch in url):
+    if any(ch.isspace() or _is_control(ch) or ch == "\\" for ch in url):
         raise UnsafeUrl("the URL contains whitespace, control characters or a backslash")
     try:
         parts = urlsplit(url)
@@ -153,7 +153,18 @@ def _parse(url: str) -> tuple[str, str, int, str]:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return scheme, host, port or DEFAULT_PORTS[scheme], path
+    # A request line is ASCII: `/café` is sent as `/caf%C3%A9`, as browsers and pydantic
+    # (a job's webhook_url) write it. It raised UnicodeEncodeError in every attempt.
+    return scheme, host, port or DEFAULT_PORTS[scheme], quote(path, safe=_PRINTABLE_ASCII)
+
+
+# Everything a URL may hold as it is; what is not (non-ASCII) is percent-encoded as UTF-8.
+_PRINTABLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def _is_control(ch: str) -> bool:
+    """C0, DEL and C1: http.client refuses each in a request line."""
+    return ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0
 
 
 def _ascii_host(hostname: str) -> str:

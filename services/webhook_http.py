@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from services.inputs import storable_text
 from services.retry_after import seconds as retry_after_seconds
 from services.ssrf import Target
 
@@ -116,7 +117,9 @@ def post(
             except (OSError, http.client.HTTPException) as error:
                 # The status is what counts; a body cut short only shortens the excerpt.
                 raw = getattr(error, "partial", b"") or b""
-            excerpt = raw.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+            # A receiver's NUL could not be stored: the attempt was never recorded, and a
+            # delivered message was sent again until it was given up as `dead`.
+            excerpt = storable_text(raw.decode("utf-8", errors="replace")[:EXCERPT_CHARS])
             return Answer(response.status, _ms(started), None, excerpt, retry_after)
         except (OSError, http.client.HTTPException, ssl.SSLError) as error:
             if watchdog.fired or isinstance(error, TimeoutError):
@@ -167,8 +170,8 @@ def _describe(error: BaseException) -> str:
         return f"TLS certificate not accepted: {error.verify_message}"
     if isinstance(error, http.client.RemoteDisconnected):
         return "the receiver closed the connection without answering"
-    text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:500]
+    text = str(error) or type(error).__name__  # may quote the receiver's bytes
+    return storable_text(f"{type(error).__name__}: {text}"[:500])
 
 
 def _ms(started: float) -> int:

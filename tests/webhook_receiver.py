@@ -42,6 +42,16 @@ def answer(status: int, body: bytes = b"ok", **headers: str) -> Behaviour:
     return behave
 
 
+def raw(data: bytes) -> Behaviour:
+    """These bytes as the whole answer, HTTP or not, then the connection closes."""
+
+    def behave(handler: _Handler, _: Receiver) -> None:
+        handler.wfile.write(data)
+        handler.close_connection = True
+
+    return behave
+
+
 def slow(delay_s: float, status: int = 200) -> Behaviour:
     """Answer after `delay_s` (sooner if the receiver is closed)."""
 

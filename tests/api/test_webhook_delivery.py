@@ -20,7 +20,7 @@ from services.job_policy import JobPolicy
 from services.webhook_policy import WebhookPolicy, parse_networks
 from services.webhooks import DELIVER_TASK, WEBHOOKS_QUEUE
 from tests.helpers import poll
-from tests.webhook_receiver import Listener, answer, endless, receiver, slow
+from tests.webhook_receiver import Listener, answer, endless, raw, receiver, slow
 
 LOOPBACK = parse_networks(["127.0.0.0/8"])
 POLICY = WebhookPolicy(
@@ -53,8 +53,8 @@ class Broker:
         """Delivery ids of the deliver tasks waiting in the queue, oldest first."""
         assert self._publisher.flush()  # the web's publishing thread has sent what it had
         found = []
-        for raw in reversed(self.redis.lrange(WEBHOOKS_QUEUE, 0, -1)):
-            message = json.loads(raw)
+        for queued in reversed(self.redis.lrange(WEBHOOKS_QUEUE, 0, -1)):
+            message = json.loads(queued)
             assert message["headers"]["task"] == DELIVER_TASK
             args, _, _ = json.loads(base64.b64decode(message["body"]))
             found.append(args[0])
@@ -395,6 +395,38 @@ def test_an_oversize_answer_is_read_only_up_to_the_limit(alice, agent, session_f
     assert deliver(session_factory, delivery_id, small) == "succeeded"
     (attempt,) = only_delivery(alice, endpoint["id"])["attempts"]
     assert attempt["response_excerpt"] == "y" * 1000
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "outcome", "logged"),
+    [
+        (answer(200, b"ok\x00done"), "succeeded", {"response_excerpt": "ok\ufffddone"}),
+        (raw(b"JUNK\x00LINE\r\n\r\n"), "failed", {"status_code": None}),
+    ],
+    ids=["in the body", "in a broken status line"],
+)
+def test_a_receivers_nul_is_recorded_replaced(
+    alice, agent, session_factory, hook, behaviour, outcome, logged
+):
+    """PostgreSQL stores no NUL: the attempt's log failed, so a 200 was never recorded,
+    and the message was sent again until the delivery was given up as `dead`."""
+    hook.then(behaviour)
+    endpoint = subscribe(alice, hook.url)
+    run_job(alice, session_factory, agent)
+    assert deliver(session_factory, only_delivery(alice, endpoint["id"])["id"]) == outcome
+    (attempt,) = only_delivery(alice, endpoint["id"])["attempts"]
+    assert logged.items() <= attempt.items()
+    if outcome == "failed":
+        assert "JUNK\ufffdLINE" in attempt["error"]
+
+
+def test_a_path_beyond_ascii_is_sent_percent_encoded(alice, agent, session_factory, hook):
+    """It raised UnicodeEncodeError in every attempt, logged nowhere the owner could see."""
+    endpoint = subscribe(alice, f"http://127.0.0.1:{hook.port}/café?q=ü")
+    run_job(alice, session_factory, agent)
+    assert deliver(session_factory, only_delivery(alice, endpoint["id"])["id"]) == "succeeded"
+    (request,) = hook.requests
+    assert request.path == "/caf%C3%A9?q=%C3%BC"
 
 
 # --- rotation and redelivery ------------------------------------------------------------

@@ -53,6 +53,8 @@ def test_create_sets_location(alice):
         ({"url": "http://10.0.0.1/hook", "event_types": ["job.failed"]}, "url"),
         ({"url": "http://169.254.169.254/latest", "event_types": ["job.failed"]}, "url"),
         ({"url": RECEIVER, "event_types": ["job.failed"], "secret": "mine"}, "secret"),
+        ({"url": "http://127.0.0.2:9/a\x7fb", "event_types": ["job.failed"]}, "url"),
+        ({"url": "http://127.0.0.2:9/a\x9bb", "event_types": ["job.failed"]}, "url"),
     ],
 )
 def test_invalid_endpoints_are_422(alice, body, field):
