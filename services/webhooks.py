@@ -101,8 +101,19 @@ def update(
     resolver: ssrf.Resolver | None = None,
 ) -> WebhookEndpoint:
     """Change the URL, event types, description, or enable or disable the endpoint.
-    Enabling clears the reason it was disabled and its record of failures."""
+    Enabling clears the reason it was disabled and its record of failures; a disabled
+    endpoint's reason can be changed, and an enabled one has none to give (422: it was
+    dropped without a word)."""
     endpoint = _lock(session, owner_id=owner_id, endpoint_id=endpoint_id)
+    reason = fields.get("disabled_reason")
+    if reason is not None and fields.get("enabled", endpoint.enabled):
+        raise InvalidInput(
+            problems=[
+                FieldProblem(
+                    "disabled_reason", "only a disabled endpoint has one: give enabled: false"
+                )
+            ]
+        )
     if "url" in fields:
         _check_url(fields["url"], policy, resolver)
         endpoint.url = fields["url"]
@@ -116,8 +127,10 @@ def update(
         endpoint.disabled_reason = endpoint.disabled_at = endpoint.failing_since = None
     elif enabled is False and endpoint.enabled:
         endpoint.enabled = False
-        endpoint.disabled_reason = fields.get("disabled_reason") or "disabled by its owner"
+        endpoint.disabled_reason = reason or "disabled by its owner"
         endpoint.disabled_at = func.now()
+    elif reason is not None:  # disabled already: a new reason, the same time
+        endpoint.disabled_reason = reason
     session.flush()
     session.refresh(endpoint)
     return endpoint

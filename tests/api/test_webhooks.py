@@ -101,6 +101,22 @@ def test_enabled_must_be_a_json_boolean(alice, value):
     assert alice.get(f"/v1/webhooks/{created['id']}").json["enabled"] is True
 
 
+def test_a_disabled_reason_is_kept_only_for_a_disabled_endpoint(alice):
+    """It was dropped without a word unless the same request disabled the endpoint."""
+    url = f"/v1/webhooks/{create(alice)['id']}"
+    refused = alice.patch(url, json={"disabled_reason": "why"})
+    assert refused.status_code == 422, refused.json
+    assert refused.json["errors"][0]["field"] == "disabled_reason"
+    assert alice.get(url).json["disabled_reason"] is None
+    disabled = alice.patch(url, json={"enabled": False, "disabled_reason": "first"}).json
+    changed = alice.patch(url, json={"enabled": False, "disabled_reason": "second"}).json
+    assert changed["disabled_reason"] == "second"
+    assert changed["disabled_at"] == disabled["disabled_at"]
+    assert alice.patch(url, json={"disabled_reason": "third"}).json["disabled_reason"] == "third"
+    assert alice.patch(url, json={"enabled": True, "disabled_reason": "x"}).status_code == 422
+    assert alice.get(url).json["enabled"] is False
+
+
 def test_empty_patch_is_422(alice):
     created = create(alice)
     assert alice.patch(f"/v1/webhooks/{created['id']}", json={}).status_code == 422
