@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import request
 from werkzeug.datastructures import ETags
 
-from services.errors import FieldProblem, InvalidInput
+from services.errors import FieldProblem, InvalidInput, PreconditionFailed
 from services.inputs import MAX_VERSION, parse_counter
 from services.preconditions import VersionCondition
 
@@ -25,6 +25,21 @@ def version_condition() -> VersionCondition | None:
         none_of=if_none_match or frozenset(),
         nothing_there=request.if_none_match.star_tag,
     )
+
+
+def check_without_etag() -> None:
+    """`If-Match` and `If-None-Match` on a change of a resource that has no ETag, once it is
+    known to exist (RFC 9110 has every origin server evaluate them): no tag the client
+    lists can be its tag, so `If-Match` with tags fails, and so does `If-None-Match: *`
+    (it exists). They were ignored, which turned a client's conditional change into an
+    unconditional one. Call it inside the change's transaction: the 412 rolls it back."""
+    condition = version_condition()
+    if condition is None:
+        return
+    if condition.any_of is not None:
+        raise PreconditionFailed("this resource has no ETag, so no If-Match tag can match it")
+    if condition.nothing_there:
+        raise PreconditionFailed("the resource exists (If-None-Match: *)")
 
 
 def _versions(header: str, tags: ETags) -> frozenset[int] | None:

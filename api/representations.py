@@ -53,6 +53,11 @@ def receipt_json(batch: EventBatch) -> dict[str, Any]:
     }
 
 
+# On answers that carry a secret (an API key, a signing secret): no cache may keep one. A
+# shared cache would not treat `X-API-Key` as it treats `Authorization`.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 def etag(version: int) -> str:
     return f'"{version}"'
 

@@ -81,6 +81,18 @@ def list_page(
     return page_of(rows, limit)
 
 
+def get(session: Session, *, owner_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
+    """One of the owner's live keys (without the key: only its digest is kept)."""
+    key = session.scalar(
+        select(ApiKey).where(
+            ApiKey.id == key_id, ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None)
+        )
+    )
+    if key is None:
+        raise NotFound("no API key with this id")
+    return key
+
+
 def revoke(session: Session, *, owner_id: uuid.UUID, key_id: uuid.UUID) -> None:
     """Revoke one of the owner's live keys; `NotFound` for anything else."""
     revoked = session.execute(

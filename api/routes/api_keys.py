@@ -8,6 +8,8 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_bearer_token
+from api.preconditions import check_without_etag
+from api.representations import NO_STORE
 from api.request_context import db
 from api.schemas.api_keys import ApiKeyIn, NewApiKeyOut
 from api.schemas.common import PageOut, PageQuery
@@ -41,7 +43,7 @@ def api_key_json(key: ApiKey) -> dict[str, Any]:
 def create_key(body: ApiKeyIn):  # type: ignore[no-untyped-def]
     new = api_keys.create(db(), owner_id=current_principal().user_id, name=body.name)
     db().refresh(new.row)  # created_at comes from the database
-    headers = {"Location": f"/v1/api-keys/{new.row.id}", "Cache-Control": "no-store"}
+    headers = {"Location": f"/v1/api-keys/{new.row.id}", **NO_STORE}
     return {**api_key_json(new.row), "key": new.key}, 201, headers
 
 
@@ -56,8 +58,15 @@ def list_keys(query: PageQuery):  # type: ignore[no-untyped-def]
     return {"items": [api_key_json(k) for k in page.items], "next_cursor": page.next_cursor}
 
 
+@bp.get("/<uuid:key_id>")
+@bp.doc(summary="One live API key, without the key", security="BearerAuth", responses=[200, 404])
+def get_key(key_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    return api_key_json(api_keys.get(db(), owner_id=current_principal().user_id, key_id=key_id))
+
+
 @bp.delete("/<uuid:key_id>")
 @bp.doc(summary="Revoke an API key at once", security="BearerAuth", responses=[204, 404])
 def revoke_key(key_id: uuid.UUID):  # type: ignore[no-untyped-def]
     api_keys.revoke(db(), owner_id=current_principal().user_id, key_id=key_id)
+    check_without_etag()
     return "", 204

@@ -9,6 +9,8 @@ from apiflask import APIBlueprint
 from flask import current_app
 
 from api.auth import current_principal, require_access_token
+from api.preconditions import check_without_etag
+from api.representations import NO_STORE
 from api.request_context import db
 from api.schemas.common import PageOut, PageQuery
 from api.schemas.webhooks import (
@@ -114,7 +116,7 @@ def create_endpoint(body: EndpointIn):  # type: ignore[no-untyped-def]
         description=body.description,
         policy=_policy(),
     )
-    return _with_secret(endpoint), 201, {"Location": f"/v1/webhooks/{endpoint.id}"}
+    return _with_secret(endpoint), 201, {"Location": f"/v1/webhooks/{endpoint.id}", **NO_STORE}
 
 
 @bp.get("")
@@ -132,7 +134,8 @@ def list_endpoints(query: PageQuery):  # type: ignore[no-untyped-def]
 @bp.output(SecretOut)
 @bp.doc(summary="The secret that signs deliveries to jobs' own webhook_url")
 def get_callback_secret():  # type: ignore[no-untyped-def]
-    return {"secret": webhooks.callback_secret(db(), owner_id=current_principal().user_id)}
+    secret = webhooks.callback_secret(db(), owner_id=current_principal().user_id)
+    return {"secret": secret}, 200, NO_STORE
 
 
 @bp.get("/<uuid:endpoint_id>")
@@ -158,6 +161,7 @@ def update_endpoint(endpoint_id: uuid.UUID, body: EndpointPatch):  # type: ignor
         fields=body.model_dump(exclude_unset=True),
         policy=_policy(),
     )
+    check_without_etag()
     return endpoint_json(endpoint)
 
 
@@ -165,6 +169,7 @@ def update_endpoint(endpoint_id: uuid.UUID, body: EndpointPatch):  # type: ignor
 @bp.doc(summary="Delete an endpoint with its deliveries", responses=[204, 404])
 def delete_endpoint(endpoint_id: uuid.UUID):  # type: ignore[no-untyped-def]
     webhooks.delete(db(), owner_id=current_principal().user_id, endpoint_id=endpoint_id)
+    check_without_etag()
     return "", 204
 
 
@@ -178,7 +183,7 @@ def rotate_secret(endpoint_id: uuid.UUID):  # type: ignore[no-untyped-def]
     endpoint = webhooks.rotate_secret(
         db(), owner_id=current_principal().user_id, endpoint_id=endpoint_id, policy=_policy()
     )
-    return _with_secret(endpoint)
+    return _with_secret(endpoint), 200, NO_STORE
 
 
 @bp.get("/<uuid:endpoint_id>/deliveries")

@@ -54,7 +54,13 @@ def test_a_revoked_key_is_refused_at_once(alice):
     keyed = new_key(alice)
     assert keyed.get("/v1/agents").status_code == 200
     key_id = alice.get("/v1/api-keys").json["items"][0]["id"]
+    conditional = alice.delete(f"/v1/api-keys/{key_id}", headers={"If-Match": '"1"'})
+    assert conditional.status_code == 412  # keys have no ETag: no tag matches
+    assert keyed.get("/v1/agents").status_code == 200
+    shown = alice.get(f"/v1/api-keys/{key_id}")  # where the creation's Location points
+    assert shown.status_code == 200 and shown.json["id"] == key_id and "key" not in shown.json
     assert alice.delete(f"/v1/api-keys/{key_id}").status_code == 204
+    assert alice.get(f"/v1/api-keys/{key_id}").status_code == 404
     refused = keyed.get("/v1/agents")
     assert refused.status_code == 401
     assert refused.mimetype == "application/problem+json"

@@ -117,6 +117,26 @@ def test_a_disabled_reason_is_kept_only_for_a_disabled_endpoint(alice):
     assert alice.get(url).json["enabled"] is False
 
 
+def test_if_match_and_if_none_match_are_evaluated_though_endpoints_have_no_etag(alice):
+    """They were ignored: a client's conditional change went through unconditionally."""
+    url = f"/v1/webhooks/{create(alice)['id']}"
+    stale = alice.patch(url, json={"description": "x"}, headers={"If-Match": '"1"'})
+    assert stale.status_code == 412, stale.json
+    assert alice.delete(url, headers={"If-None-Match": "*"}).status_code == 412
+    assert alice.get(url).json["description"] is None
+    assert alice.patch(url, json={"description": "y"}, headers={"If-Match": "*"}).status_code == 200
+    assert alice.delete(url, headers={"If-None-Match": '"1"'}).status_code == 204
+
+
+def test_answers_carrying_a_secret_are_not_to_be_stored(alice):
+    created = alice.post("/v1/webhooks", json={"url": RECEIVER, "event_types": ["job.failed"]})
+    rotated = alice.post(f"/v1/webhooks/{created.json['id']}/rotate-secret")
+    callback = alice.get("/v1/webhooks/callback-secret")
+    for answer in (created, rotated, callback):
+        assert answer.status_code in (200, 201) and answer.headers["Cache-Control"] == "no-store"
+    assert "Cache-Control" not in alice.get(f"/v1/webhooks/{created.json['id']}").headers
+
+
 def test_empty_patch_is_422(alice):
     created = create(alice)
     assert alice.patch(f"/v1/webhooks/{created['id']}", json={}).status_code == 422
