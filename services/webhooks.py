@@ -317,6 +317,9 @@ def publish(session: Session, delivery_id: uuid.UUID, *, countdown_s: float = 0)
 # --------------------------------------------------------------------------- the log
 
 
+_OWNED_JOB = select(Job.id).where(Job.id == bindparam("id"), Job.owner_id == bindparam("owner"))
+
+
 def deliveries_page(
     session: Session,
     *,
@@ -326,9 +329,12 @@ def deliveries_page(
     endpoint_id: uuid.UUID | None = None,
     job_id: uuid.UUID | None = None,
 ) -> Page[WebhookDelivery]:
-    """The owner's deliveries, newest first, by endpoint or job."""
+    """The owner's deliveries, newest first, by endpoint or job: 404 for an endpoint or a
+    job that is not the owner's, the one as the other (a job's answered an empty page)."""
     if endpoint_id is not None:
         get(session, owner_id=owner_id, endpoint_id=endpoint_id)
+    if job_id is not None and session.scalar(_OWNED_JOB, {"id": job_id, "owner": owner_id}) is None:
+        raise NotFound("no job with this id")
     where = [WebhookDelivery.owner_id == owner_id]
     if endpoint_id is not None:
         where.append(WebhookDelivery.endpoint_id == endpoint_id)

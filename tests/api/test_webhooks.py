@@ -182,6 +182,18 @@ def test_someone_elses_endpoint_is_404(alice, bob, method, suffix):
     assert alice.get(f"/v1/webhooks/{created['id']}").json["description"] is None
 
 
+@pytest.mark.parametrize("filter_by", ["endpoint_id", "job_id"])
+def test_listing_deliveries_of_someone_elses_endpoint_or_job_is_404(alice, bob, filter_by):
+    """The one answered 404, the other an empty page."""
+    owned = (
+        create(alice)["id"]
+        if filter_by == "endpoint_id"
+        else alice.submit(alice.create_agent()["id"])["id"]
+    )
+    assert alice.get(f"/v1/deliveries?{filter_by}={owned}").status_code == 200
+    assert bob.get(f"/v1/deliveries?{filter_by}={owned}").status_code == 404
+
+
 def test_callback_secret_is_stable_and_per_owner(alice, bob):
     first = alice.get("/v1/webhooks/callback-secret")
     assert first.status_code == 200 and first.json["secret"].startswith("whsec_")
