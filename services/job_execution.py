@@ -106,7 +106,7 @@ def _stopped(units: Units, claim: Claim, reason: str) -> str | None:
 def _failed(units: Units, claim: Claim, error: AgentError, policy: JobPolicy) -> str | None:
     if error.transient and claim.attempt < claim.max_attempts:
         delay = policy.backoff_s(claim.attempt, at_least=error.retry_after_s or 0)
-        scheduled = in_transaction(
+        left = in_transaction(
             units.session,
             units.carrying_held(
                 lambda session: job_transitions.retry_later(
@@ -114,9 +114,11 @@ def _failed(units: Units, claim: Claim, error: AgentError, policy: JobPolicy) ->
                 )
             ),
         )
-        if scheduled:
+        if left == "queued":
             log.info("job.retry_scheduled", job_id=str(claim.job_id), delay_s=round(delay, 3))
-            return "queued"
+            return left
+        if left == "cancelled":  # a cancel asked for during the attempt: no retry
+            return _finished(claim, left)
     return _end(units, claim, "failed", error=error.as_error())
 
 
@@ -146,5 +148,9 @@ def _end(
         # Another worker or the sweeper moved the job on; their outcome stands.
         log.warning("job.result_fenced", job_id=str(claim.job_id), attempt=claim.attempt)
         return None
+    return _finished(claim, status)
+
+
+def _finished(claim: Claim, status: str) -> str:
     job_lines.info("job.finished", job_id=str(claim.job_id), attempt=claim.attempt, status=status)
     return status

@@ -25,6 +25,7 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 
 @dataclass
 class SweepReport:
+    cancelled_unheld: list[uuid.UUID] = field(default_factory=list)
     queue_timed_out: list[uuid.UUID] = field(default_factory=list)
     force_cancelled: list[uuid.UUID] = field(default_factory=list)
     run_timed_out: list[uuid.UUID] = field(default_factory=list)
@@ -40,6 +41,16 @@ def sweep(
     session: Session, *, policy: JobPolicy, waiting_messages: int | None = None
 ) -> SweepReport:
     report = SweepReport()
+    lease_expired = (Job.status == "running") & (Job.lease_expires_at < func.now())
+    # A cancel asked for wins over whatever else would come of a job no worker holds: a
+    # lost attempt's time-out, failure or next attempt, a queued job's queue timeout (jobs
+    # were queued with a cancel request before the claim refused those).
+    report.cancelled_unheld = end_jobs(
+        session,
+        _batch(Job.cancel_requested_at.is_not(None) & ((Job.status == "queued") | lease_expired)),
+        "cancelled",
+        reason="cancelled by the client; no worker held the job",
+    )
     report.queue_timed_out = end_jobs(
         session,
         _batch((Job.status == "queued") & (Job.queue_deadline_at <= func.now())),
@@ -55,16 +66,18 @@ def sweep(
         "cancelled",
         reason=f"the runner did not stop within {policy.grace_s} s of the cancel request",
     )
-    lease_expired = (Job.status == "running") & (Job.lease_expires_at < func.now())
+    # Lost attempts of jobs no cancel was asked for (one asked for since the first step
+    # waits for the next sweep): each times out, fails or runs again.
+    lost = lease_expired & Job.cancel_requested_at.is_(None)
     report.run_timed_out = end_jobs(
         session,
-        _batch(lease_expired & (Job.deadline_at < func.now())),
+        _batch(lost & (Job.deadline_at < func.now())),
         "timed_out",
         error=_error("timeout", "the attempt did not finish within the job's timeout"),
     )
     report.abandoned = end_jobs(
         session,
-        _batch(lease_expired & (Job.attempt >= Job.max_attempts)),
+        _batch(lost & (Job.attempt >= Job.max_attempts)),
         "failed",
         error=func.jsonb_build_object(
             "type",
@@ -77,7 +90,7 @@ def sweep(
             ),
         ),
     )
-    report.requeued = _requeue_lost(session, lease_expired, policy)
+    report.requeued = _requeue_lost(session, lost, policy)
     report.republished = _republish_waiting(session, policy, waiting_messages)
     session.execute(
         delete(IdempotencyKey).where(
@@ -88,12 +101,12 @@ def sweep(
 
 
 def _requeue_lost(
-    session: Session, lease_expired: ColumnElement[bool], policy: JobPolicy
+    session: Session, lost: ColumnElement[bool], policy: JobPolicy
 ) -> list[uuid.UUID]:
     """Queue again, as a new attempt, jobs whose worker stopped renewing its lease."""
     rows = session.execute(
         update(Job)
-        .where(_batch(lease_expired & (Job.attempt < Job.max_attempts)))
+        .where(_batch(lost & (Job.attempt < Job.max_attempts)))
         .values(
             status="queued",
             lease_expires_at=None,

@@ -93,7 +93,7 @@ _CLAIM = f"""
             deadline_at = now() + make_interval(secs => timeout_s), run_after = NULL,
             started_at = coalesce(started_at, now()), updated_at = now()
         WHERE id = %(job_id)s::uuid AND status = 'queued' AND attempt < max_attempts
-          AND (run_after IS NULL OR run_after <= now())
+          AND cancel_requested_at IS NULL AND (run_after IS NULL OR run_after <= now())
           AND (queue_deadline_at IS NULL OR queue_deadline_at > now())
         RETURNING owner_id, attempt, max_attempts, agent_config, input, timeout_s,
                   correlation_id
@@ -298,11 +298,13 @@ def finish(
 
 def retry_later(
     session: Session, claim: Claim, *, error: dict[str, Any], delay_s: float, policy: JobPolicy
-) -> bool:
-    """Queue the job again after `delay_s` for a transient failure, if attempts remain."""
+) -> str | None:
+    """Queue the job again after `delay_s` for a transient failure, if attempts remain; end
+    it cancelled instead if a cancel was requested. The status it was left in, or None when
+    this worker no longer holds it."""
     row = session.execute(
         update(Job)
-        .where(_holds(claim), Job.attempt < Job.max_attempts)
+        .where(_holds(claim), Job.attempt < Job.max_attempts, Job.cancel_requested_at.is_(None))
         .values(
             status="queued",
             error=error,
@@ -315,7 +317,15 @@ def retry_later(
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
-        return False
+        # A statement of its own, in a new snapshot: it sees a cancel that committed while
+        # the UPDATE waited for the row (and then matched nothing).
+        cancelled = end_jobs(
+            session,
+            _holds(claim) & Job.cancel_requested_at.is_not(None),
+            "cancelled",
+            reason="cancelled by the client; the failed attempt was not retried",
+        )
+        return "cancelled" if cancelled else None
     job_events.record(
         session,
         owner_id=claim.owner_id,
@@ -328,7 +338,7 @@ def retry_later(
     job_events.publish_run(
         session, claim.job_id, timeout_s=row.timeout_s, grace_s=policy.grace_s, countdown_s=delay_s
     )
-    return True
+    return "queued"
 
 
 def end_jobs(

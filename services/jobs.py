@@ -169,18 +169,30 @@ def events(
 
 def cancel(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     """Cancel a queued job at once; ask a running one to stop. 409 for a finished job."""
-    mine = (Job.id == job_id) & (Job.owner_id == owner_id)
-    if end_jobs(
-        session, mine & (Job.status == "queued"), "cancelled", reason="cancelled by the client"
-    ):
+    queued = (Job.id == job_id) & (Job.owner_id == owner_id) & (Job.status == "queued")
+
+    def cancel_queued() -> list[uuid.UUID]:
+        return end_jobs(session, queued, "cancelled", reason="cancelled by the client")
+
+    if cancel_queued():
         return get(session, owner_id=owner_id, job_id=job_id)
+    # A queued job too: one queued again (a transient failure, a lost lease) while this
+    # waited for its row would run again. Once the request is set, the row is ours.
     requested = session.execute(
         update(Job)
-        .where(mine, Job.status == "running", Job.cancel_requested_at.is_(None))
+        .where(
+            Job.id == job_id,
+            Job.owner_id == owner_id,
+            Job.status.in_(("queued", "running")),
+            Job.cancel_requested_at.is_(None),
+        )
         .values(cancel_requested_at=func.now(), updated_at=func.now())
-        .returning(Job.attempt, Job.correlation_id)
+        .returning(Job.status, Job.attempt, Job.correlation_id)
         .execution_options(synchronize_session=False)
     ).one_or_none()
+    if requested is not None and requested.status == "queued":
+        cancel_queued()
+        return get(session, owner_id=owner_id, job_id=job_id)
     if requested is not None:
         job_events.record(
             session,

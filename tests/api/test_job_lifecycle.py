@@ -12,6 +12,7 @@ from api.rate_limits import make_gate
 from api.runtime import make_redis
 from models import Job
 from services import job_execution
+from services.agent_errors import TransientAgentError
 from services.job_policy import JobPolicy
 
 POLICY = JobPolicy(retry_base_s=0.01)
@@ -56,6 +57,43 @@ def test_cancel_someone_elses_job_is_404(alice, bob, agent):
     job = alice.submit(agent["id"])
     assert bob.post(f"/v1/jobs/{job['id']}/cancel").status_code == 404
     assert alice.get(f"/v1/jobs/{job['id']}").json["status"] == "queued"
+
+
+def test_a_cancel_asked_for_before_a_transient_failure_ends_the_job_cancelled(
+    alice, agent, session_factory
+):
+    """The cancel was lost: the failure queued the job again, and its next attempt ran."""
+    job = alice.submit(agent["id"], webhook_url="https://example.com/hook")
+
+    def cancelled_then_failing(config, job_input, *, control):
+        # The cancel lands while the attempt runs, before its failure is written.
+        asked = alice.post(f"/v1/jobs/{job['id']}/cancel")
+        assert (asked.status_code, asked.json["status"]) == (200, "running")
+        raise TransientAgentError("the provider answered 503")
+
+    # The watcher stays away from the database: the runner's thread uses the connection.
+    quiet = JobPolicy(lease_s=3600, cancel_poll_s=3600, retry_base_s=0.01)
+    job_id = uuid.UUID(job["id"])
+    ended = job_execution.execute(
+        session_factory, job_id, policy=quiet, runner=cancelled_then_failing
+    )
+    assert ended == "cancelled"
+    cancelled = alice.get(f"/v1/jobs/{job['id']}").json
+    assert (cancelled["status"], cancelled["attempt"], cancelled["error"]) == ("cancelled", 1, None)
+    assert cancelled["finished_at"] is not None
+    events = alice.get(f"/v1/jobs/{job['id']}/events").json["items"]
+    assert [e["type"] for e in events] == [
+        "job.queued", "job.started", "job.cancel_requested", "job.cancelled",
+    ]  # fmt: skip
+    assert events[-1]["data"]["attempt"] == 1 and "reason" in events[-1]["data"]
+    # Told as any cancel is: the job's webhook_url gets its delivery.
+    [delivery] = alice.get(f"/v1/deliveries?job_id={job['id']}").json["items"]
+    assert delivery["event_type"] == "job.cancelled"
+    # No message runs it again; a manual retry does (it forgets the old cancel request).
+    assert run(session_factory, job["id"]) is None
+    assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 202
+    assert run(session_factory, job["id"]) == "succeeded"
+    assert alice.get(f"/v1/jobs/{job['id']}").json["attempt"] == 2
 
 
 # --- retries ----------------------------------------------------------------------------

@@ -83,6 +83,12 @@ def stream_types(session_factory, job_id):
         return [e.type for e in events]
 
 
+def request_cancel(session_factory, job_id):
+    with session_factory.begin() as session:
+        owner = session.get(Job, job_id).owner_id
+        assert jobs.cancel(session, owner_id=owner, job_id=job_id).status == "running"
+
+
 def test_submit_publishes_one_run_message_with_time_limits(submit, published):
     job_id = submit(timeout_s=20)
     [message] = [m for m in published if isinstance(m, SendTask)]
@@ -155,14 +161,39 @@ def test_running_past_its_deadline_with_a_dead_worker_is_timed_out(session_facto
 def test_a_runner_that_ignores_cancel_is_ended_after_the_grace(session_factory, submit):
     job_id = submit()
     claim(session_factory, job_id)
-    with session_factory.begin() as session:
-        owner = session.get(Job, job_id).owner_id
-        assert jobs.cancel(session, owner_id=owner, job_id=job_id).status == "running"
+    request_cancel(session_factory, job_id)
     assert sweep(session_factory).force_cancelled == []
     set_past(session_factory, job_id, "cancel_requested_at", POLICY.grace_s + 1)
     assert sweep(session_factory).force_cancelled == [job_id]
     assert job(session_factory, job_id).status == "cancelled"
     assert stream_types(session_factory, job_id)[-2:] == ["job.cancel_requested", "job.cancelled"]
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_a_lost_attempt_whose_cancel_was_requested_is_cancelled_at_once(
+    session_factory, submit, max_attempts
+):
+    """It was queued again (or, on its last attempt, failed) and the cancel was lost."""
+    job_id = submit(max_attempts=max_attempts)
+    claim(session_factory, job_id)
+    request_cancel(session_factory, job_id)
+    set_past(session_factory, job_id, "lease_expires_at", 1)
+    report = sweep(session_factory)
+    assert report.requeued == report.abandoned == report.force_cancelled == []
+    assert job(session_factory, job_id).status == "cancelled"
+    assert report.cancelled_unheld == [job_id]
+    assert stream_types(session_factory, job_id)[-2:] == ["job.cancel_requested", "job.cancelled"]
+    assert claim(session_factory, job_id) is None
+
+
+def test_a_queued_job_with_a_cancel_request_is_not_run_but_cancelled(session_factory, submit):
+    """As a transient failure or a lost lease queued a job before the cancel won there."""
+    job_id = submit()
+    set_past(session_factory, job_id, "cancel_requested_at", 1)
+    assert claim(session_factory, job_id) is None
+    assert sweep(session_factory).cancelled_unheld == [job_id]
+    assert job(session_factory, job_id).status == "cancelled"
+    assert stream_types(session_factory, job_id) == ["job.queued", "job.cancelled"]
 
 
 def test_a_delayed_retry_is_not_claimed_early(session_factory, submit):

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from models.db import make_engine, make_session_factory
-from services import job_execution, job_transitions, job_units
+from services import job_execution, job_transitions, job_units, jobs
 from services.after_commit import Announce, SendTask
 from services.job_transitions import Claim
 from tests.helpers import poll, terminate_backend, waiting_for_locks
@@ -106,9 +107,8 @@ def _while_another_writer_holds_the_row(
     """Run `write` while another transaction, holding the job's row, appends an event to its
     stream; that transaction commits once `write` waits for the row. The version `write`
     read in its statement's snapshot is then taken."""
-    results: list[Any] = []
-    outside = create_engine(worker.engine.url, poolclass=NullPool)  # not the worker's pool
-    with outside.connect() as other:
+
+    def hold(other: Session) -> None:
         other.execute(text("UPDATE jobs SET updated_at = now() WHERE id = :id"), {"id": job_id})
         other.execute(
             text(
@@ -119,6 +119,17 @@ def _while_another_writer_holds_the_row(
             ),
             {"id": job_id, "stream": f"job-{job_id}"},
         )
+
+    return _while_held(worker, hold, write)
+
+
+def _while_held(worker: Worker, hold: Callable[[Session], Any], write: Callable[[], Any]) -> Any:
+    """Run `write` while another transaction, which did `hold`, holds the job's row; that
+    transaction commits once `write` waits for the row."""
+    results: list[Any] = []
+    outside = create_engine(worker.engine.url, poolclass=NullPool)  # not the worker's pool
+    with Session(outside) as other:
+        hold(other)
         thread = threading.Thread(target=lambda: results.append(write()))
         thread.start()
         poll(lambda: waiting_for_locks(outside))
@@ -155,6 +166,51 @@ def test_an_end_that_lost_its_events_version_to_a_concurrent_writer_is_made_agai
     )
     assert ended is True
     assert [kind for _, kind, *_ in worker.events(job_id)][-2:] == ["job.note", "job.succeeded"]
+
+
+# --- a cancel and a re-queue that meet at the job's row ----------------------------------
+
+
+def _retry_later(session: Session, claim: Claim) -> str | None:
+    error = {"type": "transient", "message": "the provider answered 503"}
+    return job_transitions.retry_later(session, claim, error=error, delay_s=60, policy=POLICY)
+
+
+def test_a_cancel_that_a_failing_attempt_waited_for_ends_the_job_cancelled(worker):
+    """It was queued again: the retry's UPDATE, waiting for the row, went on once the cancel
+    committed."""
+    job_id = worker.queued_job()
+    claim = worker.claim(job_id)
+    assert claim is not None
+    ended = _while_held(
+        worker,
+        lambda holder: jobs.cancel(holder, owner_id=claim.owner_id, job_id=job_id),
+        lambda: job_units.in_transaction(worker.sessions, lambda s: _retry_later(s, claim)),
+    )
+    assert ended == "cancelled"
+    assert worker.job(job_id).status == "cancelled"
+    assert [kind for _, kind, *_ in worker.events(job_id)][-2:] == [
+        "job.cancel_requested", "job.cancelled",
+    ]  # fmt: skip
+
+
+def test_a_cancel_that_waited_for_a_failing_attempt_ends_the_queued_job(worker):
+    """The cancel's request matched no running job once the retry committed, and it answered
+    200 with the job queued, to run again."""
+    job_id = worker.queued_job()
+    claim = worker.claim(job_id)
+    assert claim is not None
+
+    def cancel() -> str:
+        with worker.sessions.begin() as session:
+            return jobs.cancel(session, owner_id=claim.owner_id, job_id=job_id).status
+
+    answered = _while_held(worker, lambda holder: _retry_later(holder, claim), cancel)
+    assert answered == "cancelled"
+    assert worker.job(job_id).status == "cancelled"
+    assert [kind for _, kind, *_ in worker.events(job_id)][-2:] == [
+        "job.retry_scheduled", "job.cancelled",
+    ]  # fmt: skip
 
 
 # --- after the database dropped the pooled connections ---------------------------------
