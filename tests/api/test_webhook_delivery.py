@@ -529,6 +529,14 @@ def test_the_sweeper_republishes_overdue_and_orphaned_deliveries(
     run_job(alice, session_factory, agent)
     waiting, orphan = (uuid.UUID(d["id"]) for d in deliveries(alice, endpoint["id"]))
     claimed_by_a_worker_that_died(session_factory, orphan)
+    with session_factory.begin() as session:
+        # The sweep looks at every delivery: those other tests committed (the lock-order
+        # tests do) are ended inside this test's transaction, which is rolled back.
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.not_in([waiting, orphan]))
+            .values(status="dead", next_attempt_at=None)
+        )
     published.clear()
     with session_factory.begin() as session:
         swept = webhook_delivery.sweep(session, policy=POLICY)
