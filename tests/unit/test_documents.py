@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from services.cache import VersionedCache
 from services.errors import NotFound, PreconditionFailed
 from services.preconditions import VersionCondition
 from tests.conftest import new_user
-from tests.helpers import poll, waiting_for_locks
+from tests.helpers import poll, run_together, waiting_for_locks
 
 LIMITS = documents.Limits()
 
@@ -60,27 +59,6 @@ def stream_versions(factory, owner_id, document_id) -> list[tuple[int, int, str]
 
 def waiting_for_a_row_lock(engine: Engine) -> bool:
     return waiting_for_locks(engine, "%FROM documents%FOR UPDATE%") > 0
-
-
-def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run `work(i)` in `count` threads released at once; their results or exceptions."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def run(i: int) -> None:
-        barrier.wait(timeout=10)
-        try:
-            results[i] = work(i)
-        except Exception as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads)
-    return results
 
 
 def test_the_second_writer_of_a_version_waits_then_fails_its_precondition(engine, factory, doc):
