@@ -157,7 +157,11 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
     touched = {row["stream"] for row in rows}
     positions = iter(
         event_store.insert_rows(
-            session, owner_id, rows, versions={name: versions[name] for name in touched}
+            session,
+            owner_id,
+            rows,
+            versions={name: versions[name] for name in touched},
+            client_ids=bool(clients),
         )
     )
     for result in results:

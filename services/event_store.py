@@ -161,24 +161,45 @@ def append(
 # In psycopg's parameter style: it runs on the driver (models.db.execute_on_driver), and
 # the ids come back as text, so a thousand rows cost one fetch of plain tuples, not a
 # thousand of SQLAlchemy's rows and UUID objects made only to be printed back.
-_INSERT_ROWS = """
-    INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
-    SELECT e.event_id, %(owner_id)s, e.stream, e.version, e.type, e.data, e.metadata
-    FROM jsonb_to_recordset(%(rows)s::jsonb)
-        AS e(event_id uuid, stream text, version int, type text, data jsonb, metadata jsonb)
-    RETURNING event_id::text, position
-    """
-# The same insert, and the streams' new versions written in the same statement: one round
-# trip fewer per append and per batch. A data-modifying WITH runs to completion whether or
-# not the outer query reads it. The caller holds the streams' rows (lock_streams).
-_INSERT_ROWS_SETTING_VERSIONS = f"""
-    WITH inserted AS ({_INSERT_ROWS}), versions_set AS (
+# The streams' new versions are written in the same statement: one round trip fewer per
+# append and per batch. A data-modifying WITH runs to completion whether or not the outer
+# query reads it. The caller holds the streams' rows (lock_streams).
+_ROWS = """jsonb_to_recordset(%(rows)s::jsonb)
+        AS e(event_id uuid, stream text, version int, type text, data jsonb, metadata jsonb)"""
+_SET_VERSIONS = """versions_set AS (
         UPDATE streams SET version = v.version, updated_at = now()
         FROM unnest(%(names)s::text[], %(versions)s::int[]) AS v(name, version)
         WHERE streams.owner_id = %(owner_id)s AND streams.name = v.name
     )
-    SELECT event_id, position FROM inserted
-    """  # noqa: S608 (a constant of this module, no input)
+    SELECT event_id, position FROM inserted"""
+_INSERT_ROWS_SETTING_VERSIONS = f"""
+    WITH inserted AS (
+        INSERT INTO events (event_id, owner_id, stream, version, type, data, metadata)
+        SELECT e.event_id, %(owner_id)s, e.stream, e.version, e.type, e.data, e.metadata
+        FROM {_ROWS}
+        RETURNING event_id::text, position
+    ), {_SET_VERSIONS}
+    """  # noqa: S608 (constants of this module, no input)
+# The same, with the rows inserted in event id order. Transactions that share ids (each
+# appending to its own stream) then wait for each other on the unique index in one order:
+# the first to take the smallest shared id wins, the others wait there and then meet it, a
+# violation (EventIdTaken). In each request's order, each could hold an id another one
+# waited for: a deadlock, which PostgreSQL broke after `deadlock_timeout` by failing one.
+# Positions are drawn before the sort, in the rows' order (the request's: the function
+# yields the array in order; a subquery with a volatile output is not flattened), and
+# written over the identity: a stream's positions rise with its versions, and the feed,
+# in position order within a transaction, keeps the request's order.
+_INSERT_ROWS_IN_ID_ORDER_SETTING_VERSIONS = f"""
+    WITH inserted AS (
+        INSERT INTO events (position, event_id, owner_id, stream, version, type, data, metadata)
+        OVERRIDING SYSTEM VALUE
+        SELECT i.position, i.event_id, %(owner_id)s, i.stream, i.version, i.type, i.data,
+               i.metadata
+        FROM (SELECT nextval('events_position_seq') AS position, e.* FROM {_ROWS}) AS i
+        ORDER BY i.event_id
+        RETURNING event_id::text, position
+    ), {_SET_VERSIONS}
+    """  # noqa: S608 (constants of this module, no input)
 
 
 # Events that cannot have been appended before, in one statement: the stream's row is
@@ -309,9 +330,16 @@ def insert_rows(
     rows: list[dict[str, Any]],
     *,
     versions: Mapping[str, int],
+    client_ids: bool = True,
 ) -> list[int]:
     """Insert prepared rows of one owner and set their streams' `versions`, in one
-    statement; the rows' positions in row order."""
+    statement; the rows' positions, which follow the rows' order.
+
+    Rows are written in event id order, so that requests sharing ids wait for each other
+    instead of deadlocking (the later one gets `EventIdTaken`). A single row, or rows whose
+    ids the server made (`client_ids=False`: no other transaction can hold them), are
+    written as they come: the sort costs PostgreSQL 0.05 ms for one row, 2 ms for 1,000.
+    """
     if not rows:
         return []
     params = {
@@ -321,7 +349,13 @@ def insert_rows(
         "versions": list(versions.values()),
     }
     try:
-        cursor = execute_on_driver(session, _INSERT_ROWS_SETTING_VERSIONS, params)
+        cursor = execute_on_driver(
+            session,
+            _INSERT_ROWS_IN_ID_ORDER_SETTING_VERSIONS
+            if client_ids and len(rows) > 1
+            else _INSERT_ROWS_SETTING_VERSIONS,
+            params,
+        )
     except IntegrityError as error:
         diagnostics = getattr(error.orig, "diag", None)
         if getattr(diagnostics, "constraint_name", None) != EVENT_ID_CONSTRAINT:

@@ -8,12 +8,12 @@ import uuid
 import pytest
 from sqlalchemy import select, text
 
-from models import Event
+from models import Event, EventBatch
 from models.db import make_session_factory
 from services import event_batches, event_store
 from services.event_store import NewEvent
 from tests.conftest import new_user
-from tests.helpers import poll
+from tests.helpers import poll, run_together
 
 WRITERS = 4
 APPENDS_PER_WRITER = 25
@@ -213,15 +213,13 @@ def test_feed_holds_back_events_of_an_older_open_transaction(committed, owner, e
 # the replay check before the first commits, and meets its event id on the unique index.
 
 
-def _inserting_waits_for_a_lock(engine) -> bool:
+def _inserts_waiting_for_a_lock(engine) -> int:
     with engine.connect() as connection:
-        return bool(
-            connection.execute(
-                text(
-                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'"
-                )
-            ).first()
+        return connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'"
+            )
         )
 
 
@@ -245,7 +243,7 @@ def _while_first_holds(committed, engine, owner, event_id, second_writer):
         _append_with_id(first, owner, "first", event_id)
         thread = threading.Thread(target=second)
         thread.start()
-        poll(lambda: _inserting_waits_for_a_lock(engine), timeout=15)
+        poll(lambda: _inserts_waiting_for_a_lock(engine), timeout=15)
     thread.join(timeout=30)
     assert not thread.is_alive()
     return raised
@@ -289,3 +287,154 @@ def test_a_batch_whose_event_id_was_taken_meanwhile_is_rejected(committed, owner
         assert [r["status"] for r in batch.results] == ["not_persisted", "rejected"]
         assert "appended to stream 'first'" in batch.results[1]["reason"]
         assert event_store.stream_version(session, owner_id=owner, stream="second") == 0
+
+
+# --- the same event ids in other orders, at once ----------------------------------------
+# Requests that share ids meet on the unique index. Inserted in each request's own order,
+# each could hold an id the other waits for: PostgreSQL broke the deadlock after a second
+# by failing one of them (a 503 for an append, a batch left pending), not with the 409 the
+# unique index gives. Inserted in the ids' order, the first to take the smallest shared id
+# wins and the others wait there, then meet it.
+
+
+def _events(ids):
+    return [NewEvent("t", {"n": n}, event_id=event_id) for n, event_id in enumerate(ids)]
+
+
+def _crossing(committed, engine, owner, write):
+    """Run `write(i, ids)` for i = 0 and 1 at once: ids `a, x0, b` and `b, x1, a`, where
+    open transactions hold `x0` and `x1` until both writers wait for a lock. Each writer
+    has then taken its first id in its own order and, let go, would wait for the other's.
+    Returns what each call returned or raised, and the two shared ids."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    held = [uuid.uuid4(), uuid.uuid4()]
+    orders = [[a, held[0], b], [b, held[1], a]]
+    holders = [committed() for _ in held]
+    outcomes: list[object] = []
+    racing = threading.Thread(
+        target=lambda: outcomes.extend(run_together(2, lambda i: write(i, orders[i])))
+    )
+    try:
+        for number, (holder, event_id) in enumerate(zip(holders, held, strict=True)):
+            holder.begin()
+            _append_with_id(holder, owner, f"holder-{number}", event_id)
+        racing.start()
+        poll(lambda: _inserts_waiting_for_a_lock(engine) >= 2, timeout=15)
+    finally:
+        for holder in holders:
+            holder.close()  # rolls back: the held ids were never appended
+    racing.join(timeout=30)
+    assert not racing.is_alive()
+    return outcomes, {str(a), str(b)}
+
+
+def _stream_events(committed, owner, stream):
+    with committed() as session:
+        events = event_store.read_stream(session, owner_id=owner, stream=stream, limit=1000)
+        return [(str(e.event_id), e.version, e.position) for e in events]
+
+
+def _in_request_order(stored, ids):
+    """Stored (id, version, position) rows are the request's ids, at versions 1..n, with
+    positions rising in the same order."""
+    positions = [position for _, _, position in stored]
+    return [(i, v) for i, v, _ in stored] == [
+        (str(event_id), version) for version, event_id in enumerate(ids, start=1)
+    ] and positions == sorted(positions)
+
+
+def test_appends_of_shared_ids_in_crossed_orders_let_one_win_without_a_deadlock(
+    committed, owner, engine
+):
+    def write(i, ids):
+        with committed.begin() as session:
+            events = _events(ids)
+            return event_store.append(session, owner_id=owner, stream=f"d-{i}", events=events)
+
+    outcomes, shared = _crossing(committed, engine, owner, write)
+    won = [i for i, o in enumerate(outcomes) if isinstance(o, event_store.AppendResult)]
+    lost = [o for o in outcomes if isinstance(o, event_store.EventIdTaken)]
+    assert (len(won), len(lost)) == (1, 1), outcomes
+    assert lost[0].status == 409 and set(lost[0].extra["event_ids"]) <= shared
+    assert [v for _, v, _ in _stream_events(committed, owner, f"d-{won[0]}")] == [1, 2, 3]
+    assert _stream_events(committed, owner, f"d-{1 - won[0]}") == []
+
+
+def test_batches_of_shared_ids_in_crossed_orders_are_decided_not_left_pending(
+    committed, owner, engine
+):
+    def write(i, ids):
+        with committed.begin() as session:
+            events = [(f"d-{i}", event) for event in _events(ids)]
+            batch_id = event_batches.accept(session, owner_id=owner, events=events).id
+        return event_batches.persist_in_transaction(committed, batch_id)
+
+    outcomes, shared = _crossing(committed, engine, owner, write)
+    assert sorted(outcomes, key=str) == ["persisted", "rejected"], outcomes
+    winner = outcomes.index("persisted")
+    with committed() as session:
+        batches = session.scalars(select(EventBatch).where(EventBatch.owner_id == owner))
+        rejected = next(batch for batch in batches if batch.status == "rejected")
+    reasons = {r["event_id"]: (r["status"], r.get("reason")) for r in rejected.results}
+    taken = ("rejected", f"this event_id was appended to stream 'd-{winner}'")
+    assert [reasons[event_id] for event_id in sorted(shared)] == [taken, taken]
+    assert [v for _, v, _ in _stream_events(committed, owner, f"d-{winner}")] == [1, 2, 3]
+
+
+def test_many_appends_of_the_same_ids_in_either_order_let_exactly_one_win(committed, owner):
+    # The probe that found the deadlock: four requests, each to its own stream, with the
+    # same 300 ids, every other one reversed. It deadlocked in most rounds.
+    for round_ in range(3):
+        ids = [uuid.uuid4() for _ in range(300)]
+        orders = [ids if i % 2 == 0 else ids[::-1] for i in range(4)]
+
+        def write(i, round_=round_, orders=orders):
+            with committed.begin() as session:
+                events = _events(orders[i])
+                stream = f"r{round_}-{i}"
+                return event_store.append(session, owner_id=owner, stream=stream, events=events)
+
+        outcomes = run_together(4, write)
+        won = [i for i, o in enumerate(outcomes) if isinstance(o, event_store.AppendResult)]
+        lost = [o for o in outcomes if isinstance(o, event_store.DuplicateEventIds)]
+        assert (len(won), len(lost)) == (1, 3), outcomes
+        stored = _stream_events(committed, owner, f"r{round_}-{won[0]}")
+        assert _in_request_order(stored, orders[won[0]])
+
+
+def test_two_batches_of_the_same_ids_in_opposite_orders_are_decided(committed, owner):
+    for round_ in range(4):
+        ids = [uuid.uuid4() for _ in range(1000)]
+        orders = [ids, ids[::-1]]
+
+        def write(i, round_=round_, orders=orders):
+            with committed.begin() as session:
+                events = [(f"r{round_}-{i}", event) for event in _events(orders[i])]
+                batch_id = event_batches.accept(session, owner_id=owner, events=events).id
+            return event_batches.persist_in_transaction(committed, batch_id)
+
+        outcomes = run_together(2, write)
+        assert sorted(outcomes, key=str) == ["persisted", "rejected"], outcomes
+
+
+def test_events_with_ids_keep_the_requests_order_not_the_ids(committed, owner):
+    # Rows are inserted in the ids' order; versions and positions follow the request's.
+    ids = sorted((uuid.uuid4() for _ in range(20)), reverse=True)
+    with committed.begin() as session:
+        result = event_store.append(session, owner_id=owner, stream="kept", events=_events(ids))
+    stored = _stream_events(committed, owner, "kept")
+    assert _in_request_order(stored, ids)
+    assert result.positions == [position for _, _, position in stored]
+
+    ids = sorted((uuid.uuid4() for _ in range(20)), reverse=True)
+    streams = ["one", "two"]
+    with committed.begin() as session:
+        events = [(streams[n % 2], event) for n, event in enumerate(_events(ids))]
+        batch_id = event_batches.accept(session, owner_id=owner, events=events).id
+    assert event_batches.persist_in_transaction(committed, batch_id) == "persisted"
+    with committed() as session:
+        results = event_batches.get(session, owner_id=owner, batch_id=batch_id).results
+    positions = [r["position"] for r in results]
+    assert positions == sorted(positions)
+    for number, stream in enumerate(streams):
+        assert _in_request_order(_stream_events(committed, owner, stream), ids[number::2])
