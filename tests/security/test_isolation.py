@@ -94,6 +94,7 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("GET", "/v1/auth/me"): Unowned("the caller's own account; test_self_routes_show_the_caller"),
     ("POST", "/v1/api-keys"): Unowned("creates the caller's key; tests/api/test_api_keys.py"),
     ("GET", "/v1/api-keys"): Listing(shows=("key_id",), bearer_only=True),
+    ("GET", "/v1/api-keys/<uuid:key_id>"): Owned(bearer_only=True),
     ("DELETE", "/v1/api-keys/<uuid:key_id>"): Owned(bearer_only=True),
     # Agents
     ("POST", "/v1/agents"): Unowned("creates the caller's agent"),
