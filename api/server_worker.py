@@ -19,6 +19,9 @@ own. Importing this module makes those answers problem documents too (`error_pag
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 import orjson
 import structlog
 from gunicorn import util as gunicorn_util
+from gunicorn.workers.gthread import _DEFER as DEFER  # "no data yet: back to the poller"
 from gunicorn.workers.gthread import ThreadWorker
 
 from api import admission, live
@@ -113,16 +117,64 @@ def closing_after_unread_bodies(app: Any) -> Any:
     return wrapped
 
 
+# How long a thread waits for a new connection's first bytes before handing it back to the
+# poller (gunicorn: 5 s, in which 64 idle connections held every thread of a process).
+NEW_CONNECTION_WAIT_S = 0.05
+
+
+class SlowHeads:
+    """Request heads being read in threads, and the time each must have arrived by. The
+    main loop (every second at most) shuts down the socket of one past its time: the
+    thread's blocked read ends at once, as if the client had hung up. gunicorn sets no
+    such bound: a client that sent one byte held a thread for good (a probe: 64 such
+    connections starved both processes, /metrics included)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._deadlines: dict[Any, float] = {}
+
+    def reading(self, conn: Any) -> None:
+        with self._lock:
+            self._deadlines[conn] = time.monotonic() + self.timeout_s
+
+    def read(self, conn: Any) -> None:
+        with self._lock:
+            self._deadlines.pop(conn, None)
+
+    def cut_overdue(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            overdue = [conn for conn, deadline in self._deadlines.items() if deadline <= now]
+            for conn in overdue:
+                del self._deadlines[conn]
+        for conn in overdue:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        return len(overdue)
+
+
 class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._turned_away = 0
         self._turned_away_lock = threading.Lock()
         self._reported_at = time.monotonic()
+        self._slow_heads = SlowHeads(10.0)
+        self._send_timeout = _timeval(30.0)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        settings = self.wsgi.extensions["conveyor"].settings
+        self._slow_heads = SlowHeads(settings.web_request_head_timeout_s)
+        self._send_timeout = _timeval(settings.web_send_timeout_s)
         self.wsgi = closing_after_unread_bodies(self.wsgi)
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        cut = self._slow_heads.cut_overdue()
+        if cut:
+            log.warning("request.head_too_slow", connections=cut)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """gunicorn stops accepting at a graceful stop but keeps its listening sockets
@@ -144,15 +196,40 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def handle(self, conn: Any) -> Any:
         if not conn.initialized and not conn.data_ready:
-            # A new connection: gunicorn waits here for its first bytes, and the request
-            # arrives when they do, not when the connection was accepted. Count from when
-            # the application sees it.
+            # A new connection: its first bytes are waited for briefly here, then in the
+            # poller, which holds no thread. The request arrives when they do, not when the
+            # connection was accepted: count from when the application sees it.
+            if not conn.wait_for_data(NEW_CONNECTION_WAIT_S):
+                return DEFER
+            # A send that waits longer for a client that does not read fails, and frees
+            # the thread (and a live tail's waiting slot): blocked in `sendall`, they were
+            # held for good, with the answer's memory.
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._send_timeout)
             admission.mark_arrival(None)
         else:
             admission.mark_arrival(getattr(conn, "conveyor_queued_at", None))
-        return super().handle(conn)
+        self._slow_heads.reading(conn)
+        try:
+            return super().handle(conn)
+        finally:
+            self._slow_heads.read(conn)
 
     def handle_request(self, req: Any, conn: Any) -> bool:
+        self._slow_heads.read(conn)  # the head is in; the body is the application's to read
+        try:
+            return self._admitted(req, conn)
+        except BlockingIOError:
+            # SO_SNDTIMEO: the client has not read for that long. The answer cannot be
+            # finished, so the connection is reset: the kernel drops what it still held
+            # to send (megabytes, for a large page), and gunicorn's graceful close, which
+            # waits up to 2 s on the main loop for the client, finds the reading side shut.
+            log.warning("response.send_timed_out", path=req.path)
+            with contextlib.suppress(OSError):
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                conn.sock.shutdown(socket.SHUT_RD)
+            return False
+
+    def _admitted(self, req: Any, conn: Any) -> bool:
         control = admission.installed()
         if control is None or req.path in admission.EXEMPT_PATHS:
             return bool(super().handle_request(req, conn))
@@ -188,3 +265,12 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
                 return
             count, self._turned_away, self._reported_at = self._turned_away, 0, now
         log.warning("admission.turned_away", requests=count, detail=admission.DETAIL)
+
+
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+def _timeval(seconds: float) -> bytes:
+    """A `struct timeval`, as SO_SNDTIMEO takes it."""
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
