@@ -137,5 +137,6 @@ def create_app(
         webhooks.deliveries_bp,
     ):
         app.register_blueprint(blueprint)
+    request_context.note_routes(app)  # which routes take no body: every route is known now
     app.spec_processor(lambda spec: describe_security(spec, app))
     return app

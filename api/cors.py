@@ -19,7 +19,7 @@ ALLOWED_HEADERS = (
 )
 EXPOSED_HEADERS = (
     "ETag, Location, Retry-After, X-Request-ID, Idempotent-Replayed, "
-    "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy"
+    "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy, WWW-Authenticate"
 )
 PREFLIGHT_MAX_AGE_S = 600
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 from apiflask import APIFlask, HTTPError
-from flask import Response, g
+from flask import Response, g, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
@@ -51,6 +51,12 @@ UNAVAILABLE_ERRORS = (
     DisconnectionError,
 )
 _LOCATIONS = {"json": "body", "query": "query", "headers": "header", "path": "path"}
+# RFC 9110 (11.6.1): a 401 carries at least one challenge. Bearer is the one HTTP scheme
+# we take; an API key travels in X-API-Key, which is no HTTP authentication scheme, so it
+# is named in the problem's detail, not challenged for (RFC 6750, 3: `error` only when a
+# token was presented).
+BEARER_CHALLENGE = 'Bearer realm="conveyor"'
+INVALID_TOKEN_CHALLENGE = 'Bearer realm="conveyor", error="invalid_token"'  # noqa: S105
 
 
 def document(
@@ -94,7 +100,14 @@ def problem(
     response = Response(dumps_bytes(body), status=status, mimetype=PROBLEM_MIMETYPE)
     for name, value in (headers or {}).items():
         response.headers[name] = value
+    if status == 401 and "WWW-Authenticate" not in response.headers:
+        response.headers["WWW-Authenticate"] = _challenge()
     return response
+
+
+def _challenge() -> str:
+    presented = request.headers.get("Authorization", "").partition(" ")[0].lower() == "bearer"
+    return INVALID_TOKEN_CHALLENGE if presented else BEARER_CHALLENGE
 
 
 def install(app: APIFlask) -> None:

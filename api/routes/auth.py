@@ -16,7 +16,7 @@ from api.auth import (
     revoke_encoded,
 )
 from api.representations import user_json
-from api.request_context import db, optional_body
+from api.request_context import db, optional_body, takes_optional_body
 from api.schemas.auth import Credentials, LoginIn, LogoutIn, TokensOut, UserOut
 from services import users
 from services.errors import Forbidden, NotFound, Unauthorized
@@ -78,6 +78,7 @@ def refresh():  # type: ignore[no-untyped-def]
     security="BearerAuth",
     responses=[204, 401, 422],
 )
+@takes_optional_body(LogoutIn)
 def logout():  # type: ignore[no-untyped-def]
     require_bearer_token()
     body = optional_body(LogoutIn)

@@ -166,3 +166,42 @@ def test_the_bearer_scheme_is_read_in_any_case(client, alice, scheme):
     assert client.get("/v1/auth/me", headers=access).status_code == 200
     refresh = {"Authorization": f"{scheme} {alice.tokens['refresh_token']}"}
     assert client.post("/v1/auth/refresh", headers=refresh).status_code == 200
+
+
+CHALLENGE = 'Bearer realm="conveyor"'
+INVALID = 'Bearer realm="conveyor", error="invalid_token"'
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "challenge"),
+    [
+        ("GET", "/v1/auth/me", {}, CHALLENGE),
+        ("GET", "/v1/jobs", {"Authorization": "Bearer nonsense"}, INVALID),
+        ("GET", "/v1/jobs", {"Authorization": "bearer nonsense"}, INVALID),
+        ("GET", "/v1/jobs", {"Authorization": "Basic dXNlcjpwYXNz"}, CHALLENGE),
+        ("GET", "/v1/agents", {"X-API-Key": "cvk_nothing"}, CHALLENGE),
+        ("POST", "/v1/auth/refresh", {}, CHALLENGE),
+        ("POST", "/v1/auth/logout", {"Authorization": "Bearer a.b.c"}, INVALID),
+    ],
+)
+def test_every_401_carries_a_bearer_challenge(client, method, url, headers, challenge):
+    """RFC 9110 (11.6.1): a 401 must say how to authenticate; ours said nothing. An invalid
+    bearer token is named as such (RFC 6750, 3); without one, no error is given."""
+    response = client.open(url, method=method, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == challenge
+
+
+def test_a_401_for_an_api_key_where_a_token_is_needed_asks_for_the_token(client, alice):
+    key = alice.post("/v1/api-keys", json={"name": "k"}).json["key"]
+    response = client.get("/v1/api-keys", headers={"X-API-Key": key})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == CHALLENGE
+
+
+def test_a_wrong_password_is_a_401_with_a_challenge_too(client, alice):
+    """Every 401 carries one (RFC 9110 says MUST); the login's says which scheme the API
+    takes once logged in."""
+    response = client.post("/v1/auth/login", json={"email": alice.email, "password": "x" * 12})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == CHALLENGE

@@ -27,6 +27,7 @@ def test_a_listed_origin_is_granted(cors_client, alice):
     assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
     assert "ETag" in response.headers["Access-Control-Expose-Headers"]
     assert "RateLimit-Remaining" in response.headers["Access-Control-Expose-Headers"]
+    assert "WWW-Authenticate" in response.headers["Access-Control-Expose-Headers"]
     assert "Origin" in response.headers["Vary"]
     assert "Access-Control-Allow-Credentials" not in response.headers
 
