@@ -46,7 +46,9 @@ def _versions(header: str, tags: ETags) -> frozenset[int] | None:
     """The versions a header lists, or None when it was not sent (or is `*`)."""
     if tags.star_tag or header not in request.headers:
         return None
-    versions = {parse_counter(tag, MAX_VERSION) for tag in tags.as_set(include_weak=True)}
+    # An empty quoted tag (`""`, `W/""`) comes out of werkzeug as None: a 500 until it
+    # was read as no version of ours.
+    versions = {parse_counter(tag or "", MAX_VERSION) for tag in tags.as_set(include_weak=True)}
     if not versions or None in versions:  # an empty header, or a tag we never made
         raise InvalidInput(
             problems=[FieldProblem(header, "expected an ETag this API returned", "header")]
