@@ -20,7 +20,7 @@ from api import (
 from api.app_class import ConveyorApp
 from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
-from api.openapi import describe_security
+from api.openapi import describe
 from api.queue_depth import QueueDepth
 from api.routes import agents, api_keys, documents, events, health, jobs, webhooks
 from api.routes import auth as auth_routes
@@ -138,5 +138,5 @@ def create_app(
     ):
         app.register_blueprint(blueprint)
     request_context.note_routes(app)  # which routes take no body: every route is known now
-    app.spec_processor(lambda spec: describe_security(spec, app))
+    app.spec_processor(lambda spec: describe(spec, app))
     return app

@@ -76,7 +76,16 @@ class QueueDepths:
 
 
 @bp.get("/metrics")
-@bp.doc(summary="Prometheus metrics of the web processes and the queues", security=[])
+@bp.doc(
+    summary="Prometheus metrics of the web processes and the queues",
+    security=[],
+    responses={
+        200: {
+            "description": f"Prometheus' text format (`{prometheus.CONTENT_TYPE_LATEST}`)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics() -> Response:
     runtime = current_app.extensions["conveyor"]
     body = prometheus.exposition(QueueDepths(runtime.redis_probe, QUEUES))

@@ -5,6 +5,7 @@ import uuid
 from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_access_token
+from api.openapi import declares
 from api.preconditions import version_condition
 from api.representations import agent_json, etag
 from api.request_context import db
@@ -20,6 +21,7 @@ bp.before_request(require_access_token)
 @bp.input(AgentIn, arg_name="body")
 @bp.output(AgentOut, status_code=201)
 @bp.doc(summary="Register an agent", responses=[201, 422])
+@declares(headers={201: ["Location", "ETag"]})
 def create_agent(body: AgentIn):  # type: ignore[no-untyped-def]
     agent = agents.create(db(), owner_id=current_principal().user_id, fields=body.model_dump())
     headers = {"Location": f"/v1/agents/{agent.id}", "ETag": etag(agent.version)}
@@ -40,6 +42,7 @@ def list_agents(query: PageQuery):  # type: ignore[no-untyped-def]
 @bp.get("/<uuid:agent_id>")
 @bp.output(AgentOut)
 @bp.doc(summary="One agent", responses=[200, 404])
+@declares(headers={200: ["ETag"]})
 def get_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
     agent = agents.get(db(), owner_id=current_principal().user_id, agent_id=agent_id)
     return agent_json(agent), 200, {"ETag": etag(agent.version)}
@@ -49,6 +52,7 @@ def get_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
 @bp.input(AgentPatch, arg_name="body")
 @bp.output(AgentOut)
 @bp.doc(summary="Change an agent; bumps its version", responses=[200, 404, 412, 422])
+@declares(headers={200: ["ETag"]}, request_headers=["If-Match", "If-None-Match"])
 def update_agent(agent_id: uuid.UUID, body: AgentPatch):  # type: ignore[no-untyped-def]
     agent = agents.update(
         db(),
@@ -66,6 +70,7 @@ def update_agent(agent_id: uuid.UUID, body: AgentPatch):  # type: ignore[no-unty
     description="`If-Match` honoured, as for PATCH.",
     responses=[204, 404, 412, 422],
 )
+@declares(request_headers=["If-Match", "If-None-Match"])
 def delete_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
     agents.delete(
         db(),

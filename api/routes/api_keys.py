@@ -8,6 +8,7 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_bearer_token
+from api.openapi import declares
 from api.preconditions import check_without_etag
 from api.representations import NO_STORE
 from api.request_context import db
@@ -40,6 +41,7 @@ def api_key_json(key: ApiKey) -> dict[str, Any]:
     security="BearerAuth",
     responses=[201, 409, 422],
 )
+@declares(headers={201: ["Location"]})
 def create_key(body: ApiKeyIn):  # type: ignore[no-untyped-def]
     new = api_keys.create(db(), owner_id=current_principal().user_id, name=body.name)
     db().refresh(new.row)  # created_at comes from the database

@@ -31,7 +31,12 @@ def _runtime():  # type: ignore[no-untyped-def]
 @bp.post("/register")
 @bp.input(Credentials, arg_name="body")
 @bp.output(UserOut, status_code=201)
-@bp.doc(summary="Create an account", security=[], responses=[201, 409, 422])
+@bp.doc(
+    summary="Create an account",
+    description="403 when registration is turned off on this server (REGISTRATION_ENABLED).",
+    security=[],
+    responses=[201, 403, 409, 422],
+)
 def register(body: Credentials):  # type: ignore[no-untyped-def]
     if not _runtime().settings.registration_enabled:
         raise Forbidden("registration is turned off on this server")

@@ -9,6 +9,7 @@ from flask.blueprints import BlueprintSetupState
 
 from api.auth import current_principal, require_access_token
 from api.json_provider import dumps_bytes
+from api.openapi import declares
 from api.preconditions import version_condition
 from api.representations import (
     document_json,
@@ -65,6 +66,7 @@ def _written(document: Document, status: int = 200) -> tuple[dict[str, Any], int
 @bp.input(DocumentIn, arg_name="body")
 @bp.output(DocumentOut, status_code=201)
 @bp.doc(summary="Create a document", responses=[201, 413, 422])
+@declares(headers={201: ["Location", "ETag"]})
 def create_document(body: DocumentIn):  # type: ignore[no-untyped-def]
     document = documents.create(
         db(),
@@ -108,6 +110,7 @@ def list_documents(query: DocumentListQuery):  # type: ignore[no-untyped-def]
     description="`If-None-Match` with the current ETag answers 304.",
     responses=[200, 304, 404],
 )
+@declares(headers={200: ["ETag"], 304: ["ETag"]}, request_headers=["If-None-Match-Read"])
 def get_document(document_id: uuid.UUID, query: DocumentQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     if query.version is not None:
@@ -131,6 +134,7 @@ def get_document(document_id: uuid.UUID, query: DocumentQuery):  # type: ignore[
 @bp.input(DocumentIn, arg_name="body")
 @bp.output(DocumentOut)
 @bp.doc(summary="Replace a document; bumps its version", responses=[200, 404, 412, 413, 422])
+@declares(headers={200: ["ETag"]}, request_headers=["If-Match", "If-None-Match"])
 def replace_document(document_id: uuid.UUID, body: DocumentIn):  # type: ignore[no-untyped-def]
     return _update(document_id, body.model_dump())
 
@@ -139,6 +143,7 @@ def replace_document(document_id: uuid.UUID, body: DocumentIn):  # type: ignore[
 @bp.input(DocumentPatch, arg_name="body")
 @bp.output(DocumentOut)
 @bp.doc(summary="Change some fields; bumps the version", responses=[200, 404, 412, 413, 422])
+@declares(headers={200: ["ETag"]}, request_headers=["If-Match", "If-None-Match"])
 def patch_document(document_id: uuid.UUID, body: DocumentPatch):  # type: ignore[no-untyped-def]
     return _update(document_id, body.model_dump(exclude_unset=True))
 
@@ -158,6 +163,7 @@ def _update(document_id: uuid.UUID, fields: dict[str, Any]):  # type: ignore[no-
 
 @bp.delete("/<uuid:document_id>")
 @bp.doc(summary="Delete a document; its history stays readable", responses=[204, 404, 412])
+@declares(request_headers=["If-Match", "If-None-Match"])
 def delete_document(document_id: uuid.UUID):  # type: ignore[no-untyped-def]
     document = documents.delete(
         db(),

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from api import live, sse
 from api.auth import current_principal, require_access_token
 from api.json_provider import dumps_bytes
+from api.openapi import declares
 from api.representations import event_json, receipt_json
 from api.request_context import db, end_session, single_statement_db
 from api.schemas.common import PageOut
@@ -87,6 +88,7 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
     "`from_version`. With `Accept: text/event-stream`, tails the stream live from the "
     "version after `Last-Event-ID` (or `from_version`).",
 )
+@declares(request_headers=["Last-Event-ID"], event_stream=True)
 def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def]
     _check_stream(stream, writing=False)
     owner_id = current_principal().user_id
@@ -121,6 +123,7 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
     "by comma-separated event types. With "
     "`Accept: text/event-stream`, tails the feed live from `Last-Event-ID` (a position).",
 )
+@declares(request_headers=["Last-Event-ID"], event_stream=True)
 def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     types = _types(query.type)
@@ -145,6 +148,7 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     "at all; events are idempotent by `event_id`.",
     responses=[202, 422],
 )
+@declares(headers={202: ["Location"]})
 def batch(body: BatchIn):  # type: ignore[no-untyped-def]
     for i, event in enumerate(body.events):
         _check_stream(event.stream, writing=True, field=f"events.{i}.stream", location="body")

@@ -32,7 +32,9 @@ def healthz() -> dict[str, str]:
 @bp.get("/readyz")
 @bp.doc(
     summary="PostgreSQL and Redis answer within a second, and the schema is migrated",
+    description="503 `/problems/not-ready`, with `Retry-After` and the `checks`, otherwise.",
     security=[],
+    responses=[200, 503],
 )
 def readyz():  # type: ignore[no-untyped-def]
     runtime = current_app.extensions["conveyor"]

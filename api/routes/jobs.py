@@ -12,6 +12,7 @@ from api.auth import current_principal, require_access_token
 from api.disconnect import watcher
 from api.job_waiter import wait_until_terminal
 from api.json_provider import dumps_bytes
+from api.openapi import declares
 from api.representations import event_json, job_json
 from api.request_context import db, end_session, single_statement_db
 from api.schemas.common import PageOut
@@ -37,6 +38,7 @@ def _runtime():  # type: ignore[no-untyped-def]
     "gets the first answer again, byte for byte, and creates nothing.",
     responses=[202, 409, 422, 503],
 )
+@declares(headers={202: ["Location", "Idempotent-Replayed"]}, request_headers=["Idempotency-Key"])
 def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     key = request.headers.get("Idempotency-Key")
@@ -110,6 +112,7 @@ def cancel_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
     summary="Run a failed, cancelled or timed-out job again",
     responses=[202, 404, 409],
 )
+@declares(headers={202: ["Location"]})
 def retry_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
     job = jobs.retry(
         db(), owner_id=current_principal().user_id, job_id=job_id, policy=_runtime().job_policy
@@ -162,6 +165,7 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
     "the terminal event; it resumes after the version given in `Last-Event-ID`.",
     responses=[200, 404, 503],
 )
+@declares(request_headers=["Last-Event-ID"], event_stream=True)
 def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     if sse.wants_stream():

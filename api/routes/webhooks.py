@@ -9,6 +9,7 @@ from apiflask import APIBlueprint
 from flask import current_app
 
 from api.auth import current_principal, require_access_token
+from api.openapi import declares
 from api.preconditions import check_without_etag
 from api.representations import NO_STORE
 from api.request_context import db
@@ -107,6 +108,7 @@ def _deliveries_page(page: Page[WebhookDelivery]) -> dict[str, Any]:
     summary="Subscribe a URL to event types; the answer carries its signing secret",
     responses=[201, 422],
 )
+@declares(headers={201: ["Location"]})
 def create_endpoint(body: EndpointIn):  # type: ignore[no-untyped-def]
     endpoint = webhooks.create(
         db(),
@@ -239,6 +241,7 @@ def get_delivery(delivery_id: uuid.UUID):  # type: ignore[no-untyped-def]
     summary="Send a delivery again, same webhook-id, on a fresh retry schedule",
     responses=[202, 404, 409],
 )
+@declares(headers={202: ["Location"]})
 def redeliver(delivery_id: uuid.UUID):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     delivery = webhooks.redeliver(db(), owner_id=owner_id, delivery_id=delivery_id)

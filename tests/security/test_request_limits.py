@@ -152,7 +152,8 @@ def test_every_list_has_a_bounded_page_size(alice, client):
     for path, operations in spec["paths"].items():
         if "{" in path or "get" not in operations:
             continue
-        params = {p["name"]: p for p in operations["get"].get("parameters", [])}
+        parameters = operations["get"].get("parameters", [])
+        params = {p["name"]: p for p in parameters if "$ref" not in p}  # refs: headers
         if "limit" not in params:
             continue
         lists += 1

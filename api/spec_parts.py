@@ -1,0 +1,147 @@
+"""The pieces api/openapi.py adds to the document: the problem schema, the headers the API
+reads and sends, titles of the statuses every operation of a kind can answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.idempotency import MAX_KEY_LENGTH
+from services.inputs import MAX_POSITION, MAX_VERSION
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "`/problems/<slug>`"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "request_id": {"type": ["string", "null"]},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["location", "field", "detail"],
+                "properties": {
+                    "location": {"type": "string", "enum": ["body", "query", "header", "path"]},
+                    "field": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+TITLES = {
+    "400": "The body is not valid JSON",
+    "401": "No valid credential",
+    "413": "The body is larger than MAX_BODY_BYTES",
+    "414": "The request line is too long (answered by the server before the application)",
+    "415": "The body is not JSON",
+    "422": "Invalid input",
+    "429": "Too many requests; see Retry-After",
+    "431": "A request header is too large (answered by the server before the application)",
+    "503": "Overloaded, or a dependency is unavailable; see Retry-After",
+}
+
+
+def _header(description: str, schema: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    # `required` lives here, not beside the references to these (OpenAPI allows no sibling
+    # but `description` there): a header is listed only where it is always sent, or is
+    # optional everywhere.
+    return {"description": description, "required": required, "schema": schema}
+
+
+_STRING = {"type": "string"}
+_SECONDS = {"type": "integer", "minimum": 0}
+RATE_LIMIT_HEADERS = (
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+)
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": _header(
+        "The request's id: the client's `X-Request-ID` when it is 1-128 of `A-Za-z0-9._:-`, "
+        "else a new one; it is in the logs and in problem documents.",
+        _STRING,
+        required=True,
+    ),
+    "Location": _header("The URL of the resource made or accepted.", _STRING, required=True),
+    "ETag": _header(
+        'The resource\'s version as an entity tag, `"3"`; send it in `If-Match`.',
+        _STRING,
+        required=True,
+    ),
+    "Retry-After": _header("Seconds to wait before trying again.", _SECONDS, required=True),
+    "WWW-Authenticate": _header(
+        'The challenge: `Bearer realm="conveyor"`, with `error="invalid_token"` when a bearer '
+        "token was presented and failed. An API key goes in `X-API-Key` instead.",
+        _STRING,
+        required=True,
+    ),
+    "Idempotent-Replayed": _header(
+        "`true` when this is the stored answer to an earlier request with the same "
+        "`Idempotency-Key`.",
+        {"type": "string", "enum": ["true"]},
+        required=False,
+    ),
+    "RateLimit-Limit": _header(
+        "Requests allowed in the current window.", {"type": "integer", "minimum": 0}, required=False
+    ),
+    "RateLimit-Remaining": _header(
+        "Requests left in the current window.", {"type": "integer", "minimum": 0}, required=False
+    ),
+    "RateLimit-Reset": _header("Seconds until the window resets.", _SECONDS, required=False),
+    "RateLimit-Policy": _header(
+        "The limit and its window, e.g. `600;w=60`.", _STRING, required=False
+    ),
+}
+
+
+def _request_header(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_CONDITION = (
+    'ETags this API sent (`"3"`, or `W/"3"`), a comma-separated list of them, or `*`. A tag '
+    "that is no version of ours is a 422 on the header."
+)
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "Idempotency-Key": _request_header(
+        "Idempotency-Key",
+        "Within 24 h, a retry with the same key and body gets the first answer again and "
+        "creates nothing; the same key with another body is a 422.",
+        {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[ -~]+$"},
+    ),
+    "If-Match": _request_header(
+        "If-Match", f"Change only at one of these versions (else 412). {_CONDITION}", _STRING
+    ),
+    "If-None-Match": _request_header(
+        "If-None-Match",
+        f"Change only at none of these versions (else 412); `*` never. {_CONDITION}",
+        _STRING,
+    ),
+    "If-None-Match-Read": _request_header(
+        "If-None-Match",
+        "Answer 304 without a body when the current version is one of these ETags.",
+        _STRING,
+    ),
+    "Last-Event-ID": _request_header(
+        "Last-Event-ID",
+        "With `Accept: text/event-stream`: the `id` of the last event received (a stream's "
+        f"version, at most {MAX_VERSION}, or the feed's position, at most {MAX_POSITION}); the "
+        "stream resumes after it. Anything else is a 422 before the stream starts.",
+        _STRING,
+    ),
+}
+# Properties whose maximum is a setting: (schema, property) -> the Settings field.
+SETTINGS_MAXIMA = {
+    ("JobIn", "timeout_s"): "job_max_timeout_s",
+    ("JobIn", "queue_timeout_s"): "job_max_queue_timeout_s",
+}
