@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import request
 from werkzeug.datastructures import ETags
 
-from services.errors import FieldProblem, InvalidInput, PreconditionFailed
+from services.errors import FieldProblem, InvalidInput
 from services.inputs import MAX_VERSION, parse_counter
 from services.preconditions import VersionCondition
 
@@ -34,12 +34,8 @@ def check_without_etag() -> None:
     (it exists). They were ignored, which turned a client's conditional change into an
     unconditional one. Call it inside the change's transaction: the 412 rolls it back."""
     condition = version_condition()
-    if condition is None:
-        return
-    if condition.any_of is not None:
-        raise PreconditionFailed("this resource has no ETag, so no If-Match tag can match it")
-    if condition.nothing_there:
-        raise PreconditionFailed("the resource exists (If-None-Match: *)")
+    if condition is not None:
+        condition.check_unversioned()
 
 
 def _versions(header: str, tags: ETags) -> frozenset[int] | None:

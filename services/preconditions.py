@@ -34,6 +34,14 @@ class VersionCondition:
         if current in self.none_of:
             self._refuse(f"the {what} is at version {current} (If-None-Match)", current)
 
+    def check_unversioned(self) -> None:
+        """The same for something that exists but has no version (no ETag): no version the
+        client lists can be its, and `nothing_there` fails as it does for any change."""
+        if self.any_of is not None:
+            raise PreconditionFailed("this resource has no ETag, so no If-Match tag can match it")
+        if self.nothing_there:
+            raise PreconditionFailed("the resource exists (If-None-Match: *)")
+
     @staticmethod
     def _refuse(detail: str, current: int) -> None:
         raise PreconditionFailed(detail, extra={"current_version": current})
