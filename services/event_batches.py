@@ -132,7 +132,6 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
             rows.append(
                 {
                     "event_id": event_id,
-                    "owner_id": owner_id,
                     "stream": event["stream"],
                     "version": version,
                     "type": event["type"],

@@ -145,10 +145,7 @@ def append(
     if replay is not None:
         return replay
     _check_expected(current, expected_version)
-    rows = [
-        _row(owner_id, stream, current + offset, event)
-        for offset, event in enumerate(events, start=1)
-    ]
+    rows = [_row(stream, current + offset, event) for offset, event in enumerate(events, start=1)]
     positions = insert_rows(session, owner_id, rows, versions={stream: current + len(rows)})
     return AppendResult(
         first_version=current + 1, last_version=current + len(rows), positions=positions
@@ -240,7 +237,7 @@ def _append_new(
 ) -> AppendResult:
     wanted = None if expected_version == "any" else _wanted(expected_version)
     # Versions 1..count here: the statement adds them to the stream's version before.
-    rows = [_row(owner_id, stream, offset, event) for offset, event in enumerate(events, start=1)]
+    rows = [_row(stream, offset, event) for offset, event in enumerate(events, start=1)]
     params = {
         "owner_id": owner_id,
         "stream": stream,
@@ -425,10 +422,10 @@ def _same_events(earlier: list[Event], stream: str, events: Sequence[NewEvent]) 
     )
 
 
-def _row(owner_id: uuid.UUID, stream: str, version: int, event: NewEvent) -> dict[str, Any]:
+def _row(stream: str, version: int, event: NewEvent) -> dict[str, Any]:
+    # No owner: every statement takes it as one parameter, not from each of a thousand rows.
     return {
         "event_id": event.event_id or new_id(),
-        "owner_id": owner_id,
         "stream": stream,
         "version": version,
         "type": str(event.type),

@@ -166,3 +166,23 @@ def test_events_accept_appends(stored_event: tuple[str, int]) -> None:
             (uuid.uuid4(), owner_id, stream),
         ).fetchone()  # type: ignore[misc]
     assert appended > position
+
+
+def test_batch_payloads_are_json_compressed_with_lz4_where_the_server_has_it(
+    scratch_database: str,
+) -> None:
+    """0009 turns them into json; a type change resets a column's compression, so it sets
+    0008's lz4 again, which the batch path's timings rely on."""
+    with psycopg.connect(_libpq(scratch_database)) as conn:
+        try:
+            conn.execute("SET default_toast_compression = lz4")
+            expected = "l"
+        except psycopg.errors.InvalidParameterValue:  # a server built without lz4
+            conn.rollback()
+            expected = ""
+        columns = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attcompression "
+            "FROM pg_attribute WHERE attrelid = 'event_batches'::regclass "
+            "AND attname IN ('events', 'results') ORDER BY attname"
+        ).fetchall()
+    assert columns == [("events", "json", expected), ("results", "json", expected)]
