@@ -43,7 +43,11 @@ class OrjsonProvider(JSONProvider):
 # double: 2**64 came back as 1.8446744073709552e+19, and two bodies differing only there
 # were the same request to Idempotency-Key. Such a number needs 19 digits at least.
 _MAYBE_TOO_LONG = re.compile(r"\d{19}")
-_MAYBE_TOO_LONG_BYTES = re.compile(rb"\d{19}")
+# For bytes, the same search without the regex, which tries the pattern at every position:
+# 4 ms on a 165 KB batch of a thousand events, a sixth of the request's CPU. Every ASCII
+# digit becomes "0" and every other byte " ", and 19 zeros in a row are a plain substring.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_DIGITS = b"0" * 19
 INEXACT_DETAIL = (
     "holds an integer outside -2^63 .. 2^64-1, which cannot be kept exactly; send it as a string"
 )
@@ -53,8 +57,11 @@ def refuse_inexact_integers(s: str | bytes) -> None:
     """422 for a document holding an integer orjson would not keep exactly. Only a document
     with 19 digits in a row (in a number or a string) is read again, by the json module,
     which hands over each integer's text."""
-    pattern = _MAYBE_TOO_LONG_BYTES if isinstance(s, bytes) else _MAYBE_TOO_LONG
-    if pattern.search(s):  # type: ignore[arg-type]
+    if isinstance(s, bytes):
+        maybe_too_long = _NINETEEN_DIGITS in s.translate(_DIGITS_AS_ZEROS)
+    else:
+        maybe_too_long = _MAYBE_TOO_LONG.search(s) is not None
+    if maybe_too_long:
         json.loads(s, parse_int=_exact_int)
 
 
