@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # Limits on what a request may carry.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     max_page_size: int = Field(default=200, ge=1, le=1000)
+    # A page of jobs, events, agents or deliveries also ends after the item that takes its
+    # JSON (inputs, outputs, data) to this many bytes; the next page goes on from there.
+    page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_wait_s: float = Field(default=30.0, ge=0, le=120)
     max_queue_depth: int = Field(default=10_000, ge=1)
     # Long-polls and live streams that one web process lets wait at once; keep it below

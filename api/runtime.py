@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from flask import current_app
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine
@@ -42,6 +43,13 @@ class Runtime:
     notifier: Notifier
     # Token revocation and rate limits in one Redis round trip per request.
     gate: Gate
+
+
+def page_max_bytes() -> int:
+    """`PAGE_MAX_BYTES`: lists of large items (jobs, events, agents, deliveries) end their
+    pages by bytes too (services.pagination.ByteBound)."""
+    runtime: Runtime = current_app.extensions["conveyor"]
+    return runtime.settings.page_max_bytes
 
 
 def make_redis(url: str, *, timeout_s: float) -> redis.Redis:

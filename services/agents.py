@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from models import Agent
 from services import preconditions
 from services.errors import NotFound
-from services.pagination import Page, newest_first
+from services.pagination import ByteBound, Page, newest_first
 from services.preconditions import VersionCondition
 
 # The fields a job copies at submit time; changing the agent later does not change the job.
@@ -34,10 +34,13 @@ def get(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:
 
 
 def list_page(
-    session: Session, *, owner_id: uuid.UUID, limit: int, cursor: str | None
+    session: Session, *, owner_id: uuid.UUID, limit: int, cursor: str | None, max_bytes: int
 ) -> Page[Agent]:
+    """A page of live agents, newest first; it ends early after the agent whose
+    instructions and params reach `max_bytes`."""
     query = select(Agent).where(Agent.owner_id == owner_id, Agent.deleted_at.is_(None))
-    return newest_first(session, query, Agent.id, limit=limit, cursor=cursor)
+    bound = ByteBound(Agent, [Agent.instructions, Agent.params], max_bytes)
+    return newest_first(session, query, Agent.id, limit=limit, cursor=cursor, bounded=bound)
 
 
 def update(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import cast, func, select, tuple_
+from sqlalchemy import Select, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +34,7 @@ from models.ids import new_id
 from services import metrics
 from services.after_commit import Announce, defer, events_key
 from services.errors import Conflict, FieldProblem, InvalidInput
+from services.pagination import ByteBound, bounded_rows
 
 ExpectedVersion = int | Literal["any", "no_stream"]
 
@@ -469,15 +470,33 @@ def read_stream(
     limit: int = 100,
 ) -> list[Event]:
     """Events of one stream in version order, starting at `from_version`."""
-    return list(
-        session.scalars(
-            select(Event)
-            .where(Event.owner_id == owner_id, Event.stream == stream)
-            .where(Event.version >= from_version)
-            .order_by(Event.version)
-            .limit(limit)
-        )
+    query = _stream_query(owner_id, stream, from_version)
+    return list(session.scalars(query.order_by(Event.version).limit(limit)))
+
+
+def stream_page(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    stream: str,
+    from_version: int,
+    limit: int,
+    max_bytes: int,
+) -> tuple[list[Event], bool]:
+    """`read_stream`, bounded by `max_bytes` of data and metadata as well (a page ends
+    after the event that reaches it); and whether more events follow the page."""
+    query = _stream_query(owner_id, stream, from_version)
+    return bounded_rows(session, query, [Event.version], _bound(max_bytes), limit=limit)
+
+
+def _stream_query(owner_id: uuid.UUID, stream: str, from_version: int) -> Select[tuple[Event]]:
+    return select(Event).where(
+        Event.owner_id == owner_id, Event.stream == stream, Event.version >= from_version
     )
+
+
+def _bound(max_bytes: int) -> ByteBound:
+    return ByteBound(Event, [Event.data, Event.metadata_], max_bytes)
 
 
 def read_feed(
@@ -487,8 +506,10 @@ def read_feed(
     after: int = 0,
     types: Sequence[str] = (),
     limit: int = 100,
+    max_bytes: int | None = None,
 ) -> list[Event]:
-    """The owner's events after position `after` (0: from the start), in commit-safe order.
+    """The owner's events after position `after` (0: from the start), in commit-safe order;
+    with `max_bytes`, the page ends after the event whose data and metadata reach it.
 
     `after` must be a position this owner's feed returned; see the module docstring.
     """
@@ -508,4 +529,8 @@ def read_feed(
         query = query.where(tuple_(Event.tx_id, Event.position) > cursor.scalar_subquery())
     if types:
         query = query.where(Event.type.in_(types))
-    return list(session.scalars(query.order_by(Event.tx_id, Event.position).limit(limit)))
+    order = [Event.tx_id, Event.position]
+    if max_bytes is None:
+        return list(session.scalars(query.order_by(*order).limit(limit)))
+    # A feed page's cursor is its last event, whether or not more follow.
+    return bounded_rows(session, query, order, _bound(max_bytes), limit=limit)[0]

@@ -21,7 +21,7 @@ from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Over
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
 from services.job_transitions import end_jobs
-from services.pagination import Page, newest_first
+from services.pagination import ByteBound, Page, newest_first
 from services.webhook_policy import Network
 
 RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
@@ -143,15 +143,19 @@ def list_page(
     owner_id: uuid.UUID,
     limit: int,
     cursor: str | None,
+    max_bytes: int,
     status: str | None = None,
     agent_id: uuid.UUID | None = None,
 ) -> Page[Job]:
+    """A page of the owner's jobs, newest first; it ends early after the job whose input,
+    output, error and metadata take the page to `max_bytes`."""
     query = select(Job).where(Job.owner_id == owner_id)
     if status is not None:
         query = query.where(Job.status == status)
     if agent_id is not None:
         query = query.where(Job.agent_id == agent_id)
-    return newest_first(session, query, Job.id, limit=limit, cursor=cursor)
+    bound = ByteBound(Job, [Job.input, Job.output, Job.error, Job.metadata_], max_bytes)
+    return newest_first(session, query, Job.id, limit=limit, cursor=cursor, bounded=bound)
 
 
 def events(
@@ -164,6 +168,27 @@ def events(
         stream=job_stream(job_id),
         from_version=from_version,
         limit=limit,
+    )
+
+
+def events_page(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    job_id: uuid.UUID,
+    from_version: int,
+    limit: int,
+    max_bytes: int,
+) -> tuple[list[Event], bool]:
+    """`events` as a page bounded by bytes too (event_store.stream_page)."""
+    get(session, owner_id=owner_id, job_id=job_id)
+    return event_store.stream_page(
+        session,
+        owner_id=owner_id,
+        stream=job_stream(job_id),
+        from_version=from_version,
+        limit=limit,
+        max_bytes=max_bytes,
     )
 
 

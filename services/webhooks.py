@@ -11,7 +11,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, bindparam, func, select
@@ -31,7 +31,7 @@ from services.after_commit import SendTask, defer
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from services.event_types import TERMINAL_JOB_EVENTS
 from services.job_view import job_json
-from services.pagination import Page, decode_cursor, page_of
+from services.pagination import ByteBound, Page, newest_first
 from services.webhook_policy import WebhookPolicy
 
 DELIVER_TASK = "conveyor.webhooks.deliver"
@@ -86,9 +86,8 @@ def get(session: Session, *, owner_id: uuid.UUID, endpoint_id: uuid.UUID) -> Web
 def list_page(
     session: Session, *, owner_id: uuid.UUID, limit: int, cursor: str | None
 ) -> Page[WebhookEndpoint]:
-    return _newest_first(
-        session, WebhookEndpoint, [WebhookEndpoint.owner_id == owner_id], limit, cursor
-    )
+    query = select(WebhookEndpoint).where(WebhookEndpoint.owner_id == owner_id)
+    return newest_first(session, query, WebhookEndpoint.id, limit=limit, cursor=cursor)
 
 
 def update(
@@ -326,11 +325,14 @@ def deliveries_page(
     owner_id: uuid.UUID,
     limit: int,
     cursor: str | None,
+    max_bytes: int,
     endpoint_id: uuid.UUID | None = None,
     job_id: uuid.UUID | None = None,
 ) -> Page[WebhookDelivery]:
     """The owner's deliveries, newest first, by endpoint or job: 404 for an endpoint or a
-    job that is not the owner's, the one as the other (a job's answered an empty page)."""
+    job that is not the owner's, the one as the other (a job's answered an empty page).
+    A page ends early after the delivery whose payload (a job's output) reaches
+    `max_bytes`."""
     if endpoint_id is not None:
         get(session, owner_id=owner_id, endpoint_id=endpoint_id)
     if job_id is not None and session.scalar(_OWNED_JOB, {"id": job_id, "owner": owner_id}) is None:
@@ -340,24 +342,11 @@ def deliveries_page(
         where.append(WebhookDelivery.endpoint_id == endpoint_id)
     if job_id is not None:
         where.append(WebhookDelivery.job_id == job_id)
-    return _newest_first(session, WebhookDelivery, where, limit, cursor)
-
-
-Row = TypeVar("Row", WebhookEndpoint, WebhookDelivery)
-
-
-def _newest_first(
-    session: Session,
-    model: type[Row],
-    where: list[ColumnElement[bool]],
-    limit: int,
-    cursor: str | None,
-) -> Page[Row]:
-    query = select(model).where(*where)
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(model.id < after)
-    return page_of(list(session.scalars(query.order_by(model.id.desc()).limit(limit + 1))), limit)
+    bound = ByteBound(WebhookDelivery, [WebhookDelivery.payload], max_bytes)
+    query = select(WebhookDelivery).where(*where)
+    return newest_first(
+        session, query, WebhookDelivery.id, limit=limit, cursor=cursor, bounded=bound
+    )
 
 
 def get_delivery(

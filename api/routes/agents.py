@@ -9,6 +9,7 @@ from api.openapi import declares
 from api.preconditions import version_condition
 from api.representations import agent_json, etag
 from api.request_context import db
+from api.runtime import page_max_bytes
 from api.schemas.agents import AgentIn, AgentOut, AgentPatch
 from api.schemas.common import PageOut, PageQuery
 from services import agents
@@ -34,7 +35,11 @@ def create_agent(body: AgentIn):  # type: ignore[no-untyped-def]
 @bp.doc(summary="The caller's agents, newest first")
 def list_agents(query: PageQuery):  # type: ignore[no-untyped-def]
     page = agents.list_page(
-        db(), owner_id=current_principal().user_id, limit=query.limit, cursor=query.cursor
+        db(),
+        owner_id=current_principal().user_id,
+        limit=query.limit,
+        cursor=query.cursor,
+        max_bytes=page_max_bytes(),
     )
     return {"items": [agent_json(a) for a in page.items], "next_cursor": page.next_cursor}
 

@@ -16,6 +16,7 @@ from api.json_provider import dumps_bytes
 from api.openapi import declares
 from api.representations import event_json, receipt_json
 from api.request_context import db, end_session, single_statement_db
+from api.runtime import page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.events import (
     MAX_STREAM_CHARS,
@@ -95,15 +96,14 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
     if sse.wants_stream():
         after = sse.last_event_id(MAX_VERSION) or query.from_version - 1
         return _tail_stream(owner_id, stream, after)
-    rows = event_store.read_stream(
+    rows, more = event_store.stream_page(
         db(),
         owner_id=owner_id,
         stream=stream,
         from_version=query.from_version,
-        limit=query.limit + 1,
+        limit=query.limit,
+        max_bytes=page_max_bytes(),
     )
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
     return {
         "items": [event_json(e) for e in rows],
         "next_cursor": str(rows[-1].version + 1) if more else None,
@@ -130,7 +130,12 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     if sse.wants_stream():
         return _tail_feed(owner_id, types, sse.last_event_id(MAX_POSITION) or query.after)
     rows = event_store.read_feed(
-        db(), owner_id=owner_id, after=query.after, types=types, limit=query.limit
+        db(),
+        owner_id=owner_id,
+        after=query.after,
+        types=types,
+        limit=query.limit,
+        max_bytes=page_max_bytes(),
     )
     return {
         "items": [event_json(e) for e in rows],

@@ -15,6 +15,7 @@ from api.json_provider import dumps_bytes
 from api.openapi import declares
 from api.representations import event_json, job_json
 from api.request_context import db, end_session, single_statement_db
+from api.runtime import page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from services import idempotency, jobs
@@ -130,6 +131,7 @@ def list_jobs(query: JobListQuery):  # type: ignore[no-untyped-def]
         owner_id=current_principal().user_id,
         limit=query.limit,
         cursor=query.cursor,
+        max_bytes=page_max_bytes(),
         status=query.status,
         agent_id=query.agent_id,
     )
@@ -170,15 +172,14 @@ def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untype
     owner_id = current_principal().user_id
     if sse.wants_stream():
         return _stream_events(owner_id, job_id)
-    rows = jobs.events(
+    rows, more = jobs.events_page(
         db(),
         owner_id=owner_id,
         job_id=job_id,
         from_version=query.from_version,
-        limit=query.limit + 1,
+        limit=query.limit,
+        max_bytes=page_max_bytes(),
     )
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
     next_cursor = str(rows[-1].version + 1) if more else None
     return {"items": [event_json(e) for e in rows], "next_cursor": next_cursor}
 

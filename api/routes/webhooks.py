@@ -13,6 +13,7 @@ from api.openapi import declares
 from api.preconditions import check_without_etag
 from api.representations import NO_STORE
 from api.request_context import db
+from api.runtime import page_max_bytes
 from api.schemas.common import PageOut, PageQuery
 from api.schemas.webhooks import (
     DeliveryOut,
@@ -198,6 +199,7 @@ def endpoint_deliveries(endpoint_id: uuid.UUID, query: PageQuery):  # type: igno
         owner_id=current_principal().user_id,
         limit=query.limit,
         cursor=query.cursor,
+        max_bytes=page_max_bytes(),
         endpoint_id=endpoint_id,
     )
     return _deliveries_page(page)
@@ -220,6 +222,7 @@ def list_deliveries(query: DeliveryQuery):  # type: ignore[no-untyped-def]
         owner_id=current_principal().user_id,
         limit=query.limit,
         cursor=query.cursor,
+        max_bytes=page_max_bytes(),
         endpoint_id=query.endpoint_id,
         job_id=query.job_id,
     )

@@ -151,3 +151,20 @@ def test_live_stream_tail_follows_one_stream(carol):
     got = frames(response, 2)
     writer.join()
     assert [(f["id"], f["event"]) for f in got] == [("1", "x.1"), ("2", "x.2")]
+
+
+def test_a_feed_page_ends_by_bytes_and_the_next_goes_on_from_its_last_event(settings):
+    """`PAGE_MAX_BYTES`: ~1.5 KB of data each, the third event reaches 4 KB."""
+    settings.page_max_bytes = 4096
+    app = create_app(settings, passwords=FAST_PASSWORDS)
+    try:
+        user = AuthClient.register(app.test_client(), f"pages-{uuid.uuid4().hex[:8]}@example.com")
+        events = [{"type": "t", "data": {"text": f"{i}" + "x" * 1500}} for i in range(5)]
+        assert user.post("/v1/streams/big/events", json={"events": events}).status_code == 201
+        page = poll(lambda: (found := user.get("/v1/events?limit=10").json)["items"] and found)
+        assert [e["version"] for e in page["items"]] == [1, 2, 3]
+        rest = user.get(f"/v1/events?limit=10&after={page['next_cursor']}").json
+        assert [e["version"] for e in rest["items"]] == [4, 5]
+    finally:
+        app.extensions["conveyor"].notifier.close()
+        app.extensions["conveyor"].engine.dispose()

@@ -4,6 +4,7 @@ checked before validation), and page sizes (every list's `limit` has a maximum).
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ import pytest
 
 from api.json_limits import JsonLimits, check_shape
 from services.errors import InvalidInput
-from tests.helpers import AuthClient
+from tests.helpers import AuthClient, every_item
 from tests.security.conftest import client_at
 from tests.security.support import send
 
@@ -184,3 +185,49 @@ def test_nul_characters_are_422_not_500(alice, method, url, body):
     response = send(alice.client, method, url, alice.headers, body)
     assert response.status_code == 422, response.json
     assert response.json["type"] == "/problems/validation-error"
+
+
+def _big_user(make_app: Any, max_bytes: int) -> AuthClient:
+    app = make_app(page_max_bytes=max_bytes)
+    return AuthClient.register(client_at(app), f"pages-{uuid.uuid4().hex[:8]}@example.com")
+
+
+def test_pages_of_jobs_end_by_bytes_and_go_on_from_there(make_app):
+    """A page of 200 jobs of megabytes each was read whole into the web process."""
+    user = _big_user(make_app, 4096)
+    agent = user.create_agent()
+    submitted = [user.submit(agent["id"], text=f"{i}" + "x" * 1500)["id"] for i in range(5)]
+    first = user.get("/v1/jobs?limit=10").json
+    # ~1.5 KB of input each: the third job reaches 4 KB, and the page ends after it.
+    assert [job["id"] for job in first["items"]] == submitted[::-1][:3]
+    assert first["next_cursor"] is not None
+    assert [job["id"] for job in every_item(user, "/v1/jobs", limit=10)] == submitted[::-1]
+
+
+def test_pages_of_agents_end_by_bytes(make_app):
+    user = _big_user(make_app, 4096)
+    created = [user.create_agent(instructions=f"{i}" + "x" * 1500)["id"] for i in range(5)]
+    first = user.get("/v1/agents?limit=10").json
+    assert [agent["id"] for agent in first["items"]] == created[::-1][:3]
+    assert [agent["id"] for agent in every_item(user, "/v1/agents", limit=10)] == created[::-1]
+
+
+def test_pages_of_stream_events_end_by_bytes(make_app):
+    user = _big_user(make_app, 4096)
+    events = [{"type": "t", "data": {"text": f"{i}" + "x" * 1500}} for i in range(5)]
+    assert user.post("/v1/streams/big/events", json={"events": events}).status_code == 201
+    page = user.get("/v1/streams/big/events?limit=10").json
+    assert [e["version"] for e in page["items"]] == [1, 2, 3]
+    assert page["next_cursor"] == "4"
+    rest = user.get("/v1/streams/big/events?limit=10&cursor=4").json
+    assert [e["version"] for e in rest["items"]] == [4, 5]
+    assert rest["next_cursor"] is None
+
+
+def test_an_item_larger_than_a_page_still_comes_one_a_page(make_app):
+    user = _big_user(make_app, 1024)
+    events = [{"type": "t", "data": {"text": "x" * 3000}} for _ in range(3)]
+    assert user.post("/v1/streams/huge/events", json={"events": events}).status_code == 201
+    versions = [e["version"] for e in every_item(user, "/v1/streams/huge/events", limit=10)]
+    assert versions == [1, 2, 3]
+    assert len(user.get("/v1/streams/huge/events?limit=10").json["items"]) == 1
