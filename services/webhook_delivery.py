@@ -12,11 +12,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
@@ -30,6 +31,7 @@ log = structlog.get_logger(__name__)
 SWEEP_BATCH = 500
 UNFINISHED = ("pending", "failed")
 Sender = Callable[..., Answer]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,20 @@ def deliver(
     resolver: ssrf.Resolver | None = None,
 ) -> str | None:
     """Make one attempt if the delivery is due; the status it was left in, or None."""
-    with session_factory.begin() as session:
-        claim = claim_due(session, delivery_id, policy=policy)
+    claim = _reconnecting(
+        session_factory, lambda session, _: claim_due(session, delivery_id, policy=policy)
+    )
     if claim is None:
         return None
     attempted_at = dt.datetime.now(dt.UTC)
     answer = attempt(claim, policy=policy, resolver=resolver)
-    with session_factory.begin() as session:
-        status = record(session, claim, answer, attempted_at=attempted_at, policy=policy)
+
+    def record_once(session: Session, again: bool) -> str:
+        if again and (done := _recorded_status(session, claim, attempted_at)) is not None:
+            return done  # the COMMIT lost with the connection had committed
+        return record(session, claim, answer, attempted_at=attempted_at, policy=policy)
+
+    status = _reconnecting(session_factory, record_once)
     metrics.count(metrics.WEBHOOK_DELIVERIES, outcome=status)
     log.info(
         "webhook.attempted",
@@ -71,6 +79,32 @@ def deliver(
         outcome=status,
     )
     return status
+
+
+def _reconnecting(session_factory: sessionmaker[Session], work: Callable[[Session, bool], T]) -> T:
+    """`work` in a transaction; once more, in a new one, when the pooled connection turned
+    out dead (the worker's engine does not ping on checkout: models.db.make_engine). After a
+    PostgreSQL restart during an attempt, the result's record met such a connection, so an
+    answered 200 went unrecorded and the message was sent again when the lease ran out.
+    `work` is told whether it is the second try."""
+    try:
+        with session_factory.begin() as session:
+            return work(session, False)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.info("db.reconnected", error=type(error.orig).__name__)
+    with session_factory.begin() as session:
+        return work(session, True)
+
+
+def _recorded_status(session: Session, claim: Claim, attempted_at: dt.datetime) -> str | None:
+    """The delivery's status if this attempt is in its log already, else None."""
+    return session.scalar(
+        select(WebhookDelivery.status)
+        .join(WebhookAttempt, WebhookAttempt.delivery_id == WebhookDelivery.id)
+        .where(WebhookDelivery.id == claim.delivery_id, WebhookAttempt.attempted_at == attempted_at)
+    )
 
 
 def claim_due(session: Session, delivery_id: uuid.UUID, *, policy: WebhookPolicy) -> Claim | None:

@@ -5,12 +5,13 @@ pytest-xdist, where workers' output is not shown."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.faults.summary import REPORT_PROPERTY, format_report
+from tests.stack import PostgresCluster
 
 
 @pytest.fixture
@@ -21,3 +22,19 @@ def report(request: pytest.FixtureRequest) -> Callable[..., None]:
         request.node.user_properties.append((REPORT_PROPERTY, line))
 
     return record
+
+
+@pytest.fixture
+def cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL of this test's own, destroyed (and checked gone) at the end."""
+    try:
+        cluster = PostgresCluster()
+    except FileNotFoundError as error:  # no binaries, or root without a postgres user
+        pytest.skip(f"cannot run a private PostgreSQL: {error}")
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+    assert not cluster.processes()

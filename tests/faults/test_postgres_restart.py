@@ -8,7 +8,7 @@ answers 503 with a problem document; once it is back, every job ends.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,22 +30,6 @@ DELAY_MS = 1000
 # Longer than a lease (JOB_LEASE_S=2): running attempts lose theirs while the database is away.
 OUTAGE_S = 3.0
 SSE = {"Accept": "text/event-stream"}
-
-
-@pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    """A PostgreSQL of this test's own, destroyed (and checked gone) at the end."""
-    try:
-        cluster = PostgresCluster()
-    except FileNotFoundError as error:  # no binaries, or root without a postgres user
-        pytest.skip(f"cannot run a private PostgreSQL: {error}")
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
-    assert not cluster.processes()
 
 
 def test_jobs_end_after_a_postgres_restart(
