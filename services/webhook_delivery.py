@@ -64,7 +64,7 @@ def deliver(
     answer = attempt(claim, policy=policy, resolver=resolver)
 
     def record_once(session: Session, again: bool) -> str:
-        if again and (done := _recorded_status(session, claim, attempted_at)) is not None:
+        if again and (done := recorded_status(session, claim.delivery_id, attempted_at)):
             return done  # the COMMIT lost with the connection had committed
         return record(session, claim, answer, attempted_at=attempted_at, policy=policy)
 
@@ -98,12 +98,15 @@ def _reconnecting(session_factory: sessionmaker[Session], work: Callable[[Sessio
         return work(session, True)
 
 
-def _recorded_status(session: Session, claim: Claim, attempted_at: dt.datetime) -> str | None:
-    """The delivery's status if this attempt is in its log already, else None."""
+def recorded_status(
+    session: Session, delivery_id: uuid.UUID, attempted_at: dt.datetime
+) -> str | None:
+    """The delivery's status if its attempt made at `attempted_at` is in its log already
+    (a record whose COMMIT landed although its connection died), else None."""
     return session.scalar(
         select(WebhookDelivery.status)
         .join(WebhookAttempt, WebhookAttempt.delivery_id == WebhookDelivery.id)
-        .where(WebhookDelivery.id == claim.delivery_id, WebhookAttempt.attempted_at == attempted_at)
+        .where(WebhookDelivery.id == delivery_id, WebhookAttempt.attempted_at == attempted_at)
     )
 
 

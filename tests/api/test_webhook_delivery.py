@@ -14,7 +14,7 @@ import redis
 from sqlalchemy import func, select, update
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from models import Job, WebhookDelivery, WebhookEndpoint
+from models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from services import job_execution, job_transitions, webhook_delivery
 from services.job_policy import JobPolicy
 from services.webhook_policy import WebhookPolicy, parse_networks
@@ -516,6 +516,27 @@ def test_a_late_result_is_fenced(alice, agent, session_factory, hook, meanwhile)
     with session_factory() as session:
         left = session.get(WebhookDelivery, delivery_id)
         assert (left.status if left else None) == {"redelivered": "pending"}.get(meanwhile)
+
+
+def test_a_record_tried_again_finds_its_attempt_already_logged(alice, agent, session_factory, hook):
+    """A record whose COMMIT landed as its connection died is tried again
+    (`webhook_delivery._reconnecting`); the second try must see the attempt and write
+    nothing more."""
+    endpoint = subscribe(alice, hook.url)
+    run_job(alice, session_factory, agent)
+    delivery_id = uuid.UUID(only_delivery(alice, endpoint["id"])["id"])
+    assert deliver(session_factory, str(delivery_id)) == "succeeded"
+    (logged,) = only_delivery(alice, endpoint["id"])["attempts"]
+    with session_factory() as session:
+        attempted_at = session.scalar(
+            select(WebhookAttempt.attempted_at).where(WebhookAttempt.delivery_id == delivery_id)
+        )
+        found = webhook_delivery.recorded_status(session, delivery_id, attempted_at)
+        other = webhook_delivery.recorded_status(
+            session, delivery_id, attempted_at + dt.timedelta(microseconds=1)
+        )
+    assert (found, other) == ("succeeded", None)
+    assert logged["status_code"] == 200
 
 
 # --- the sweeper ------------------------------------------------------------------------
