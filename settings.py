@@ -13,6 +13,7 @@ from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.documents import Limits as DocumentLimits
+from services.inputs import JsonLimits
 from services.job_policy import JobPolicy
 from services.llm import DEFAULT_MAX_ANSWER_BYTES, ProviderConfig
 from services.webhook_policy import DEFAULT_RETRY_SCHEDULE_S, WebhookPolicy, parse_networks
@@ -254,6 +255,14 @@ class Settings(BaseSettings):
             max_content_bytes=self.document_max_content_bytes,
             max_title_length=self.document_max_title_length,
             max_metadata_bytes=self.document_max_metadata_bytes,
+        )
+
+    def json_limits(self) -> JsonLimits:
+        """The shape of what a client or an agent sends: request bodies, tool arguments."""
+        return JsonLimits(
+            max_depth=self.json_max_depth,
+            max_key_chars=self.json_max_key_chars,
+            max_string_chars=self.json_max_string_chars,
         )
 
     def llm_providers(self) -> dict[str, ProviderConfig]:

@@ -111,12 +111,7 @@ def create_app(
         behind_wait_s=settings.admission_behind_wait_ms / 1000,
         behind_queue=settings.admission_behind_queue,
     )
-    json_limits.install(
-        app,
-        max_depth=settings.json_max_depth,
-        max_key_chars=settings.json_max_key_chars,
-        max_string_chars=settings.json_max_string_chars,
-    )
+    json_limits.install(app, settings.json_limits())
     cors.install(app, settings.cors_origins)  # preflights answer before auth and limits
     auth.install(
         app,

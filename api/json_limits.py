@@ -11,7 +11,6 @@ is refused too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Request, request
@@ -19,21 +18,15 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from services.errors import FieldProblem, InvalidInput
+from services.inputs import NUL_DETAIL, JsonLimits, shape_problem
+
+__all__ = ["JsonLimits", "check_shape", "install"]
 
 # What gunicorn raises from a body it cannot read: a malformed chunk, or the client gone.
 UNREADABLE_BODY = (ParseException, NoMoreData)
-NUL_DETAIL = "contains a NUL character (\\u0000), which cannot be stored"
 
 
-@dataclass(frozen=True)
-class JsonLimits:
-    max_depth: int
-    max_key_chars: int
-    max_string_chars: int
-
-
-def install(app: Flask, *, max_depth: int, max_key_chars: int, max_string_chars: int) -> None:
-    limits = JsonLimits(max_depth, max_key_chars, max_string_chars)
+def install(app: Flask, limits: JsonLimits) -> None:
 
     class LimitedJsonRequest(Request):
         _json_checked = False
@@ -94,59 +87,18 @@ def refuse_nul_in_url() -> None:
 
 
 def check_shape(value: Any, *, raw: bytes, limits: JsonLimits) -> None:
-    """`InvalidInput` (422) naming the first place where `value` nests deeper than allowed,
-    holds a key or string longer than allowed, or a NUL character (PostgreSQL stores none,
-    in text or in jsonb, and would fail the request late, as a 500)."""
+    """`InvalidInput` (422) naming the first place where `value` breaks `limits`
+    (`services.inputs.shape_problem`). The parsed body is walked only when its raw bytes
+    could break a rule."""
     deep_possible = raw.count(b"[") + raw.count(b"{") > limits.max_depth
     long_possible = len(raw) > min(limits.max_key_chars, limits.max_string_chars)
     # JSON can carry NUL only escaped (a raw control character is not valid JSON).
     nul_possible = b"\\u0000" in raw
     if not (deep_possible or long_possible or nul_possible):
         return
-    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
-    while stack:
-        node, depth, path = stack.pop()
-        if isinstance(node, dict):
-            items: Any = node.items()
-        elif isinstance(node, list):
-            items = enumerate(node)
-        else:
-            continue
-        if depth > limits.max_depth:
-            _refuse(path, f"nests deeper than {limits.max_depth} levels of objects and arrays")
-        for key, child in items:
-            if isinstance(key, str):
-                if len(key) > limits.max_key_chars:
-                    _refuse(path, f"has a key longer than {limits.max_key_chars} characters")
-                if nul_possible and "\x00" in key:
-                    _refuse(path, NUL_DETAIL)
-            if isinstance(child, str):
-                if len(child) > limits.max_string_chars:
-                    _refuse(
-                        _join(path, key), f"is longer than {limits.max_string_chars} characters"
-                    )
-                if nul_possible and "\x00" in child:
-                    _refuse(_join(path, key), NUL_DETAIL)
-            elif isinstance(child, dict | list):
-                stack.append((child, depth + 1, _join(path, key)))
-    if isinstance(value, str) and (len(value) > limits.max_string_chars or "\x00" in value):
-        _refuse("", "is not a JSON object")
-
-
-def nesting_depth(value: Any) -> int:
-    """Levels of objects and arrays in `value` (a scalar: 0)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
+    problem = shape_problem(value, limits)
+    if problem is not None:
+        _refuse(*problem)
 
 
 def _refuse(path: str, detail: str) -> None:

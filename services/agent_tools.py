@@ -26,12 +26,15 @@ from services.event_store import NewEvent
 from services.inputs import (
     MAX_STREAM_CHARS,
     STREAM_PATTERN,
+    ContentType,
     EventIn,
     ExpectedVersionIn,
     Input,
+    JsonLimits,
     SmallObject,
     Version,
     is_reserved_stream,
+    shape_problem,
     unstorable,
 )
 from services.preconditions import VersionCondition
@@ -63,7 +66,7 @@ class WriteArgs(Input):
     version: Version | None = None
     title: str = Field(min_length=1, max_length=500)
     content: str
-    content_type: str = Field(default="text/markdown", max_length=200)
+    content_type: ContentType = "text/markdown"
     metadata: SmallObject = Field(default_factory=dict)
 
 
@@ -100,10 +103,16 @@ class Tool:
 
 class ToolBox:
     def __init__(
-        self, session_factory: sessionmaker[Session], limits: documents.Limits | None = None
+        self,
+        session_factory: sessionmaker[Session],
+        limits: documents.Limits | None = None,
+        json_limits: JsonLimits | None = None,
     ) -> None:
         self._factory = session_factory
         self._limits = limits or documents.Limits()
+        # The shape a request body may have: what an agent writes, a client reads and may
+        # send back as it is (a document's metadata, an event's data).
+        self._json_limits = json_limits or JsonLimits()
         self._tools = {
             tool.name: tool
             for tool in (
@@ -151,7 +160,7 @@ class ToolBox:
             parsed = pydantic_core.from_json(arguments or "{}", allow_inf_nan=False)
         except ValueError as error:
             return _failure(f"invalid arguments for {name}: not JSON ({error})")
-        problem = unstorable(parsed)
+        problem = unstorable(parsed) or self._shape_problem(parsed)
         if problem is not None:
             return _failure(f"invalid arguments for {name}: {problem}")
         try:
@@ -167,6 +176,13 @@ class ToolBox:
         except ServiceError as error:
             return _failure(error.detail)
         return Outcome(True, _truncate(orjson.dumps(result, default=str).decode()))
+
+    def _shape_problem(self, arguments: Any) -> str | None:
+        found = shape_problem(arguments, self._json_limits)
+        if found is None:
+            return None
+        path, detail = found
+        return f"{path[:200] or 'arguments'}: {detail}"
 
     def _run(
         self,

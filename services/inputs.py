@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -97,9 +98,76 @@ class EventIn(Input):
 
 
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+# A document's content type: type "/" subtype, then parameters (text/markdown,
+# application/json, text/plain; charset=utf-8). One definition for the API and the tools.
+ContentType = Annotated[
+    str, Field(max_length=200, pattern=r"^[A-Za-z0-9][\w!#$&^.+-]*/[\w!#$&^.+-]+(\s*;.*)?$")
+]
 # Strict: `true`, "1" and 1.0 were read as version 1, and an append meant for a new stream
 # could land on one at version 1.
 ExpectedVersionIn = Annotated[StrictInt, Field(ge=0, le=MAX_VERSION)] | Literal["any", "no_stream"]
+
+
+@dataclass(frozen=True)
+class JsonLimits:
+    """The shape a JSON value we store may have (JSON_MAX_* settings): a request body's, as
+    it is parsed (api/json_limits.py), and an agent's tool arguments."""
+
+    max_depth: int = 32
+    max_key_chars: int = 1024
+    max_string_chars: int = 2 * 1024 * 1024
+
+
+NUL_DETAIL = "contains a NUL character (\\u0000), which cannot be stored"
+
+
+def shape_problem(value: Any, limits: JsonLimits) -> tuple[str, str] | None:
+    """The first place (a dotted path, "" for the value itself) where `value` nests deeper
+    than `limits` allow, holds a key or string longer than allowed, or a NUL character
+    (PostgreSQL stores none, in text or in jsonb), with what is wrong there; or None."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict):
+            items: Any = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            continue
+        if depth > limits.max_depth:
+            return path, f"nests deeper than {limits.max_depth} levels of objects and arrays"
+        for key, child in items:
+            if isinstance(key, str):
+                if len(key) > limits.max_key_chars:
+                    return path, f"has a key longer than {limits.max_key_chars} characters"
+                if "\x00" in key:
+                    return path, NUL_DETAIL
+            if isinstance(child, str):
+                if len(child) > limits.max_string_chars:
+                    return _join(path, key), f"is longer than {limits.max_string_chars} characters"
+                if "\x00" in child:
+                    return _join(path, key), NUL_DETAIL
+            elif isinstance(child, dict | list):
+                stack.append((child, depth + 1, _join(path, key)))
+    if isinstance(value, str) and (len(value) > limits.max_string_chars or "\x00" in value):
+        return "", "is not a JSON object"
+    return None
+
+
+def nesting_depth(value: Any) -> int:
+    """Levels of objects and arrays in `value` (a scalar: 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
 def parse_counter(text: str, maximum: int) -> int | None:

@@ -49,7 +49,7 @@ def _build_deps() -> TaskDeps:
         redis.Redis.from_url(settings.redis_url),
         fault_injection=settings.fault_injection,
     )
-    tools = ToolBox(session_factory, settings.document_limits())
+    tools = ToolBox(session_factory, settings.document_limits(), settings.json_limits())
     runner = AgentRunner(ChatRunner(Providers(settings.llm_providers()), tools))
     return TaskDeps(
         session_factory=session_factory,

@@ -10,18 +10,13 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BeforeValidator, Field, model_validator
 
-from api.json_limits import nesting_depth
 from api.schemas.common import Input, Output, PageQuery
-from services.inputs import MAX_VERSION
+from services.inputs import MAX_VERSION, ContentType, nesting_depth
 
 MAX_FILTER_CHARS = 4096
 # As a body may (JSON_MAX_DEPTH's default): orjson writes 254 levels at most, and a deeper
 # filter failed as a 500 when it was sent to PostgreSQL.
 MAX_FILTER_DEPTH = 32
-# type "/" subtype, then parameters: text/markdown, application/json, text/plain; charset=utf-8
-ContentType = Annotated[
-    str, Field(max_length=200, pattern=r"^[A-Za-z0-9][\w!#$&^.+-]*/[\w!#$&^.+-]+(\s*;.*)?$")
-]
 
 
 def _json_object(value: object) -> object:

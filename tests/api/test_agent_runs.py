@@ -499,3 +499,52 @@ def test_a_write_with_the_version_it_read_does_not_overwrite_a_change_made_meanw
     (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
     assert result["ok"] is False and "version 2" in result["result"]
     assert alice.get(f"/v1/documents/{document['id']}").json["content"] == "client's"
+
+
+def _nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"content_type": "notes"}, "content_type"),
+        ({"content_type": "text/plain\r\nX-Injected: 1"}, "content_type"),
+        # The arguments are level 1, as a request body is: metadata of 32 levels is 33.
+        ({"metadata": _nested(32)}, "deeper than 32"),
+        ({"metadata": {"k" * 1025: 1}}, "key longer than 1024"),
+    ],
+    ids=["content type", "content type with a header", "deep metadata", "long key"],
+)
+def test_an_agent_writes_no_document_the_api_would_refuse(alice, fake, run, fields, said):
+    """The tool took any content type and metadata of any shape that PostgreSQL keeps: a
+    client that read such a document and PUT it back got a 422 for fields it never set."""
+    arguments = {"title": "t", "content": "c", **fields}
+    assert alice.post("/v1/documents", json=arguments).status_code == 422
+    fake.then(Turn(tool_calls=[("documents.write", arguments)]), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "succeeded"
+    (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert result["ok"] is False and said in result["result"], result
+    assert alice.get("/v1/documents").json["items"] == []
+
+
+def test_an_agent_writes_what_the_api_takes_at_its_limits(alice, fake, run):
+    arguments = {
+        "title": "t",
+        "content": "c",
+        "content_type": "text/markdown; charset=utf-8",
+        "metadata": {"k" * 1024: _nested(30)},  # 32 levels in all
+    }
+    fake.then(Turn(tool_calls=[("documents.write", arguments)]), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "succeeded"
+    (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert result["ok"] is True, result
+    written = alice.get(f"/v1/documents/{json.loads(result['result'])['id']}")
+    body = {k: written.json[k] for k in arguments}
+    put = alice.client.put(written.request.path, json=body, headers=alice.headers)
+    assert put.status_code == 200, put.json
