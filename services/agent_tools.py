@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from models import Document
 from services import documents, event_store
 from services.errors import ServiceError
 from services.event_store import NewEvent
@@ -45,6 +46,8 @@ _BOUND_WAITS = text(
     "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
 )
 SEARCH_LIMIT = 10
+# Names the ids of the `document.created` events of a job's creates (`JobScope`).
+_CREATES = uuid.UUID("5b0c6f1e-2f43-4c1a-9a0e-7d3f8c2b6a10")
 
 
 class SearchArgs(Input):
@@ -85,12 +88,35 @@ class Outcome:
         return {"ok": self.ok, "result": self.content}
 
 
+@dataclass
+class JobScope:
+    """The attempt of a job that tool calls are made for. A retried attempt runs the model
+    from the start, and it asks again to create the documents that the earlier attempts
+    created: the k-th document an attempt creates is the one the earlier attempts' k-th
+    create made (the id of its `document.created` event says so), written again rather
+    than made twice."""
+
+    job_id: uuid.UUID
+    created: int = 0  # documents this attempt created so far
+
+    def next_create_key(self) -> uuid.UUID:
+        return uuid.uuid5(_CREATES, f"{self.job_id}/{self.created + 1}")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a tool acts for: the job's owner (its rights, nothing more), and the attempt."""
+
+    owner_id: uuid.UUID
+    job: JobScope | None = None
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     description: str
     arguments: type[Input]
-    handler: Callable[[Session, uuid.UUID, Any], Any]
+    handler: Callable[[Session, Caller, Any], Any]
 
     def spec(self) -> dict[str, Any]:
         schema = self.arguments.model_json_schema()
@@ -150,9 +176,11 @@ class ToolBox:
         allowed: Collection[str],
         time_left_s: float | None = None,
         arm: Callable[[Callable[[], None] | None], None] | None = None,
+        job: JobScope | None = None,
     ) -> Outcome:
         """Run tool `name` if it is one of the agent's (`allowed`): the model may name any
-        tool, and every tool used to run whatever the agent was given."""
+        tool, and every tool used to run whatever the agent was given. `job`: the attempt
+        the call is made for, one object for all of its calls."""
         tool = self._tools.get(name) if name in allowed else None
         if tool is None:
             return _failure(f"there is no tool named {name[:200]!r}")
@@ -172,7 +200,7 @@ class ToolBox:
             )
             return _failure(f"invalid arguments for {name}: {problems}")
         try:
-            result = self._run(tool, owner_id, args, time_left_s, arm)
+            result = self._run(tool, Caller(owner_id, job), args, time_left_s, arm)
         except ServiceError as error:
             return _failure(error.detail)
         return Outcome(True, _truncate(orjson.dumps(result, default=str).decode()))
@@ -187,7 +215,7 @@ class ToolBox:
     def _run(
         self,
         tool: Tool,
-        owner_id: uuid.UUID,
+        caller: Caller,
         args: Input,
         time_left_s: float | None,
         arm: Callable[[Callable[[], None] | None], None] | None,
@@ -207,7 +235,7 @@ class ToolBox:
                 driver: psycopg.Connection[Any] = session.connection().connection.driver_connection  # type: ignore[assignment]
                 arm(driver.cancel_safe)
             try:
-                result = tool.handler(session, owner_id, args)
+                result = tool.handler(session, caller, args)
                 session.commit()
             finally:
                 if arm is not None:
@@ -229,15 +257,16 @@ class ToolBox:
                 parts.append(f"\n## {document.title} (id {document.id})\n{document.content}")
         return "\n".join(parts)
 
-    # handlers: each gets the owner's id and nothing else of the job -----------------------
+    # handlers: each acts with the owner's rights and nothing else of the job -------------
 
-    def _search(self, session: Session, owner_id: uuid.UUID, args: SearchArgs) -> Any:
+    def _search(self, session: Session, caller: Caller, args: SearchArgs) -> Any:
         page = documents.list_page(
-            session, owner_id=owner_id, limit=args.limit, cursor=None, q=args.query
+            session, owner_id=caller.owner_id, limit=args.limit, cursor=None, q=args.query
         )
         return [{"id": d.id, "title": d.title, "version": d.version} for d in page.items]
 
-    def _read(self, session: Session, owner_id: uuid.UUID, args: ReadArgs) -> Any:
+    def _read(self, session: Session, caller: Caller, args: ReadArgs) -> Any:
+        owner_id = caller.owner_id
         document: Any
         if args.version is not None:
             document = documents.get_version(
@@ -254,16 +283,14 @@ class ToolBox:
             "version": document.version,
         }
 
-    def _write(self, session: Session, owner_id: uuid.UUID, args: WriteArgs) -> Any:
+    def _write(self, session: Session, caller: Caller, args: WriteArgs) -> Any:
         fields = args.model_dump(exclude={"id", "version"})
         if args.id is None:
-            document = documents.create(
-                session, owner_id=owner_id, fields=fields, limits=self._limits
-            )
+            document = self._create(session, caller, fields)
         else:
             document = documents.update(
                 session,
-                owner_id=owner_id,
+                owner_id=caller.owner_id,
                 document_id=args.id,
                 fields=fields,
                 limits=self._limits,
@@ -271,7 +298,39 @@ class ToolBox:
             )
         return {"id": document.id, "version": document.version}
 
-    def _append(self, session: Session, owner_id: uuid.UUID, args: AppendArgs) -> Any:
+    def _create(self, session: Session, caller: Caller, fields: dict[str, Any]) -> Document:
+        """A new document; in a retried attempt, the one an earlier attempt created at this
+        point (`JobScope`), written again, and left as it is when nothing differs."""
+        if caller.job is None:
+            return documents.create(
+                session, owner_id=caller.owner_id, fields=fields, limits=self._limits
+            )
+        key = caller.job.next_create_key()
+        earlier = documents.created_by_event(session, owner_id=caller.owner_id, event_id=key)
+        if earlier is None or earlier.deleted_at is not None:
+            # Deleted since: made anew, under no key (the key's event is the old one's).
+            document = documents.create(
+                session,
+                owner_id=caller.owner_id,
+                fields=fields,
+                limits=self._limits,
+                event_id=key if earlier is None else None,
+            )
+        elif _holds(earlier, fields):
+            document = earlier
+        else:
+            document = documents.update(
+                session,
+                owner_id=caller.owner_id,
+                document_id=earlier.id,
+                fields=fields,
+                limits=self._limits,
+            )
+        caller.job.created += 1
+        return document
+
+    def _append(self, session: Session, caller: Caller, args: AppendArgs) -> Any:
+        owner_id = caller.owner_id
         if is_reserved_stream(args.stream):
             raise _ToolRefused(f"stream {args.stream!r} is written by the server only")
         result = event_store.append(
@@ -290,6 +349,14 @@ class ToolBox:
 
 class _ToolRefused(ServiceError):
     status = 422
+
+
+def _holds(document: Document, fields: dict[str, Any]) -> bool:
+    """Whether `document` already holds exactly these fields' values."""
+    return all(
+        getattr(document, "metadata_" if name == "metadata" else name) == value
+        for name, value in fields.items()
+    )
 
 
 def _failure(message: str) -> Outcome:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.agent_errors import PermanentAgentError
 from services.agent_runner import RunControl
-from services.agent_tools import ToolBox
+from services.agent_tools import JobScope, ToolBox
 from services.inputs import storable_text
 from services.llm import Providers, classify, malformed
 from services.llm_http import AnswerTooLarge
@@ -142,6 +142,7 @@ class ChatRunner:
         usage = Usage()
         interruptible = Interruptible()
         control.on_stop(interruptible)
+        job = JobScope(control.job_id)
         # A stop cuts a request still waiting for the provider's first byte, which closing
         # its stream (below) cannot reach: the attempt ends now, not after the request's
         # timeout (up to LLM_REQUEST_TIMEOUT_S, two minutes by default).
@@ -169,7 +170,7 @@ class ChatRunner:
             )
             for call in to_run:
                 control.checkpoint()
-                messages.append(self._run_tool(call, control, step, tool_names, interruptible))
+                messages.append(self._run_tool(call, control, step, tool_names, interruptible, job))
             # The provider wants an answer to every call it made.
             messages.extend(
                 {"role": "tool", "tool_call_id": call["id"], "content": TOO_MANY_TOOL_CALLS}
@@ -257,6 +258,7 @@ class ChatRunner:
         step: int,
         allowed: Sequence[str],
         interruptible: Interruptible,
+        job: JobScope,
     ) -> dict[str, Any]:
         name = call["function"]["name"]
         arguments = call["function"]["arguments"]
@@ -270,6 +272,7 @@ class ChatRunner:
                 allowed=allowed,
                 time_left_s=control.remaining_s(),
                 arm=interruptible.arm,
+                job=job,
             )
         except DBAPIError:
             control.checkpoint()  # cancelled or past the deadline: a stop, not a failure

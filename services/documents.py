@@ -87,13 +87,32 @@ def create(
     fields: dict[str, Any],
     limits: Limits,
     correlation_id: str | None = None,
+    event_id: uuid.UUID | None = None,
 ) -> Document:
+    """A new document; `event_id`, the id of its `document.created` event, lets a writer
+    that may repeat itself find it again (`created_by_event`)."""
     _check_limits(fields, limits)
     document = Document(owner_id=owner_id, version=1, **_columns(fields))
     session.add(document)
     session.flush()
-    _record(session, document, EventType.DOCUMENT_CREATED, correlation_id)
+    _record(session, document, EventType.DOCUMENT_CREATED, correlation_id, event_id)
     return document
+
+
+def created_by_event(
+    session: Session, *, owner_id: uuid.UUID, event_id: uuid.UUID
+) -> Document | None:
+    """The owner's document whose `document.created` event has this id, deleted or not."""
+    document_id = session.scalar(
+        select(Event.data["document_id"].astext).where(
+            Event.owner_id == owner_id,
+            Event.event_id == event_id,
+            Event.type == EventType.DOCUMENT_CREATED,
+        )
+    )
+    if document_id is None:
+        return None
+    return session.get(Document, uuid.UUID(document_id))
 
 
 def get(session: Session, *, owner_id: uuid.UUID, document_id: uuid.UUID) -> Document:
@@ -400,7 +419,11 @@ def _check_limits(fields: dict[str, Any], limits: Limits) -> None:
 
 
 def _record(
-    session: Session, document: Document, event_type: EventType, correlation_id: str | None
+    session: Session,
+    document: Document,
+    event_type: EventType,
+    correlation_id: str | None,
+    event_id: uuid.UUID | None = None,
 ) -> None:
     """Append the version's event; the stream must be exactly one version behind."""
     data: dict[str, Any] = {"document_id": str(document.id), "version": document.version}
@@ -416,7 +439,12 @@ def _record(
         owner_id=document.owner_id,
         stream=document_stream(document.id),
         events=[
-            NewEvent(event_type, data, {"correlation_id": correlation_id} if correlation_id else {})
+            NewEvent(
+                event_type,
+                data,
+                {"correlation_id": correlation_id} if correlation_id else {},
+                event_id,
+            )
         ],
         expected_version=document.version - 1,
     )

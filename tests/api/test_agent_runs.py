@@ -548,3 +548,68 @@ def test_an_agent_writes_what_the_api_takes_at_its_limits(alice, fake, run):
     body = {k: written.json[k] for k in arguments}
     put = alice.client.put(written.request.path, json=body, headers=alice.headers)
     assert put.status_code == 200, put.json
+
+
+def _retry_now(session_factory) -> None:
+    from models import Job
+
+    with session_factory.begin() as session:  # the backoff has passed
+        session.execute(Job.__table__.update().values(run_after=None))
+
+
+def _written_ids(client, job_id) -> list[str]:
+    return [
+        json.loads(e["data"]["result"])["id"]
+        for e in events(client, job_id)
+        if e["type"] == "job.tool_result" and e["data"]["ok"]
+    ]
+
+
+def test_a_retried_attempt_does_not_create_its_documents_again(alice, fake, run, session_factory):
+    """Attempt 1 created a document, then the provider failed: attempt 2 ran the model from
+    the start and created a second one, as every retry would. The k-th document a job's
+    attempt creates is the one its earlier attempts' k-th create made."""
+    report = ("documents.write", {"title": "Report", "content": "draft"})
+    notes = ("documents.write", {"title": "Notes", "content": "n"})
+    fake.then(Turn(tool_calls=[report, notes]), Turn(status=503))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "queued"
+    first = _written_ids(alice, job["id"])
+    assert len(first) == 2
+
+    final = ("documents.write", {"title": "Report", "content": "final"})
+    fake.then(Turn(tool_calls=[final, notes]), Turn(text="done"))
+    _retry_now(session_factory)
+    assert run(job["id"]) == "succeeded"
+    assert _written_ids(alice, job["id"]) == first * 2
+    listed = alice.get("/v1/documents").json["items"]
+    assert sorted(d["id"] for d in listed) == sorted(first)
+    report_now = alice.get(f"/v1/documents/{first[0]}").json
+    assert (report_now["content"], report_now["version"]) == ("final", 2)
+    # Written again just as it was: nothing changes, not even the version.
+    assert alice.get(f"/v1/documents/{first[1]}").json["version"] == 1
+
+
+def test_a_retry_creates_anew_a_document_deleted_since(alice, fake, run, session_factory):
+    write = ("documents.write", {"title": "Report", "content": "draft"})
+    fake.then(Turn(tool_calls=[write]), Turn(status=503))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "queued"
+    (first,) = _written_ids(alice, job["id"])
+    assert alice.delete(f"/v1/documents/{first}").status_code == 204
+
+    fake.then(Turn(tool_calls=[write]), Turn(text="done"))
+    _retry_now(session_factory)
+    assert run(job["id"]) == "succeeded"
+    (_, second) = _written_ids(alice, job["id"])
+    assert second != first
+    assert [d["id"] for d in alice.get("/v1/documents").json["items"]] == [second]
+
+
+def test_two_jobs_create_their_own_documents(alice, fake, run):
+    write = ("documents.write", {"title": "Report", "content": "draft"})
+    agent_id = agent(alice, tools=["documents.write"])["id"]
+    for _ in range(2):
+        fake.then(Turn(tool_calls=[write]), Turn(text="done"))
+        assert run(alice.submit(agent_id)["id"]) == "succeeded"
+    assert len(alice.get("/v1/documents").json["items"]) == 2
