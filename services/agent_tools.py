@@ -32,7 +32,6 @@ from services.inputs import (
     ExpectedVersionIn,
     Input,
     JsonLimits,
-    SmallObject,
     Version,
     is_reserved_stream,
     shape_problem,
@@ -67,10 +66,12 @@ class WriteArgs(Input):
 
     id: uuid.UUID | None = None
     version: Version | None = None
-    title: str = Field(min_length=1, max_length=500)
+    # The title's, the content's and the metadata's sizes are the deployment's
+    # (DOCUMENT_MAX_*), which `documents` checks, as for the API.
+    title: str = Field(min_length=1)
     content: str
     content_type: ContentType = "text/markdown"
-    metadata: SmallObject = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class AppendArgs(Input):

@@ -13,6 +13,7 @@ from services import job_execution
 from services.agent_runner import AgentRunner
 from services.agent_tools import ToolBox
 from services.chat_runner import ChatRunner
+from services.documents import Limits
 from services.job_policy import JobPolicy
 from services.llm import ProviderConfig, Providers
 from tests.fake_openai import FakeOpenAI, Turn
@@ -613,3 +614,23 @@ def test_two_jobs_create_their_own_documents(alice, fake, run):
         fake.then(Turn(tool_calls=[write]), Turn(text="done"))
         assert run(alice.submit(agent_id)["id"]) == "succeeded"
     assert len(alice.get("/v1/documents").json["items"]) == 2
+
+
+def test_an_agent_writes_to_the_deployments_document_limits(alice, fake, session_factory):
+    """The tool held titles to 500 characters and metadata to 16 KiB whatever
+    DOCUMENT_MAX_TITLE_LENGTH and DOCUMENT_MAX_METADATA_BYTES said; the API follows them."""
+    limits = Limits(max_title_length=2000, max_metadata_bytes=64 * 1024)
+    providers = Providers({"openai": ProviderConfig(fake.base_url, API_KEY, 10.0)})
+    runner = AgentRunner(ChatRunner(providers, ToolBox(session_factory, limits)))
+    big = {"title": "t" * 1500, "content": "c", "metadata": {"k": "v" * 40_000}}
+    over = {"title": "t" * 2001, "content": "c"}
+    fake.then(Turn(tool_calls=[("documents.write", big), ("documents.write", over)]))
+    fake.then(Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert (
+        job_execution.execute(session_factory, uuid.UUID(job["id"]), policy=POLICY, runner=runner)
+        == "succeeded"
+    )
+    results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert [r["ok"] for r in results] == [True, False], results
+    assert "at most 2000 characters" in results[1]["result"]
