@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import psycopg
 import pydantic_core
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,6 +72,13 @@ class WriteArgs(Input):
     content: str
     content_type: ContentType = "text/markdown"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _version_of_a_document(self) -> WriteArgs:
+        # Ignored, it turned a change the model meant to make into a copy.
+        if self.version is not None and self.id is None:
+            raise ValueError("a version needs the id of the document it is a version of")
+        return self
 
 
 class AppendArgs(Input):

@@ -634,3 +634,15 @@ def test_an_agent_writes_to_the_deployments_document_limits(alice, fake, session
     results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
     assert [r["ok"] for r in results] == [True, False], results
     assert "at most 2000 characters" in results[1]["result"]
+
+
+def test_a_write_with_a_version_but_no_id_is_refused_to_the_model(alice, fake, run):
+    """`version` says "only if it is still at this version"; without `id` it was ignored and
+    a new document made, a copy of the one the model meant to change."""
+    meant = {"version": 1, "title": "t", "content": "changed"}
+    fake.then(Turn(tool_calls=[("documents.write", meant)]), Turn(text="ok"))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "succeeded"
+    (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert result["ok"] is False and "version needs the id" in result["result"], result
+    assert alice.get("/v1/documents").json["items"] == []
