@@ -1,4 +1,5 @@
-"""The reader behind a job's live SSE stream: it ends after the terminal event."""
+"""The reader behind a job's live SSE stream: it ends after the job's last event, when that
+event ends the job."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ def job_reader(
             ended = not events and jobs.is_terminal(
                 jobs.get(session, owner_id=owner_id, job_id=job_id).status
             )
-        frames = []
-        for event in events:
-            frames.append((event.version, event.type, event_json(event)))
-            if event.type in TERMINAL_JOB_EVENTS:
-                return Page(frames, ended=True)
-        return Page(frames, ended=ended, full=len(events) == PAGE)
+        full = len(events) == PAGE
+        # Only the stream's last event can end it: a job retried after it ended has an
+        # ending in the middle of its stream (`job.failed`, `job.retried`, a new run), and
+        # the stream used to stop there while the job ran again. A full page may have more
+        # behind its last event; the next read tells.
+        ended = ended or (not full and bool(events) and events[-1].type in TERMINAL_JOB_EVENTS)
+        frames = [(event.version, event.type, event_json(event)) for event in events]
+        return Page(frames, ended=ended, full=full)
 
     return read

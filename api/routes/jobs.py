@@ -164,7 +164,8 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
     summary="The job's events in order",
     description="Pages by `cursor` (the last page's `next_cursor`) or, the same, "
     "`from_version`. With `Accept: text/event-stream`, a live SSE stream that ends after "
-    "the terminal event; it resumes after the version given in `Last-Event-ID`.",
+    "the terminal event that is the job's last (a retried job goes on past its earlier "
+    "endings); it resumes after the version given in `Last-Event-ID`.",
     responses=[200, 404, 503],
 )
 @declares(request_headers=["Last-Event-ID"], event_stream=True)

@@ -357,6 +357,25 @@ def test_stream_resumes_after_last_event_id(alice, agent, session_factory):
     assert [f["event"] for f in read_stream(response)] == ["job.succeeded"]
 
 
+def test_stream_of_a_retried_job_goes_on_past_its_first_ending(alice, session_factory):
+    """The stream ended at the first terminal event it met: a fresh client of a job that
+    failed and was retried saw `job.failed` and the end while the job ran again."""
+    agent = alice.create_agent(params={"fail": "nope"})
+    job = alice.submit(agent["id"], max_attempts=1)
+    run(session_factory, job["id"])
+    assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 202
+    run(session_factory, job["id"])
+    response = alice.get(f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"})
+    assert [f["event"] for f in read_stream(response)] == [
+        "job.queued",
+        "job.started",
+        "job.failed",
+        "job.retried",
+        "job.started",
+        "job.failed",
+    ]
+
+
 def test_stream_of_someone_elses_job_is_404(alice, bob, agent):
     job = alice.submit(agent["id"])
     response = bob.get(f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"})
