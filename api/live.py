@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from api.disconnect import Gone, wait_while_connected, watcher
 from api.notifier import Busy, Notifier
-from api.sse import KEEPALIVE, frame, streaming_response
+from api.sse import KEEPALIVE, OPEN, frame, streaming_response
 from services.errors import Overloaded
 
 log = structlog.get_logger("conveyor.api")
@@ -66,6 +66,7 @@ def tail(
     # while an older transaction is open): look again soon, backing off, instead of
     # sleeping until the next announcement.
     recheck_s: float | None = None
+    opened = False
     while True:
         if first is not None:
             page, first = first, None
@@ -79,9 +80,13 @@ def tail(
         for event_id, event_type, body in page.frames:
             after = event_id
             quiet_since = time.monotonic()
+            opened = True
             yield frame(event_id, event_type, body)
         if page.ended:
             return
+        if not opened:  # a tail resumed at the end, a quiet stream: answer now all the same
+            opened = True
+            yield OPEN
         if page.full:
             continue
         remaining = deadline - time.monotonic()

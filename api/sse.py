@@ -12,6 +12,10 @@ from services.errors import FieldProblem, InvalidInput
 from services.inputs import parse_counter
 
 KEEPALIVE = b": keepalive\n\n"
+# The first bytes of a stream with no event to send yet: servers send the status line and
+# headers with the body's first bytes (gunicorn does), so without them the client waited
+# for its 200 until the first event or keepalive.
+OPEN = b": open\n\n"
 MIMETYPE = "text/event-stream"
 
 

@@ -7,6 +7,7 @@ server (other tests' transactions included), so reads poll until what was writte
 
 import json
 import threading
+import time
 import uuid
 
 import pytest
@@ -168,3 +169,23 @@ def test_a_feed_page_ends_by_bytes_and_the_next_goes_on_from_its_last_event(sett
     finally:
         app.extensions["conveyor"].notifier.close()
         app.extensions["conveyor"].engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["/v1/events", "/v1/streams/quiet/events"])
+def test_a_tail_with_nothing_to_send_yet_begins_at_once(carol, url):
+    """A tail resumed at the end (or on a quiet stream) sent no byte until the first event
+    or keepalive (15 s), and servers send the status line with the body's first bytes:
+    gunicorn's client, as this test client, waited that long for its 200."""
+    position = append(carol, "quiet", "only")["positions"][0]
+    feed_shows(carol, 1)
+    last_id = position if url == "/v1/events" else 1
+    headers = {**carol.headers, "Accept": "text/event-stream", "Last-Event-ID": str(last_id)}
+    started = time.monotonic()
+    response = carol.client.get(url, headers=headers, buffered=False)
+    try:
+        # The stream lasts `max_stream_s` (10 s here); its first bytes must come at once.
+        assert time.monotonic() - started < 5
+        assert response.status_code == 200
+        assert next(iter(response.response)).startswith(b":")  # a comment, no event
+    finally:
+        response.close()
