@@ -82,15 +82,17 @@ class Notifier:
 
     def _listen(self) -> None:
         while not self._closed.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub()
             try:
                 pubsub.psubscribe(_PATTERN)
-                self.connected.set()
                 for message in pubsub.listen():
                     if self._closed.is_set():
                         break
-                    if message.get("type") == "pmessage":
+                    kind = message.get("type")
+                    if kind == "pmessage":
                         self._wake(message["channel"][_PREFIX_LENGTH:].decode())
+                    elif kind == "psubscribe":
+                        self._subscribed()
             except Exception as error:
                 # The listener must outlive any failure: waiters depend on it.
                 if not self._closed.is_set():
@@ -101,6 +103,15 @@ class Notifier:
             # Whatever happened meanwhile is unknown: wake everyone to re-read.
             self._wake_all()
             self._closed.wait(1.0)
+
+    def _subscribed(self) -> None:
+        """Redis confirmed the subscription: the first, or redis-py's own after a lost
+        connection. Announcements made before it reached nobody, among them changes that
+        waiters read too early to see: every waiter reads again. Connected only from here:
+        set when the PSUBSCRIBE was merely sent, it let a waiter that read before the
+        subscription held sleep out its whole wait on a change already announced."""
+        self.connected.set()
+        self._wake_all()
 
     def _wake(self, key: str) -> None:
         with self._lock:

@@ -59,6 +59,45 @@ def test_waiter_wakes_on_announcement(client, notifier):
     assert len(reads) <= 4
 
 
+def test_a_change_announced_before_the_subscription_holds_wakes_the_waiter(redis_url):
+    """The first waiter of a process starts the listener. A change announced before the
+    listener's subscription held reached nobody, and the waiter, finding the notifier
+    connected by then, slept out its whole wait (as after every resubscription). Here the
+    listener subscribes only once the change has been announced."""
+    let_go = threading.Event()
+
+    class SubscribesWhenLetGo(redis.Redis):
+        def pubsub(self, **kwargs):  # type: ignore[no-untyped-def]
+            let_go.wait(5)
+            return super().pubsub(**kwargs)
+
+    client = SubscribesWhenLetGo.from_url(redis_url)
+    notifier = Notifier(client, slots=1)
+    job_id = uuid.uuid4()
+    reads = []
+
+    def read():
+        reads.append(time.monotonic())
+        if len(reads) > 2:
+            return {"id": job_id, "status": "succeeded"}
+        if len(reads) == 2:
+            # The waiter's read under watch; the job ends right after it, before the
+            # listener's subscription holds.
+            client.publish(job_channel(job_id), "succeeded")
+            let_go.set()
+            poll(notifier.connected.is_set, timeout=5)
+        return {"id": job_id, "status": "running"}
+
+    started = time.monotonic()
+    try:
+        job = wait_until_terminal(notifier, job_id, read, wait_s=10, gone=stays)
+    finally:
+        let_go.set()
+        notifier.close()
+    assert job["status"] == "succeeded"
+    assert time.monotonic() - started < 5
+
+
 def test_waiter_gives_up_at_the_deadline(notifier):
     job = {"status": "queued"}
     started = time.monotonic()
