@@ -32,10 +32,22 @@ def last_event_id(maximum: int) -> int:
         return 0
     after = parse_counter(value, maximum)
     if after is None:
-        raise InvalidInput(
-            problems=[FieldProblem("Last-Event-ID", "expected an event id we sent", "header")]
-        )
+        raise _not_sent()
     return after
+
+
+def check_sent(after: int, last: int) -> None:
+    """A `Last-Event-ID` past the `last` event there is was never sent from here (another
+    stream's id, a client's own count): the tail would have waited for the event after it
+    and skipped, unsaid, every one up to it. A 422, as for any id we did not send."""
+    if after > last:
+        raise _not_sent()
+
+
+def _not_sent() -> InvalidInput:
+    return InvalidInput(
+        problems=[FieldProblem("Last-Event-ID", "expected an event id we sent", "header")]
+    )
 
 
 def frame(event_id: int, event_type: str, data: Any) -> bytes:

@@ -461,6 +461,19 @@ def stream_version(unit: UnitOfWork, *, owner_id: uuid.UUID, stream: str) -> int
     return row[0] if row else 0
 
 
+_LAST_VERSION = (
+    "SELECT max(version) FROM events WHERE owner_id = %(owner_id)s AND stream = %(stream)s"
+)
+
+
+def last_version(unit: UnitOfWork, *, owner_id: uuid.UUID, stream: str) -> int:
+    """The version of the stream's last event, read from the events themselves (0: none):
+    server-written streams keep no `streams` row, so `stream_version` knows nothing of them."""
+    params = {"owner_id": owner_id, "stream": stream}
+    last: int | None = execute_on_driver(unit, _LAST_VERSION, params).fetchone()[0]
+    return last or 0
+
+
 def read_stream(
     session: Session,
     *,

@@ -94,8 +94,11 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
     _check_stream(stream, writing=False)
     owner_id = current_principal().user_id
     if sse.wants_stream():
-        after = sse.last_event_id(MAX_VERSION) or query.from_version - 1
-        return _tail_stream(owner_id, stream, after)
+        after = sse.last_event_id(MAX_VERSION)
+        if after:
+            last = event_store.last_version(db(), owner_id=owner_id, stream=stream)
+            sse.check_sent(after, last)
+        return _tail_stream(owner_id, stream, after or query.from_version - 1)
     rows, more = event_store.stream_page(
         db(),
         owner_id=owner_id,

@@ -18,7 +18,7 @@ from api.request_context import db, end_session, single_statement_db
 from api.runtime import page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
-from services import idempotency, jobs
+from services import event_store, event_types, idempotency, jobs
 from services.after_commit import job_key
 from services.inputs import MAX_VERSION
 
@@ -189,6 +189,10 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
     runtime = _runtime()
     after = sse.last_event_id(MAX_VERSION)
     jobs.get(db(), owner_id=owner_id, job_id=job_id)  # 404 before any byte is streamed
+    if after:
+        stream = event_types.job_stream(job_id)
+        last = event_store.last_version(db(), owner_id=owner_id, stream=stream)
+        sse.check_sent(after, last)
     end_session()
     return live.open_tail(
         runtime.notifier,

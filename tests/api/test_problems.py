@@ -194,6 +194,10 @@ def test_an_if_match_that_is_no_version_is_422_and_changes_nothing(alice, target
         ("/v1/streams/s/events", str(INT4_PAST)),
         ("/v1/jobs/{job}/events", str(INT4_PAST)),
         ("/v1/jobs/{job}/events", "1" * 5000),
+        # Past the last event: the tail waited for the next one and skipped those between.
+        ("/v1/streams/s/events", "2"),
+        ("/v1/streams/never-written/events", "1"),
+        ("/v1/jobs/{job}/events", "2"),
     ],
 )
 def test_a_last_event_id_we_never_sent_is_422_before_the_stream(alice, targets, url, last_event_id):
