@@ -24,13 +24,14 @@ from api.openapi import describe
 from api.queue_depth import QueueDepth
 from api.routes import agents, api_keys, documents, events, health, jobs, webhooks
 from api.routes import auth as auth_routes
-from api.runtime import Runtime, make_redis
+from api.runtime import Runtime
 from models.db import UnitOfWork, make_engine, make_session_factory
 from services.job_events import AGENTS_QUEUE
 from services.log_config import configure_logging
 from services.passwords import Passwords
 from settings import Settings, load_settings
 from workers.celery_app import install_after_commit, make_celery
+from workers.redis_clients import make_redis
 
 log = structlog.get_logger("conveyor.api")
 

@@ -14,7 +14,7 @@ import redis
 
 
 class QueueDepth:
-    """`client` should give up quickly (`api.runtime.make_redis` with a short timeout)."""
+    """`client` should give up quickly (`workers.redis_clients.make_redis` with a short timeout)."""
 
     def __init__(
         self,

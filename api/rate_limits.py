@@ -26,9 +26,9 @@ from werkzeug.exceptions import TooManyRequests
 
 from api import auth
 from api.gate import Gate, Verdict
-from api.runtime import make_redis
 from services.users import normalize_email
 from settings import Settings
+from workers.redis_clients import make_redis
 
 LIMITED_PATHS = "/v1/"
 AUTH_ENDPOINTS = frozenset({"auth.login", "auth.register"})

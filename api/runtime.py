@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import redis
 from flask import current_app
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,14 +48,3 @@ def page_max_bytes() -> int:
     pages by bytes too (services.pagination.ByteBound)."""
     runtime: Runtime = current_app.extensions["conveyor"]
     return runtime.settings.page_max_bytes
-
-
-def make_redis(url: str, *, timeout_s: float) -> redis.Redis:
-    """A client that retries once, quickly, then fails: a request should answer 503
-    promptly when Redis is away, not sit in redis-py's default backoff for seconds."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=min(timeout_s, 1.0),
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
-    )

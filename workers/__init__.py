@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-import redis
 import structlog
 from celery import signals
 
@@ -19,9 +18,11 @@ from settings import load_settings
 from tasks.deps import TaskDeps
 from workers import operations
 from workers.celery_app import install_after_commit, make_celery
+from workers.redis_clients import make_redis
 
 settings = load_settings()
 log = structlog.get_logger("conveyor.workers")
+REDIS_TIMEOUT_S = 5.0  # as the web's client (api/__init__.py)
 
 celery = make_celery(
     broker_url=settings.redis_url,
@@ -46,7 +47,9 @@ def _build_deps() -> TaskDeps:
     after_commit = install_after_commit(
         [session_factory],
         celery,
-        redis.Redis.from_url(settings.redis_url),
+        # A Redis that stops answering fails the publish after 5 s instead of holding the
+        # pool process (workers/redis_clients.py).
+        make_redis(settings.redis_url, timeout_s=REDIS_TIMEOUT_S),
         fault_injection=settings.fault_injection,
     )
     tools = ToolBox(session_factory, settings.document_limits(), settings.json_limits())

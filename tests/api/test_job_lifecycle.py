@@ -9,11 +9,11 @@ import redis
 from sqlalchemy import func, select
 
 from api.rate_limits import make_gate
-from api.runtime import make_redis
 from models import Job
 from services import job_execution
 from services.agent_errors import TransientAgentError
 from services.job_policy import JobPolicy
+from workers.redis_clients import make_redis
 
 POLICY = JobPolicy(retry_base_s=0.01)
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from api.queue_depth import QueueDepth
-from api.runtime import make_redis
+from workers.redis_clients import make_redis
 
 
 def test_submits_do_not_queue_behind_a_redis_that_does_not_answer():
