@@ -17,10 +17,10 @@ import orjson
 import psycopg
 import pydantic_core
 from pydantic import Field, ValidationError, model_validator
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Document
+from models import Document, Job
 from services import documents, event_store
 from services.errors import ServiceError
 from services.event_store import NewEvent
@@ -105,6 +105,8 @@ class JobScope:
     than made twice."""
 
     job_id: uuid.UUID
+    # The attempt's number: a tool writes only while the attempt still holds the job.
+    attempt: int | None = None
     created: int = 0  # documents this attempt created so far
 
     def next_create_key(self) -> uuid.UUID:
@@ -244,6 +246,7 @@ class ToolBox:
                 arm(driver.cancel_safe)
             try:
                 result = tool.handler(session, caller, args)
+                _check_still_held(session, caller.job)
                 session.commit()
             finally:
                 if arm is not None:
@@ -353,6 +356,24 @@ class ToolBox:
             "last_version": result.last_version,
             "positions": result.positions,
         }
+
+
+def _check_still_held(session: Session, job: JobScope | None) -> None:
+    """Refuse, before its commit, the call of an attempt that no longer holds its job (its
+    lease ran out and the sweeper queued the job again, or it ended): its writes would land
+    beside the next attempt's. The job's row stays locked (FOR SHARE) until the commit, so
+    a takeover or an ending waits for the write instead of passing it. Checked after the
+    tool's work, not before: a tool waiting for a row of its own would otherwise hold the
+    job's row meanwhile, and a cancel (which writes that row) would wait for it."""
+    if job is None or job.attempt is None:
+        return
+    held = session.execute(
+        select(Job.id)
+        .where(Job.id == job.job_id, Job.attempt == job.attempt, Job.status == "running")
+        .with_for_update(read=True)
+    ).first()
+    if held is None:
+        raise _ToolRefused("this attempt no longer holds its job: nothing was done")
 
 
 class _ToolRefused(ServiceError):

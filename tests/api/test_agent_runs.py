@@ -8,10 +8,11 @@ import json
 import uuid
 
 import pytest
+from sqlalchemy import text
 
 from services import job_execution
 from services.agent_runner import AgentRunner
-from services.agent_tools import ToolBox
+from services.agent_tools import JobScope, ToolBox
 from services.chat_runner import ChatRunner
 from services.documents import Limits
 from services.job_policy import JobPolicy
@@ -646,3 +647,32 @@ def test_a_write_with_a_version_but_no_id_is_refused_to_the_model(alice, fake, r
     (result,) = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
     assert result["ok"] is False and "version needs the id" in result["result"], result
     assert alice.get("/v1/documents").json["items"] == []
+
+
+def test_a_tool_call_of_an_attempt_that_lost_its_job_writes_nothing(alice, session_factory):
+    """A call made after the attempt's lease ran out and the job was taken again landed
+    beside the next attempt's writes; now the job's row tells, and is held until commit."""
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    with session_factory.begin() as session:
+        owner_id = session.execute(
+            text(
+                "UPDATE jobs SET status = 'running', attempt = 2 WHERE id = :id RETURNING owner_id"
+            ),
+            {"id": job["id"]},
+        ).scalar_one()
+    tools = ToolBox(session_factory)
+
+    def write(attempt):
+        return tools.execute(
+            "documents.write",
+            json.dumps({"title": f"by attempt {attempt}", "content": "c"}),
+            owner_id=owner_id,
+            allowed=["documents.write"],
+            job=JobScope(uuid.UUID(job["id"]), attempt),
+        )
+
+    stale = write(1)
+    assert not stale.ok and "no longer holds" in stale.content
+    assert write(2).ok
+    titles = [d["title"] for d in alice.get("/v1/documents").json["items"]]
+    assert titles == ["by attempt 2"]
