@@ -16,25 +16,31 @@ PAGE = 200
 
 
 def job_reader(
-    session_factory: sessionmaker[Session], *, owner_id: uuid.UUID, job_id: uuid.UUID
+    session_factory: sessionmaker[Session],
+    *,
+    owner_id: uuid.UUID,
+    job_id: uuid.UUID,
+    max_bytes: int,
 ) -> Reader:
+    """Pages of up to PAGE events and about `max_bytes` of their data (PAGE_MAX_BYTES)."""
+
     def read(after_version: int) -> Page:
         with session_factory() as session:
-            events = jobs.events(
+            events, full = jobs.events_page(
                 session,
                 owner_id=owner_id,
                 job_id=job_id,
                 from_version=after_version + 1,
                 limit=PAGE,
+                max_bytes=max_bytes,
             )
             ended = not events and jobs.is_terminal(
                 jobs.get(session, owner_id=owner_id, job_id=job_id).status
             )
-        full = len(events) == PAGE
         # Only the stream's last event can end it: a job retried after it ended has an
         # ending in the middle of its stream (`job.failed`, `job.retried`, a new run), and
-        # the stream used to stop there while the job ran again. A full page may have more
-        # behind its last event; the next read tells.
+        # the stream used to stop there while the job ran again. A full page (by count or by
+        # bytes) may have more behind its last event; the next read tells.
         ended = ended or (not full and bool(events) and events[-1].type in TERMINAL_JOB_EVENTS)
         frames = [(event.version, event.type, event_json(event)) for event in events]
         return Page(frames, ended=ended, full=full)

@@ -519,13 +519,36 @@ def read_feed(
     after: int = 0,
     types: Sequence[str] = (),
     limit: int = 100,
-    max_bytes: int | None = None,
 ) -> list[Event]:
-    """The owner's events after position `after` (0: from the start), in commit-safe order;
-    with `max_bytes`, the page ends after the event whose data and metadata reach it.
+    """The owner's events after position `after` (0: from the start), in commit-safe order.
 
     `after` must be a position this owner's feed returned; see the module docstring.
     """
+    query = _feed_query(session, owner_id, after, types)
+    return list(session.scalars(query.order_by(*_FEED_ORDER).limit(limit)))
+
+
+def feed_page(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    after: int,
+    types: Sequence[str],
+    limit: int,
+    max_bytes: int,
+) -> tuple[list[Event], bool]:
+    """`read_feed`, bounded by `max_bytes` of data and metadata as well (a page ends after
+    the event that reaches it); and whether more events follow the page."""
+    query = _feed_query(session, owner_id, after, types)
+    return bounded_rows(session, query, _FEED_ORDER, _bound(max_bytes), limit=limit)
+
+
+_FEED_ORDER = (Event.tx_id, Event.position)
+
+
+def _feed_query(
+    session: Session, owner_id: uuid.UUID, after: int, types: Sequence[str]
+) -> Select[tuple[Event]]:
     query = select(Event).where(
         Event.owner_id == owner_id,
         Event.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
@@ -542,8 +565,4 @@ def read_feed(
         query = query.where(tuple_(Event.tx_id, Event.position) > cursor.scalar_subquery())
     if types:
         query = query.where(Event.type.in_(types))
-    order = [Event.tx_id, Event.position]
-    if max_bytes is None:
-        return list(session.scalars(query.order_by(*order).limit(limit)))
-    # A feed page's cursor is its last event, whether or not more follow.
-    return bounded_rows(session, query, order, _bound(max_bytes), limit=limit)[0]
+    return query

@@ -158,19 +158,6 @@ def list_page(
     return newest_first(session, query, Job.id, limit=limit, cursor=cursor, bounded=bound)
 
 
-def events(
-    session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, from_version: int, limit: int
-) -> list[Event]:
-    get(session, owner_id=owner_id, job_id=job_id)
-    return event_store.read_stream(
-        session,
-        owner_id=owner_id,
-        stream=job_stream(job_id),
-        from_version=from_version,
-        limit=limit,
-    )
-
-
 def events_page(
     session: Session,
     *,
@@ -180,7 +167,8 @@ def events_page(
     limit: int,
     max_bytes: int,
 ) -> tuple[list[Event], bool]:
-    """`events` as a page bounded by bytes too (event_store.stream_page)."""
+    """A page of the job's events in version order from `from_version`, bounded by
+    `max_bytes` too (event_store.stream_page); and whether more follow it."""
     get(session, owner_id=owner_id, job_id=job_id)
     return event_store.stream_page(
         session,

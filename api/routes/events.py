@@ -132,7 +132,8 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     types = _types(query.type)
     if sse.wants_stream():
         return _tail_feed(owner_id, types, sse.last_event_id(MAX_POSITION) or query.after)
-    rows = event_store.read_feed(
+    # A feed page's cursor is its last event, whether or not more follow.
+    rows, _ = event_store.feed_page(
         db(),
         owner_id=owner_id,
         after=query.after,
@@ -183,9 +184,16 @@ def receipt(receipt_id: uuid.UUID):  # type: ignore[no-untyped-def]
 
 
 def _tail_stream(owner_id: uuid.UUID, stream: str, after: int) -> Response:
-    def fetch(session: Session, after_version: int) -> list[Event]:
-        return event_store.read_stream(
-            session, owner_id=owner_id, stream=stream, from_version=after_version + 1, limit=PAGE
+    max_bytes = page_max_bytes()
+
+    def fetch(session: Session, after_version: int) -> tuple[list[Event], bool]:
+        return event_store.stream_page(
+            session,
+            owner_id=owner_id,
+            stream=stream,
+            from_version=after_version + 1,
+            limit=PAGE,
+            max_bytes=max_bytes,
         )
 
     return _tail(owner_id, after, fetch, cursor=lambda event: event.version)
@@ -194,10 +202,16 @@ def _tail_stream(owner_id: uuid.UUID, stream: str, after: int) -> Response:
 def _tail_feed(owner_id: uuid.UUID, types: list[str], after: int) -> Response:
     if after:
         event_store.read_feed(db(), owner_id=owner_id, after=after, limit=1)  # 422 on a bad cursor
+    max_bytes = page_max_bytes()
 
-    def fetch(session: Session, after_position: int) -> list[Event]:
-        return event_store.read_feed(
-            session, owner_id=owner_id, after=after_position, types=types, limit=PAGE
+    def fetch(session: Session, after_position: int) -> tuple[list[Event], bool]:
+        return event_store.feed_page(
+            session,
+            owner_id=owner_id,
+            after=after_position,
+            types=types,
+            limit=PAGE,
+            max_bytes=max_bytes,
         )
 
     return _tail(owner_id, after, fetch, cursor=lambda event: event.position)
@@ -206,19 +220,20 @@ def _tail_feed(owner_id: uuid.UUID, types: list[str], after: int) -> Response:
 def _tail(
     owner_id: uuid.UUID,
     after: int,
-    fetch: Callable[[Session, int], list[Event]],
+    fetch: Callable[[Session, int], tuple[list[Event], bool]],
     *,
     cursor: Callable[[Event], int],
 ) -> Response:
-    """Tail the owner's events live; `cursor` is what `Last-Event-ID` carries."""
+    """Tail the owner's events live; `cursor` is what `Last-Event-ID` carries. `fetch`
+    gives a page (bounded by count and by bytes) and whether more follow it."""
     runtime = _runtime()
     end_session()
 
     def read(after_cursor: int) -> live.Page:
         with runtime.session_factory() as session:
-            rows = fetch(session, after_cursor)
+            rows, more = fetch(session, after_cursor)
         frames = [(cursor(event), event.type, event_json(event)) for event in rows]
-        return live.Page(frames, full=len(rows) == PAGE)
+        return live.Page(frames, full=more)
 
     return live.open_tail(
         runtime.notifier,

@@ -197,7 +197,12 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
     return live.open_tail(
         runtime.notifier,
         job_key(job_id),
-        job_stream.job_reader(runtime.session_factory, owner_id=owner_id, job_id=job_id),
+        job_stream.job_reader(
+            runtime.session_factory,
+            owner_id=owner_id,
+            job_id=job_id,
+            max_bytes=runtime.settings.page_max_bytes,
+        ),
         after=after,
         max_s=runtime.settings.max_stream_s,
     )

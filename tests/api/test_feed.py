@@ -154,21 +154,43 @@ def test_live_stream_tail_follows_one_stream(carol):
     assert [(f["id"], f["event"]) for f in got] == [("1", "x.1"), ("2", "x.2")]
 
 
-def test_a_feed_page_ends_by_bytes_and_the_next_goes_on_from_its_last_event(settings):
-    """`PAGE_MAX_BYTES`: ~1.5 KB of data each, the third event reaches 4 KB."""
+@pytest.fixture
+def big_events(settings):
+    """A user with eight events of ~1.5 KB each on stream `big`, on an app whose pages end
+    at 4 KB (`PAGE_MAX_BYTES`): every third event reaches it. Streams close after 3 s."""
     settings.page_max_bytes = 4096
+    settings.max_stream_s = 3
     app = create_app(settings, passwords=FAST_PASSWORDS)
-    try:
-        user = AuthClient.register(app.test_client(), f"pages-{uuid.uuid4().hex[:8]}@example.com")
-        events = [{"type": "t", "data": {"text": f"{i}" + "x" * 1500}} for i in range(5)]
-        assert user.post("/v1/streams/big/events", json={"events": events}).status_code == 201
-        page = poll(lambda: (found := user.get("/v1/events?limit=10").json)["items"] and found)
-        assert [e["version"] for e in page["items"]] == [1, 2, 3]
-        rest = user.get(f"/v1/events?limit=10&after={page['next_cursor']}").json
-        assert [e["version"] for e in rest["items"]] == [4, 5]
-    finally:
-        app.extensions["conveyor"].notifier.close()
-        app.extensions["conveyor"].engine.dispose()
+    user = AuthClient.register(app.test_client(), f"pages-{uuid.uuid4().hex[:8]}@example.com")
+    events = [{"type": "t", "data": {"text": f"{i}" + "x" * 1500}} for i in range(8)]
+    assert user.post("/v1/streams/big/events", json={"events": events}).status_code == 201
+    # Listening: a tail then waits for announcements, not the fallback poll's second.
+    notifier = app.extensions["conveyor"].notifier
+    with notifier.watch("listening"):
+        poll(notifier.connected.is_set)
+    yield user
+    app.extensions["conveyor"].notifier.close()
+    app.extensions["conveyor"].engine.dispose()
+
+
+def test_a_feed_page_ends_by_bytes_and_the_next_goes_on_from_its_last_event(big_events):
+    page = poll(lambda: (found := big_events.get("/v1/events?limit=10").json)["items"] and found)
+    assert [e["version"] for e in page["items"]] == [1, 2, 3]
+    rest = big_events.get(f"/v1/events?limit=10&after={page['next_cursor']}").json
+    assert [e["version"] for e in rest["items"]] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("url", ["/v1/events", "/v1/streams/big/events"])
+def test_a_tail_reads_on_after_a_page_ended_by_bytes(big_events, url):
+    """A page cut short by bytes is not the end of what there is: the tail reads the next
+    at once, rather than waiting for a new event (the stream closes after 3 s, reading
+    once more on its way out: a tail that waited would send two pages, not three)."""
+    poll(lambda: big_events.get("/v1/events").json["items"])  # the feed shows the commit
+    response = big_events.client.get(
+        url, headers={**big_events.headers, "Accept": "text/event-stream"}, buffered=False
+    )
+    got = [json.loads(f["data"])["version"] for f in frames(response, 8)]
+    assert got == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 @pytest.mark.parametrize("url", ["/v1/events", "/v1/streams/quiet/events"])

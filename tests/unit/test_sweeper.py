@@ -79,7 +79,9 @@ def job(session_factory, job_id):
 def stream_types(session_factory, job_id):
     with session_factory() as session:
         owner = session.get(Job, job_id).owner_id
-        events = jobs.events(session, owner_id=owner, job_id=job_id, from_version=1, limit=50)
+        events, _ = jobs.events_page(
+            session, owner_id=owner, job_id=job_id, from_version=1, limit=50, max_bytes=2**30
+        )
         return [e.type for e in events]
 
 
