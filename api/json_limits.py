@@ -5,8 +5,11 @@ nesting depth (orjson parses up to 1024 levels but writes back only 254, so a de
 could be stored and then never be shown again), the length of object keys and of any one
 string, and refuses NUL characters (PostgreSQL stores none). The parsed body is walked
 only when its raw bytes could break a rule: more brackets than the depth allows, more
-bytes than a key may have characters, or an escaped NUL. A NUL in the URL's path or query
-is refused too.
+bytes than a key may have characters, or an escaped NUL.
+
+The URL is checked too: a NUL in its path or query, and a query parameter given more than
+once (every parameter here takes one value; the validators read the first, so
+`?status=queued&status=running` listed the queued jobs alone, as if that were the answer).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = ["JsonLimits", "check_shape", "install"]
 
 # What gunicorn raises from a body it cannot read: a malformed chunk, or the client gone.
 UNREADABLE_BODY = (ParseException, NoMoreData)
+REPEATED_DETAIL = "given more than once; every query parameter takes one value"
 
 
 def install(app: Flask, limits: JsonLimits) -> None:
@@ -58,7 +62,7 @@ def install(app: Flask, limits: JsonLimits) -> None:
             return value
 
     app.request_class = LimitedJsonRequest
-    app.before_request(refuse_nul_in_url)
+    app.before_request(check_url)
 
 
 def refuse_cut_off_body(req: Request, data: bytes) -> None:
@@ -71,18 +75,25 @@ def refuse_cut_off_body(req: Request, data: bytes) -> None:
         raise RequestEntityTooLarge()
 
 
-def refuse_nul_in_url() -> None:
-    """A NUL in the path or the query would reach PostgreSQL, which stores none: 422 now."""
+def check_url() -> None:
+    """422 for a NUL in the path or the query (it would reach PostgreSQL, which stores
+    none), and for a query parameter given more than once. The query is parsed here only
+    when its raw bytes could hold either: most requests have none."""
     req = request._get_current_object()  # type: ignore[attr-defined]
     if "\x00" in req.path:
         raise InvalidInput(problems=[FieldProblem("path", NUL_DETAIL, "path")])
     raw = req.query_string
-    if b"%00" not in raw and b"\x00" not in raw:
-        return  # a NUL arrives in a query only so: no need to parse it here
-    for name, value in req.args.items(multi=True):
-        if "\x00" in name or "\x00" in value:
+    if b"%00" in raw or b"\x00" in raw:
+        for name, value in req.args.items(multi=True):
+            if "\x00" in name or "\x00" in value:
+                raise InvalidInput(
+                    problems=[FieldProblem(name.replace("\x00", ""), NUL_DETAIL, "query")]
+                )
+    if b"&" in raw:  # a second parameter (werkzeug splits the query on "&" alone)
+        repeated = [name for name, values in req.args.lists() if len(values) > 1]
+        if repeated:
             raise InvalidInput(
-                problems=[FieldProblem(name.replace("\x00", ""), NUL_DETAIL, "query")]
+                problems=[FieldProblem(name, REPEATED_DETAIL, "query") for name in repeated]
             )
 
 

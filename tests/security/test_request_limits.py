@@ -231,3 +231,34 @@ def test_an_item_larger_than_a_page_still_comes_one_a_page(make_app):
     versions = [e["version"] for e in every_item(user, "/v1/streams/huge/events", limit=10)]
     assert versions == [1, 2, 3]
     assert len(user.get("/v1/streams/huge/events?limit=10").json["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/jobs?status=queued&status=running",
+        "/v1/jobs?limit=1&limit=200",
+        "/v1/events?type=a&type=b",
+        "/v1/agents?cursor=&limit=5&cursor=x",
+    ],
+)
+def test_a_query_parameter_given_twice_is_422_naming_it(alice, url):
+    """The validators read a parameter's first value: a second status or type was dropped
+    without a word, and the answer looked like the one asked for."""
+    response = alice.get(url)
+    assert response.status_code == 422, response.json
+    [error] = response.json["errors"]
+    name = url.split("?")[1].split("&")[-1].split("=")[0]
+    assert error == {
+        "location": "query",
+        "field": name,
+        "detail": "given more than once; every query parameter takes one value",
+    }
+
+
+def test_distinct_query_parameters_are_read_as_before(alice):
+    agent = alice.create_agent()
+    job = alice.submit(agent["id"])
+    page = alice.get(f"/v1/jobs?status=queued&agent_id={agent['id']}&limit=5")
+    assert page.status_code == 200
+    assert [item["id"] for item in page.json["items"]] == [job["id"]]
