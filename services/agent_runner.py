@@ -33,6 +33,8 @@ class RunControl(Protocol):
     attempt: int
     job_id: uuid.UUID
     owner_id: uuid.UUID
+    # The job's (its submit's request id): what the attempt writes carries it too.
+    correlation_id: str | None
 
     def checkpoint(self) -> None:
         """Raise `Stopped` when the attempt must end."""
@@ -59,6 +61,7 @@ class FreeRun:
     attempt = 1
     job_id = uuid.UUID(int=0)
     owner_id = uuid.UUID(int=0)
+    correlation_id: str | None = None
 
     def __init__(self) -> None:
         self.emitted: list[tuple[str, dict[str, Any]]] = []

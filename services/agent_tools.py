@@ -107,6 +107,8 @@ class JobScope:
     job_id: uuid.UUID
     # The attempt's number: a tool writes only while the attempt still holds the job.
     attempt: int | None = None
+    # The job's: the documents' events it writes carry it, as a request's carry its id.
+    correlation_id: str | None = None
     created: int = 0  # documents this attempt created so far
 
     def next_create_key(self) -> uuid.UUID:
@@ -306,6 +308,7 @@ class ToolBox:
                 fields=fields,
                 limits=self._limits,
                 condition=VersionCondition.at(args.version),
+                correlation_id=_correlation_id(caller),
             )
         return {"id": document.id, "version": document.version}
 
@@ -326,6 +329,7 @@ class ToolBox:
                 fields=fields,
                 limits=self._limits,
                 event_id=key if earlier is None else None,
+                correlation_id=caller.job.correlation_id,
             )
         elif _holds(earlier, fields):
             document = earlier
@@ -336,6 +340,7 @@ class ToolBox:
                 document_id=earlier.id,
                 fields=fields,
                 limits=self._limits,
+                correlation_id=caller.job.correlation_id,
             )
         caller.job.created += 1
         return document
@@ -356,6 +361,10 @@ class ToolBox:
             "last_version": result.last_version,
             "positions": result.positions,
         }
+
+
+def _correlation_id(caller: Caller) -> str | None:
+    return caller.job.correlation_id if caller.job is not None else None
 
 
 def _check_still_held(session: Session, job: JobScope | None) -> None:

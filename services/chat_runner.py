@@ -142,7 +142,7 @@ class ChatRunner:
         usage = Usage()
         interruptible = Interruptible()
         control.on_stop(interruptible)
-        job = JobScope(control.job_id, control.attempt)
+        job = JobScope(control.job_id, control.attempt, control.correlation_id)
         # A stop cuts a request still waiting for the provider's first byte, which closing
         # its stream (below) cannot reach: the attempt ends now, not after the request's
         # timeout (up to LLM_REQUEST_TIMEOUT_S, two minutes by default).

@@ -32,6 +32,7 @@ class Watch:
         self.attempt = claim.attempt
         self.job_id = claim.job_id
         self.owner_id = claim.owner_id
+        self.correlation_id = claim.correlation_id
         self._aborts: list[Callable[[], None]] = []
         self._units = units
         self._factory = units.session

@@ -122,6 +122,10 @@ def test_tool_loop_reads_and_writes_documents(alice, fake, run):
     assert "Conveyor runs agents." in results[0]["result"]
     written = json.loads(results[1]["result"])
     assert alice.get(f"/v1/documents/{written['id']}").json["content"] == "It runs agents."
+    # The document's event says which job wrote it: the job's correlation id.
+    correlation_id = stream[0]["metadata"]["correlation_id"]
+    [created] = alice.get(f"/v1/streams/document-{written['id']}/events").json["items"]
+    assert created["metadata"] == {"correlation_id": correlation_id}
     assert [e["type"] for e in alice.get("/v1/streams/summaries/events").json["items"]] == [
         "summary.written"
     ]
