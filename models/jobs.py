@@ -48,7 +48,10 @@ class Job(IdMixin, TimestampMixin, Base):
     lease_expires_at: Mapped[dt.datetime | None]
     # The current attempt must end by then (set when it is claimed).
     deadline_at: Mapped[dt.datetime | None]
-    # A queued job not started by then ends `timed_out`.
+    # How long the job may wait in the queue, each time it is queued (submit, retry, re-queue).
+    queue_timeout_s: Mapped[int | None] = mapped_column(Integer)
+    # A queued job not started by then ends `timed_out`: set each time it enters `queued`,
+    # to when it may run (then, or at the end of its backoff) + queue_timeout_s.
     queue_deadline_at: Mapped[dt.datetime | None]
     # Backoff: a queued job is not claimed before this time.
     run_after: Mapped[dt.datetime | None]

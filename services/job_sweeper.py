@@ -17,7 +17,7 @@ from models import IdempotencyKey, Job
 from services import job_events
 from services.event_types import EventType
 from services.job_policy import JobPolicy
-from services.job_transitions import end_jobs, seconds
+from services.job_transitions import end_jobs, seconds, waits_anew
 
 BATCH = 500
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -112,6 +112,7 @@ def _requeue_lost(
             lease_expires_at=None,
             deadline_at=None,
             updated_at=func.now(),
+            **waits_anew(func.now()),
         )
         .returning(Job.id, Job.owner_id, Job.attempt, Job.timeout_s, Job.correlation_id)
         .execution_options(synchronize_session=False)

@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
+    Integer,
     Row,
     String,
     Table,
@@ -72,6 +73,18 @@ class Heartbeat:
 def seconds(value: Any) -> Any:
     """An SQL interval of `value` seconds (a number or a column)."""
     return dt.timedelta(seconds=1) * value
+
+
+def waits_anew(runnable_at: Any) -> dict[str, Any]:
+    """The values that start a job's wait in the queue again, as it enters `queued` to be
+    claimable from `runnable_at` (now, or the end of its backoff): its whole queue timeout
+    from then. A job a release before migration 0010 submitted (a rolling deploy) has no
+    queue_timeout_s; its first deadline less its submit is the timeout, kept from then on."""
+    first = Job.queue_deadline_at - Job.created_at
+    timeout_s = func.coalesce(
+        Job.queue_timeout_s, func.ceil(func.extract("epoch", first)).cast(Integer)
+    )
+    return {"queue_timeout_s": timeout_s, "queue_deadline_at": runnable_at + seconds(timeout_s)}
 
 
 _JOBS = cast(Table, Job.__table__)
@@ -302,6 +315,7 @@ def retry_later(
     """Queue the job again after `delay_s` for a transient failure, if attempts remain; end
     it cancelled instead if a cancel was requested. The status it was left in, or None when
     this worker no longer holds it."""
+    runnable_at = func.now() + seconds(delay_s)
     row = session.execute(
         update(Job)
         .where(_holds(claim), Job.attempt < Job.max_attempts, Job.cancel_requested_at.is_(None))
@@ -310,8 +324,9 @@ def retry_later(
             error=error,
             lease_expires_at=None,
             deadline_at=None,
-            run_after=func.now() + seconds(delay_s),
+            run_after=runnable_at,
             updated_at=func.now(),
+            **waits_anew(runnable_at),
         )
         .returning(Job.timeout_s)
         .execution_options(synchronize_session=False)

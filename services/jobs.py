@@ -20,7 +20,7 @@ from services import agents, documents, event_store, job_events, job_view, metri
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
 from services.job_policy import JobPolicy
-from services.job_transitions import end_jobs
+from services.job_transitions import end_jobs, waits_anew
 from services.pagination import ByteBound, Page, newest_first
 from services.webhook_policy import Network
 
@@ -33,12 +33,12 @@ _SUBMIT = f"""
     WITH job AS (
         INSERT INTO jobs (
             id, owner_id, agent_id, agent_version, agent_config, status, input, attempt,
-            max_attempts, attempt_budget, timeout_s, queue_deadline_at, webhook_url, metadata,
-            correlation_id
+            max_attempts, attempt_budget, timeout_s, queue_timeout_s, queue_deadline_at,
+            webhook_url, metadata, correlation_id
         )
         SELECT %(job_id)s, a.owner_id, a.id, a.version, jsonb_build_object({_AGENT_CONFIG}),
                'queued', %(input)s::jsonb, 0, %(max_attempts)s, %(max_attempts)s,
-               coalesce(%(timeout_s)s, a.timeout_s, %(default_timeout_s)s),
+               coalesce(%(timeout_s)s, a.timeout_s, %(default_timeout_s)s), %(queue_timeout_s)s,
                now() + make_interval(secs => %(queue_timeout_s)s), %(webhook_url)s,
                %(metadata)s::jsonb, %(correlation_id)s
         FROM agents AS a
@@ -245,8 +245,8 @@ def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: J
             run_after=None,
             cancel_requested_at=None,
             finished_at=None,
-            queue_deadline_at=func.now() + (Job.queue_deadline_at - Job.created_at),
             updated_at=func.now(),
+            **waits_anew(func.now()),
         )
         .returning(Job.attempt, Job.timeout_s, Job.correlation_id)
         .execution_options(synchronize_session=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.client
 import socket
 import threading
@@ -48,6 +49,38 @@ def waiting_for_locks(engine: Any, query_like: str = "%") -> int:
             {"query_like": query_like},
         )
     return int(found or 0)
+
+
+def age(session_factory: Any, job_id: Any, seconds: float) -> None:
+    """As if the job had been submitted `seconds` earlier: its queue deadline moves with it."""
+    from sqlalchemy import update
+
+    from models import Job
+
+    earlier = dt.timedelta(seconds=seconds)
+    with session_factory.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                created_at=Job.created_at - earlier,
+                queue_deadline_at=Job.queue_deadline_at - earlier,
+            )
+        )
+
+
+def queue_wait(session_factory: Any, job_id: Any) -> dt.timedelta:
+    """How long the queued job may wait once it may run: from now, or from its backoff's end."""
+    from sqlalchemy import func, select
+
+    from models import Job
+
+    runnable = func.greatest(func.now(), func.coalesce(Job.run_after, func.now()))
+    with session_factory() as session:
+        wait: dt.timedelta = session.scalar(
+            select(Job.queue_deadline_at - runnable).where(Job.id == job_id)
+        )
+        return wait
 
 
 def poll(check: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.05) -> T:

@@ -34,7 +34,13 @@ class JobIn(Input):
     webhook_url: AnyHttpUrl | None = Field(default=None)
     metadata: SmallObject = Field(default_factory=dict)
     timeout_s: StrictInt | None = Field(default=None, ge=1)
-    queue_timeout_s: StrictInt | None = Field(default=None, ge=1)
+    queue_timeout_s: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        description="seconds the job may wait in the queue before it starts, else it ends "
+        "`timed_out`; counted anew each time it is queued: at submit, at a retry, and after "
+        "a transient failure (from the end of its backoff) or a lost worker",
+    )
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=20)
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """Cancel, retry, idempotency, backpressure and live streams through the HTTP API."""
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -13,6 +14,7 @@ from models import Job
 from services import job_execution
 from services.agent_errors import TransientAgentError
 from services.job_policy import JobPolicy
+from tests.helpers import age, queue_wait
 from workers.redis_clients import make_redis
 
 POLICY = JobPolicy(retry_base_s=0.01)
@@ -116,6 +118,41 @@ def test_transient_failures_are_retried_with_backoff(alice, session_factory):
     done = alice.get(f"/v1/jobs/{job['id']}").json
     assert done["attempt"] == 3 and done["output"] == {"text": "hello"}
     assert event_types(alice, job["id"]).count("job.retry_scheduled") == 2
+
+
+def test_a_transient_failure_gives_the_job_its_queue_timeout_again_after_the_backoff(
+    alice, agent, session_factory
+):
+    """The attempt ran longer than the job's queue timeout, then failed transiently. The
+    job had waited only a moment in the queue: it was timed out as if it had waited since
+    its submit, at its next claim or by the sweeper."""
+    job = alice.submit(agent["id"], queue_timeout_s=60)
+    job_id = uuid.UUID(job["id"])
+
+    def slow_then_failing(config, job_input, *, control):
+        age(session_factory, job_id, 120)  # two minutes pass while it runs
+        raise TransientAgentError("the provider answered 503")
+
+    # The watcher stays away from the database: the runner's thread uses the connection.
+    quiet = JobPolicy(lease_s=3600, cancel_poll_s=3600, retry_base_s=30, retry_max_s=30)
+    ended = job_execution.execute(session_factory, job_id, policy=quiet, runner=slow_then_failing)
+    assert ended == "queued"
+    assert queue_wait(session_factory, job_id) == dt.timedelta(seconds=60)  # from run_after
+    with session_factory.begin() as session:  # the backoff is over
+        session.execute(Job.__table__.update().where(Job.id == job_id).values(run_after=None))
+    assert run(session_factory, job["id"]) == "succeeded"
+    assert alice.get(f"/v1/jobs/{job['id']}").json["attempt"] == 2
+
+
+def test_each_manual_retry_gives_the_job_its_queue_timeout_again(alice, agent, session_factory):
+    """Not more: the retry counted the timeout from the submit, and each gave the job the
+    time since then on top (an hour here, then two)."""
+    job = alice.submit(agent["id"], queue_timeout_s=60)
+    for _ in range(3):
+        assert alice.post(f"/v1/jobs/{job['id']}/cancel").json["status"] == "cancelled"
+        age(session_factory, job["id"], 3600)  # retried an hour later
+        assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 202
+        assert queue_wait(session_factory, job["id"]) == dt.timedelta(seconds=60)
 
 
 def test_transient_failure_on_the_last_attempt_fails(alice, session_factory):

@@ -6,6 +6,7 @@ Everything runs against a scratch database of this xdist worker, dropped at the 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator
@@ -186,3 +187,39 @@ def test_batch_payloads_are_json_compressed_with_lz4_where_the_server_has_it(
             "AND attname IN ('events', 'results') ORDER BY attname"
         ).fetchall()
     assert columns == [("events", "json", expected), ("results", "json", expected)]
+
+
+def test_0010_keeps_each_jobs_queue_timeout_from_its_deadline(scratch_database: str) -> None:
+    """Existing jobs get the queue timeout their deadline was counted with; a job without
+    a queue deadline has none."""
+    url = _libpq(scratch_database)
+    _run(scratch_database, command.downgrade, "0009")
+    try:
+        user_id, agent_id = uuid.uuid4(), uuid.uuid4()
+        with psycopg.connect(url) as conn:
+            conn.execute(
+                "INSERT INTO users (id, email, password_hash) VALUES (%s, %s, %s)",
+                (user_id, f"{user_id.hex}@example.com", "not-a-real-hash"),
+            )
+            conn.execute(
+                "INSERT INTO agents (id, owner_id, name, provider) VALUES (%s, %s, 'a', 'echo')",
+                (agent_id, user_id),
+            )
+            jobs = {}
+            for wait in (dt.timedelta(seconds=90), None):  # now() is created_at here
+                (jobs[wait],) = conn.execute(
+                    "INSERT INTO jobs (id, owner_id, agent_id, agent_version, agent_config, "
+                    "input, max_attempts, attempt_budget, timeout_s, queue_deadline_at) "
+                    "VALUES (gen_random_uuid(), %s, %s, 1, '{}', '{}', 1, 1, 60, now() + %s) "
+                    "RETURNING id",
+                    (user_id, agent_id, wait),
+                ).fetchone()  # type: ignore[misc]
+    finally:
+        _run(scratch_database, command.upgrade, "head")
+    with psycopg.connect(url) as conn:
+        kept = dict(
+            conn.execute(
+                "SELECT id, queue_timeout_s FROM jobs WHERE owner_id = %s", (user_id,)
+            ).fetchall()
+        )
+    assert kept == {jobs[dt.timedelta(seconds=90)]: 90, jobs[None]: None}

@@ -1,5 +1,7 @@
 """The sweeper ends, re-queues or re-publishes exactly the jobs that need it."""
 
+import datetime as dt
+
 import pytest
 from sqlalchemy import text, update
 
@@ -8,6 +10,7 @@ from services import after_commit, agents, job_sweeper, job_transitions, jobs
 from services.after_commit import SendTask
 from services.job_policy import JobPolicy
 from tests.conftest import new_user
+from tests.helpers import age, queue_wait
 
 POLICY = JobPolicy(republish_after_s=10, grace_s=5)
 
@@ -149,6 +152,35 @@ def test_queued_past_its_queue_timeout_is_timed_out(session_factory, submit):
     assert sweep(session_factory).queue_timed_out == [job_id]
     assert job(session_factory, job_id).status == "timed_out"
     assert job(session_factory, job_id).error["type"] == "timeout"
+
+
+def test_a_lost_attempt_queued_again_has_its_whole_queue_timeout_again(session_factory, submit):
+    """The attempt ran past the queue deadline counted from the submit before its worker
+    died. Queued again, the job waits its queue timeout anew: it had hardly waited at all."""
+    job_id = submit(queue_timeout_s=60)
+    assert queue_wait(session_factory, job_id) == dt.timedelta(seconds=60)
+    claim(session_factory, job_id)
+    age(session_factory, job_id, 120)  # claimed at once, then ran for two minutes
+    set_past(session_factory, job_id, "lease_expires_at", 1)
+    assert sweep(session_factory).requeued == [job_id]
+    assert queue_wait(session_factory, job_id) == dt.timedelta(seconds=60)
+    assert job_id not in sweep(session_factory).queue_timed_out
+    assert claim(session_factory, job_id).attempt == 2
+
+
+def test_a_job_the_previous_release_submitted_keeps_the_timeout_its_deadline_had(
+    session_factory, submit
+):
+    """Submitted during a rolling deploy, by a process that does not know queue_timeout_s."""
+    job_id = submit(queue_timeout_s=60)
+    with session_factory.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(queue_timeout_s=None))
+    claim(session_factory, job_id)
+    age(session_factory, job_id, 120)
+    set_past(session_factory, job_id, "lease_expires_at", 1)
+    assert sweep(session_factory).requeued == [job_id]
+    assert queue_wait(session_factory, job_id) == dt.timedelta(seconds=60)
+    assert job(session_factory, job_id).queue_timeout_s == 60
 
 
 def test_running_past_its_deadline_with_a_dead_worker_is_timed_out(session_factory, submit):
