@@ -73,8 +73,7 @@ def submit(
 ) -> job_view.JobRow:
     """Queue a job for the owner's agent; the run message is published after commit.
     The answer is a row of the job's view (job_view.job_json takes it), not a loaded Job."""
-    if queue_depth is not None and queue_depth() >= policy.max_queue_depth:
-        raise Overloaded("the job queue is full; try again shortly", retry_after_s=5)
+    _refuse_when_full(queue_depth, policy)
     if webhook_url is not None:
         try:
             ssrf.check_without_resolving(webhook_url, allowed=webhook_networks)
@@ -224,10 +223,19 @@ def cancel(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     return job
 
 
-def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: JobPolicy) -> Job:
+def retry(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    job_id: uuid.UUID,
+    policy: JobPolicy,
+    queue_depth: Callable[[], int] | None = None,
+) -> Job:
     """Queue a failed, cancelled or timed-out job again, with a fresh budget of attempts.
     Not when its agent has been deleted since: a deleted agent takes no new work, and a
-    retry is new work (it ran again, as the agent was when the job was submitted)."""
+    retry is new work (it ran again, as the agent was when the job was submitted). Nor into
+    a full queue, as a submit."""
+    _refuse_when_full(queue_depth, policy)
     agent_live = select(Agent.id).where(Agent.id == Job.agent_id, Agent.deleted_at.is_(None))
     row = session.execute(
         update(Job)
@@ -277,6 +285,12 @@ def retry(session: Session, *, owner_id: uuid.UUID, job_id: uuid.UUID, policy: J
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL_STATUSES
+
+
+def _refuse_when_full(queue_depth: Callable[[], int] | None, policy: JobPolicy) -> None:
+    """Backpressure on new work (a submit, a retry): 503 while the agents queue is full."""
+    if queue_depth is not None and queue_depth() >= policy.max_queue_depth:
+        raise Overloaded("the job queue is full; try again shortly", retry_after_s=5)
 
 
 def _check_documents(unit: UnitOfWork, owner_id: uuid.UUID, named: list[str]) -> None:

@@ -111,12 +111,19 @@ def cancel_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
 @bp.output(JobOut, status_code=202)
 @bp.doc(
     summary="Run a failed, cancelled or timed-out job again",
-    responses=[202, 404, 409],
+    description="A retry is new work: into a full queue it is refused as a submit is (503 "
+    "with `Retry-After`), and the job is left as it was.",
+    responses=[202, 404, 409, 503],
 )
 @declares(headers={202: ["Location"]})
 def retry_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    runtime = _runtime()
     job = jobs.retry(
-        db(), owner_id=current_principal().user_id, job_id=job_id, policy=_runtime().job_policy
+        db(),
+        owner_id=current_principal().user_id,
+        job_id=job_id,
+        policy=runtime.job_policy,
+        queue_depth=runtime.queue_depth,
     )
     return job_json(job), 202, {"Location": f"/v1/jobs/{job.id}"}
 

@@ -347,6 +347,40 @@ def test_full_queue_answers_503_and_writes_nothing(alice, agent, app, redis_url,
     assert count_jobs(session_factory, alice) == 0
 
 
+def test_a_retry_into_a_full_queue_is_refused_as_a_submit_is_and_changes_nothing(
+    alice, agent, app, redis_url
+):
+    """It was queued whatever the queue's depth: a retry is new work."""
+    runtime = app.extensions["conveyor"]
+    policy = runtime.job_policy
+    client = redis.Redis.from_url(redis_url)
+    client.delete("agents")
+    client.rpush("agents", *[json.dumps({"filler": i}) for i in range(3)])
+    try:
+        job = alice.submit(agent["id"])  # room enough under the default depth
+        cancelled = alice.post(f"/v1/jobs/{job['id']}/cancel").json
+        object.__setattr__(runtime, "job_policy", JobPolicy(max_queue_depth=3))
+        assert runtime.publisher.flush()  # the web's publishing thread has sent the submit's
+        waiting = client.llen("agents")
+        submitted = alice.post("/v1/jobs", json={"agent_id": agent["id"], "input": {"text": "x"}})
+        retried = alice.post(f"/v1/jobs/{job['id']}/retry")
+        assert runtime.publisher.flush()
+        assert client.llen("agents") == waiting
+    finally:
+        client.delete("agents")
+        object.__setattr__(runtime, "job_policy", policy)
+    assert (submitted.status_code, retried.status_code) == (503, 503)
+    assert retried.mimetype == "application/problem+json"
+    assert retried.headers["Retry-After"] == submitted.headers["Retry-After"]
+    assert int(retried.headers["Retry-After"]) > 0
+    problem = {k: v for k, v in retried.json.items() if k != "request_id"}
+    assert problem == {k: v for k, v in submitted.json.items() if k != "request_id"}
+    assert alice.get(f"/v1/jobs/{job['id']}").json == cancelled
+    assert event_types(alice, job["id"]) == ["job.queued", "job.cancelled"]
+    # With room in the queue, the same retry goes ahead.
+    assert alice.post(f"/v1/jobs/{job['id']}/retry").status_code == 202
+
+
 def test_redis_down_is_503_not_500(alice, app):
     runtime = app.extensions["conveyor"]
     runtime.redis = make_redis("redis://127.0.0.1:1/0", timeout_s=5)  # nothing listens there
