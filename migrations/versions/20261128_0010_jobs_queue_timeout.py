@@ -17,7 +17,7 @@ new release reads their timeout the old way the first time it queues them again
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-11-29 09:00:00.000000
+Create Date: 2026-11-28 10:20:00.000000
 """
 
 from collections.abc import Sequence
