@@ -11,6 +11,14 @@
 - Redis unreachable: each process counts in its own memory (logged as a warning) and tries
   Redis again after 1, 2, 4 ... 32 s. Limits then hold per process instead of for the whole
   server; requests are never refused for it (a bearer token is: its revocation is unknown).
+
+The client address, as a key: the socket's peer, or behind `TRUSTED_PROXIES` the rightmost
+X-Forwarded-For hop that is not one of them. An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`,
+an IPv4 client of a dual-stack listener) is its IPv4 address, for the key and for the proxy
+check; a hop written with a port (`1.2.3.4:5678`, `[2001:db8::1]:443`) is its address. IPv4
+counts per address, IPv6 per /64 (`2001:db8:1:2::/64`): one client normally holds a whole
+/64, and would otherwise take a fresh budget per address. A hop that is no address at all
+(which only a trusted proxy can write) counts as written, cut to 64 characters.
 """
 
 from __future__ import annotations
@@ -41,30 +49,69 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def client_ip(
     remote_addr: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPvAnyNetwork]
 ) -> str:
-    """The client's address: the socket's peer, unless that peer is a trusted proxy; then the
-    rightmost X-Forwarded-For hop that is not a trusted proxy (hops further left were written
-    by the client and prove nothing)."""
+    """The client's rate-limit key: the socket's peer, unless that peer is a trusted proxy;
+    then the rightmost X-Forwarded-For hop that is not a trusted proxy (hops further left
+    were written by the client and prove nothing). IPv4 as the address, IPv6 as its /64."""
     peer = _parse(remote_addr)
     if peer is None:
         return remote_addr or "unknown"
     if not _trusted(peer, trusted):
-        return str(peer)
+        return _key(peer)
     hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
     for hop in reversed(hops):
         address = _parse(hop)
         if address is None:
             return hop[:64]  # a trusted proxy vouches for it; count it as it came
         if not _trusted(address, trusted):
-            return str(address)
+            return _key(address)
         peer = address
-    return str(peer)
+    return _key(peer)
+
+
+def trusted_networks(networks: Sequence[IPvAnyNetwork]) -> list[IPvAnyNetwork]:
+    """`TRUSTED_PROXIES` as `client_ip` compares them: an IPv4-mapped IPv6 network
+    (`::ffff:10.0.0.0/104`) as its IPv4 network, since mapped addresses are compared as IPv4."""
+    return [_unmapped(net) for net in networks]
+
+
+def _unmapped(net: IPvAnyNetwork) -> IPvAnyNetwork:
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
 
 
 def _parse(value: str | None) -> IpAddress | None:
+    """An address as a peer or a hop gives it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
+    `[2001:db8::1]` or `[2001:db8::1]:443`; IPv4-mapped IPv6 as IPv4. None if it is none."""
+    text = value or ""
+    if text.startswith("["):
+        text, bracket, port = text[1:].partition("]")
+        if not bracket or not _port(port):
+            return None
+    elif text.count(":") == 1:  # IPv4 and a port (an IPv6 address has two colons at least)
+        text, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
     try:
-        return ipaddress.ip_address(value or "")
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _port(suffix: str) -> bool:
+    """What may follow a bracketed IPv6 address: nothing, or `:` and a port."""
+    return not suffix or (suffix[0] == ":" and suffix[1:].isdigit())
+
+
+def _key(address: IpAddress) -> str:
+    if address.version == 4:
+        return str(address)
+    return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"
 
 
 def _trusted(address: IpAddress, trusted: Sequence[IPvAnyNetwork]) -> bool:
@@ -89,7 +136,7 @@ def install(app: Flask, settings: Settings, client: redis.Redis) -> None:
     """Count `/v1` requests at the gate (the runtime's), login and register also per address
     and per email, and write the RateLimit headers. Call after `auth.install`: its
     `identify` must run first. `client`: the gates' (`gate_client`)."""
-    trusted = list(settings.trusted_proxies)
+    trusted = trusted_networks(settings.trusted_proxies)
     enabled = settings.rate_limit_enabled
     # Rare requests with keys of their own: their limits are small, so they stay exact.
     per_address = Gate(client, settings.rate_limit_auth_per_ip if enabled else None)

@@ -7,11 +7,12 @@ other tests left in the worker's Redis never meet these."""
 from __future__ import annotations
 
 import ipaddress
+import random
 import uuid
 
 import pytest
 
-from api.rate_limits import client_ip
+from api.rate_limits import client_ip, trusted_networks
 from tests.helpers import PASSWORD, AuthClient
 from tests.security.conftest import client_at
 from tests.security.support import new_key
@@ -145,14 +146,65 @@ def _nets(*cidrs: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         ("10.0.0.2", ["1.2.3.4", "10.0.0.7"], ["10.0.0.0/8"], "1.2.3.4"),
         ("10.0.0.2", [], ["10.0.0.0/8"], "10.0.0.2"),
         ("10.0.0.2", ["10.0.0.5"], ["10.0.0.0/8"], "10.0.0.5"),
-        ("10.0.0.2", ["2001:db8::1"], ["10.0.0.0/8"], "2001:db8::1"),
+        ("10.0.0.2", ["2001:db8::1"], ["10.0.0.0/8"], "2001:db8::/64"),
         ("::1", ["1.2.3.4"], ["::1/128"], "1.2.3.4"),
-        ("::1", ["1.2.3.4"], ["127.0.0.0/8"], "::1"),
+        ("::1", ["1.2.3.4"], ["127.0.0.0/8"], "::/64"),
         (None, ["1.2.3.4"], ["10.0.0.0/8"], "unknown"),
+        ("10.0.0.2", ["not-an-address"], ["10.0.0.0/8"], "not-an-address"),
+        # An IPv4 client of a dual-stack listener is its IPv4 address, as peer and as hop,
+        # and a mapped proxy is trusted by its IPv4 network.
+        ("::ffff:203.0.113.9", [], [], "203.0.113.9"),
+        ("::ffff:203.0.113.9", ["1.2.3.4"], ["10.0.0.0/8"], "203.0.113.9"),
+        ("::ffff:10.0.0.5", ["1.2.3.4"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["::ffff:1.2.3.4"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["1.2.3.4, ::ffff:10.0.0.7"], ["10.0.0.0/8"], "1.2.3.4"),
+        # Hops some proxies write with a port are their address.
+        ("10.0.0.2", ["1.2.3.4:5678"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["1.2.3.4:5678, 10.0.0.7:443"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["[2001:db8:1:2::1]:443"], ["10.0.0.0/8"], "2001:db8:1:2::/64"),
+        ("10.0.0.2", ["[2001:db8:1:2::1]"], ["10.0.0.0/8"], "2001:db8:1:2::/64"),
+        ("10.0.0.2", ["[::ffff:1.2.3.4]:80"], ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", ["1.2.3.4:http"], ["10.0.0.0/8"], "1.2.3.4:http"),
+        ("10.0.0.2", ["[2001:db8::1]x"], ["10.0.0.0/8"], "[2001:db8::1]x"),
+        # An IPv6 client counts by its /64, whatever the rest of its address.
+        ("2001:db8:1:2::99", [], [], "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", [], [], "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", [], [], "fe80::/64"),
+        ("2001:db8:1:2::99", [], ["2001:db8:1:2::99/128"], "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::99", ["2001:db8:7:7::1"], ["2001:db8:1:2::/64"], "2001:db8:7:7::/64"),
     ],
 )
 def test_client_ip(peer, forwarded, trusted, expected):
     assert client_ip(peer, forwarded, _nets(*trusted)) == expected
+
+
+def test_a_proxy_configured_by_its_mapped_address_is_trusted_by_its_ipv4_network():
+    trusted = trusted_networks(_nets("::ffff:10.0.0.0/104", "2001:db8::/32"))
+    assert trusted == _nets("10.0.0.0/8", "2001:db8::/32")
+    assert client_ip("::ffff:10.0.0.5", ["1.2.3.4"], trusted) == "1.2.3.4"
+    assert client_ip("10.0.0.5", ["1.2.3.4"], trusted) == "1.2.3.4"
+
+
+def _random_64() -> str:
+    """The prefix of a /64 no other test uses: `2001:db8:x:y:`."""
+    return f"2001:db8:{random.randrange(1 << 16):x}:{random.randrange(1 << 16):x}:"
+
+
+def test_one_ipv6_64_or_one_ipv4_client_however_written_shares_one_limit(make_app):
+    app = make_app(rate_limit_default="2/minute", trusted_proxies="127.0.0.0/8")
+    prefix = _random_64()
+    first, second = client_at(app, prefix + ":1"), client_at(app, prefix + "abcd:1:2:3")
+    assert [first.get("/v1/agents").status_code for _ in range(2)] == [401, 401]
+    assert_limited(second.get("/v1/agents"), amount=2)
+    assert client_at(app, _random_64() + ":1").get("/v1/agents").status_code == 401
+
+    # An IPv4 client seen through a dual-stack listener, directly, and by a proxy that
+    # writes the port: one client.
+    ipv4 = f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"
+    assert client_at(app, "::ffff:" + ipv4).get("/v1/agents").status_code == 401
+    assert client_at(app, ipv4).get("/v1/agents").status_code == 401
+    proxy = client_at(app, "::ffff:127.0.0.1")
+    assert_limited(proxy.get("/v1/agents", headers={"X-Forwarded-For": ipv4 + ":4711"}), 2)
 
 
 def test_without_redis_limits_hold_per_process_and_nothing_fails(make_app, app, capsys):
