@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -144,8 +145,15 @@ def is_revoked(client: redis.Redis, jti: str) -> bool:
 
 class Gate:
     def __init__(
-        self, client: redis.Redis, limits: str | None, *, revocation_recheck_s: float = 1.0
+        self,
+        client: redis.Redis,
+        limits: str | None,
+        *,
+        revocation_recheck_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock`: the wall-clock time the windows are counted by (tests move their own)."""
+        self._clock = clock
         self._limits: list[RateLimitItem] = list(parse_many(limits)) if limits else []
         self._script = client.register_script(_SCRIPT)
         self._memory = _MemoryCounters()
@@ -160,7 +168,7 @@ class Gate:
         """Count one request of `key` (a user or an address) and check the token `jti`."""
         if not self._limits and (jti is None or self._fresh(jti)):
             return Verdict(revoked=False, allowed=True)
-        now = time.time()
+        now = self._clock()
         local = self._spend_leased(key, jti, now)
         if local is not None:
             return local
@@ -173,7 +181,7 @@ class Gate:
                 self._backoff_s = 0.0
                 return verdict
         revoked = False if jti is None or self._fresh(jti) else None
-        return self._memory.check(self._limits, key, revoked=revoked)
+        return self._memory.check(self._limits, key, now, revoked=revoked)
 
     def forget(self, jti: str) -> None:
         """The token was just revoked through this process: ask Redis next time."""
@@ -283,8 +291,9 @@ class _MemoryCounters:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def check(self, limits: list[RateLimitItem], key: str, *, revoked: bool | None) -> Verdict:
-        now = time.time()
+    def check(
+        self, limits: list[RateLimitItem], key: str, now: float, *, revoked: bool | None
+    ) -> Verdict:
         with self._lock:
             if len(self._counts) > 100_000:  # windows long gone; a rare sweep is enough
                 self._counts.clear()
