@@ -18,6 +18,14 @@ request-specific CPU of `GET /v1/jobs/<id>`. Now:
   early (at most a block per process per window), never let through late. Several limits
   ("100/second;6000/minute") are checked together; a request counts against all of them
   only when all allow it.
+- **A refusal's `reset_in_s`** (Retry-After, and the 429's RateLimit-Reset) is when a
+  request will be allowed if nothing more is counted: the earliest time the weighted count
+  is at most amount - 1, solved from the two windows' counts (which the script returns with
+  a refusal), in whole seconds rounded up, at least 1, for the limit that holds the caller
+  longest. The fixed window's roll-over is not it: a previous window counts in full just
+  after it. **An allowed answer's `reset_in_s`** (RateLimit-Reset) is when all of the limit
+  is there again: the current window holds the answer's own request, so the end of the next
+  fixed window. An allowed request pays a subtraction for it, as before.
 
 Both questions travel in one Lua script, and only when one of them needs Redis.
 
@@ -49,15 +57,17 @@ _REMEMBERED = 100_000  # keys or tokens; past that, forgotten all at once (a rar
 
 # KEYS: revocation key, then (current window, previous window) per limit.
 # ARGV: check revocation (0/1), then (amount, window_s, elapsed_s, wanted) per limit.
-# Returns {revoked} when revoked, else {0, allowed, refusing limit (1-based) or 0, then per
-# limit: permits granted, weighted count after the grant}. A limit with wanted = 0 is only
-# read. Nothing is granted unless every limit that wants permits can give one.
+# Returns {revoked} when revoked; {0, 0, refusing limit (1-based), then per limit: previous
+# window's count, current window's} when refused (what its Retry-After is solved from); else
+# {0, 1, 0, then per limit: permits granted, weighted count after the grant}. A limit with
+# wanted = 0 is only read. Nothing is granted unless every limit that wants permits can
+# give one.
 _SCRIPT = """
 if ARGV[1] == "1" and redis.call("EXISTS", KEYS[1]) == 1 then
   return {1}
 end
 local n = (#ARGV - 1) / 4
-local grants, counts = {}, {}
+local grants, counts, windows, refusing = {}, {}, {}, 0
 for i = 1, n do
   local amount, window = tonumber(ARGV[4*i-2]), tonumber(ARGV[4*i-1])
   local elapsed, wanted = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1])
@@ -65,10 +75,14 @@ for i = 1, n do
   local previous = tonumber(redis.call("GET", KEYS[2*i+1]) or "0")
   local count = previous * (window - elapsed) / window + current
   local grant = math.min(wanted, math.floor(amount - count))
-  if wanted > 0 and grant < 1 then
-    return {0, 0, i, 0, tostring(count)}
+  if wanted > 0 and grant < 1 and refusing == 0 then
+    refusing = i
   end
   grants[i], counts[i] = math.max(grant, 0), count
+  windows[2*i-1], windows[2*i] = previous, current
+end
+if refusing > 0 then
+  return {0, 0, refusing, unpack(windows)}
 end
 local answer = {0, 1, 0}
 for i = 1, n do
@@ -86,7 +100,9 @@ return answer
 
 @dataclass(frozen=True)
 class Verdict:
-    """`revoked` is None when it could not be checked (or no token was given: False)."""
+    """`revoked` is None when it could not be checked (or no token was given: False).
+    `reset_in_s`: allowed, seconds until all of `limit` is there again; refused, seconds
+    until a request will be allowed (Retry-After), if nothing more is counted meanwhile."""
 
     revoked: bool | None
     allowed: bool
@@ -129,10 +145,42 @@ def _index(item: RateLimitItem, now: float) -> int:
     return int(now // item.get_expiry())
 
 
-def _reset_in(item: RateLimitItem, elapsed: float) -> int:
-    """Seconds until the current window rolls over: a hint, as the weighted previous
-    window may still hold a refused caller back a little longer."""
-    return max(0, math.ceil(item.get_expiry() - elapsed))
+def _elapsed(item: RateLimitItem, now: float) -> float:
+    return now - _index(item, now) * item.get_expiry()
+
+
+def _restored_in(item: RateLimitItem, now: float) -> int:
+    """An allowed answer's `RateLimit-Reset`: seconds until all of `item` is there again if
+    nothing more is counted. The current window holds the answer's own request, so that is
+    when it has left the sliding window too: the end of the next fixed window."""
+    window = item.get_expiry()
+    return math.ceil(2 * window - now % window)
+
+
+def _wait(item: RateLimitItem, previous: int, current: int, elapsed: float) -> float:
+    """Seconds until one more request fits (the weighted count, previous * (window -
+    elapsed) / window + current, is at most amount - 1) if nothing more is counted; at most
+    0 when one fits now."""
+    window, room = item.get_expiry(), item.amount - 1
+    if room < 0:  # a limit of 0: nothing ever fits; come back in a window to hear it again
+        return float(window)
+    if current <= room:  # in this window, as the previous one's weight falls
+        if previous <= 0:
+            return 0.0
+        return window * (previous - room + current) / previous - elapsed
+    # In the next window, where this window's count is the previous one's, falling in turn.
+    return window - elapsed + window * (current - room) / current
+
+
+def _refused(
+    counted: list[tuple[RateLimitItem, int, int]], now: float, *, revoked: bool | None
+) -> Verdict:
+    """A refusal, from the (limit, previous window's count, current's) that wanted a permit:
+    it names the limit that holds the caller longest, and `reset_in_s` (Retry-After and
+    RateLimit-Reset) is when a request will be allowed, in whole seconds, at least 1."""
+    waits = [(_wait(item, p, c, _elapsed(item, now)), item) for item, p, c in counted]
+    wait, item = max(waits, key=lambda waiting: waiting[0])
+    return Verdict(revoked=revoked, allowed=False, limit=item, reset_in_s=max(1, math.ceil(wait)))
 
 
 def revoke(client: redis.Redis, jti: str, *, ttl_s: int) -> None:
@@ -229,13 +277,14 @@ class Gate:
                 if len(self._checked) >= _REMEMBERED:
                     self._checked.clear()
                 self._checked[jti] = time.monotonic()
-        _, allowed, refusing, *pairs = answer
+        _, allowed, _, *pairs = answer
         if not allowed:
-            item = self._limits[int(refusing) - 1]
-            elapsed = now - _index(item, now) * item.get_expiry()
-            return Verdict(
-                revoked=False, allowed=False, limit=item, reset_in_s=_reset_in(item, elapsed)
-            )
+            counted = [
+                (item, int(pairs[2 * i]), int(pairs[2 * i + 1]))
+                for i, item in enumerate(self._limits)
+                if wanted[i]
+            ]
+            return _refused(counted, now, revoked=False)
         with self._lock:
             if key not in self._leases and len(self._leases) >= _REMEMBERED:
                 self._leases.clear()
@@ -269,7 +318,7 @@ class Gate:
             allowed=True,
             limit=item,
             remaining=max(0, left[tightest]),
-            reset_in_s=_reset_in(item, now - _index(item, now) * item.get_expiry()),
+            reset_in_s=_restored_in(item, now),
         )
 
     def _redis_failed(self, error: Exception) -> None:
@@ -299,23 +348,26 @@ class _MemoryCounters:
                 self._counts.clear()
             seen = []
             for item in limits:
-                current, previous, elapsed = _windows(item, key, now)
+                current_key, previous_key, elapsed = _windows(item, key, now)
                 window = item.get_expiry()
-                prior = self._counts.get(previous, 0)
-                count = prior * (window - elapsed) / window + self._counts.get(current, 0)
-                seen.append((item, current, elapsed, count))
-            allowed = all(count + 1 <= item.amount for item, _, _, count in seen)
+                previous = self._counts.get(previous_key, 0)
+                current = self._counts.get(current_key, 0)
+                count = previous * (window - elapsed) / window + current
+                seen.append((item, current_key, previous, current, count))
+            allowed = all(count + 1 <= item.amount for item, *_, count in seen)
             if allowed:
-                for _, current, *_ in seen:
-                    self._counts[current] = self._counts.get(current, 0) + 1
+                for _, current_key, *_ in seen:
+                    self._counts[current_key] = self._counts.get(current_key, 0) + 1
         if not seen:
             return Verdict(revoked=revoked, allowed=True)
-        item, _, elapsed, count = min(seen, key=lambda s: s[0].amount - s[3])
-        count += 1 if allowed else 0
+        if not allowed:
+            counted = [(item, previous, current) for item, _, previous, current, _ in seen]
+            return _refused(counted, now, revoked=revoked)
+        item, *_, count = min(seen, key=lambda s: s[0].amount - s[-1])
         return Verdict(
             revoked=revoked,
-            allowed=allowed,
+            allowed=True,
             limit=item,
-            remaining=max(0, math.floor(item.amount - count)),
-            reset_in_s=_reset_in(item, elapsed),
+            remaining=max(0, math.floor(item.amount - count - 1)),
+            reset_in_s=_restored_in(item, now),
         )

@@ -8,6 +8,9 @@
   their own: rare requests with keys of their own, and small limits, which stay exact).
 - A refused request gets a 429 problem with `Retry-After`; every limited answer carries
   `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and `RateLimit-Policy`.
+  Retry-After is when a request will be allowed if nothing more is counted (the sliding
+  window solved for it, not the fixed window's roll-over), and a 429's RateLimit-Reset says
+  the same; an allowed answer's RateLimit-Reset is when all of the limit is there again.
 - Redis unreachable: each process counts in its own memory (logged as a warning) and tries
   Redis again after 1, 2, 4 ... 32 s. Limits then hold per process instead of for the whole
   server; requests are never refused for it (a bearer token is: its revocation is unknown).

@@ -91,7 +91,13 @@ HEADERS: dict[str, dict[str, Any]] = {
     "RateLimit-Remaining": _header(
         "Requests left in the current window.", {"type": "integer", "minimum": 0}, required=False
     ),
-    "RateLimit-Reset": _header("Seconds until the window resets.", _SECONDS, required=False),
+    "RateLimit-Reset": _header(
+        "Seconds until all of the limit is there again if nothing more is counted (the end "
+        "of the next fixed window: the limits are sliding windows); on a 429, the same as "
+        "`Retry-After`, when a request will be allowed.",
+        _SECONDS,
+        required=False,
+    ),
     "RateLimit-Policy": _header(
         "The limit and its window, e.g. `600;w=60`.", _STRING, required=False
     ),

@@ -95,6 +95,22 @@ def poll(check: Callable[[], T | None], *, timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+class Clock:
+    """A time source a test moves by hand (a gate's `clock`): windows roll over when the test
+    says so, not when the wall clock does."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# A multiple of 600 s (so `WINDOWS_START + 50` is second 50 of a minute, of a 10 s window...),
+# far from today: counters of tests that read the real time never share its windows.
+WINDOWS_START = 600.0 * 2_900_000
+
+
 def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
     """Run `work(i)` in `count` threads released at once; their results or exceptions."""
     barrier = threading.Barrier(count)

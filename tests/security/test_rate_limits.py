@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
+from api.gate import Gate
 from api.rate_limits import client_ip, trusted_networks
-from tests.helpers import PASSWORD, AuthClient
+from tests.helpers import PASSWORD, WINDOWS_START, AuthClient, Clock
 from tests.security.conftest import client_at
 from tests.security.support import new_key
 
@@ -33,10 +34,11 @@ def assert_limited(response, amount: int, window_s: int = 60) -> None:  # type: 
     assert response.mimetype == "application/problem+json"
     assert response.json["type"] == "/problems/rate-limited"
     assert response.json["status"] == 429
-    assert 1 <= int(response.headers["Retry-After"]) <= window_s
+    # The sliding window can hold a caller up to two fixed windows (a limit of 1, say).
+    assert 1 <= int(response.headers["Retry-After"]) <= 2 * window_s
     assert response.headers["RateLimit-Limit"] == str(amount)
     assert response.headers["RateLimit-Remaining"] == "0"
-    assert 0 <= int(response.headers["RateLimit-Reset"]) <= window_s
+    assert response.headers["RateLimit-Reset"] == response.headers["Retry-After"]
     assert response.headers["RateLimit-Policy"] == f"{amount};w={window_s}"
 
 
@@ -275,3 +277,30 @@ def test_without_redis_api_key_requests_are_limited_in_process_memory(make_app, 
     assert [a.status_code for a in answers] == [200, 200]
     assert [a.headers["RateLimit-Remaining"] for a in answers] == ["1", "0"]
     assert_limited(client.get("/v1/agents", headers=keyed.headers), amount=2)
+
+
+def test_a_client_that_waits_the_retry_after_it_was_given_is_let_in(make_app):
+    """5/minute, five requests at second 50 of a window, refused at 55. The window rolls over
+    5 s later, but its five still weigh 5 * 59/60 at second 61: one request fits only once
+    they weigh 4, at second 12 of the next window, 17 s on."""
+    app = make_app(rate_limit_default="5/minute")
+    runtime = app.extensions["conveyor"]
+    clock = Clock(WINDOWS_START + 50)
+    runtime.gate = Gate(runtime.redis, runtime.settings.rate_limit_default, clock=clock)
+    client = client_at(app)
+    answers = [client.get("/v1/agents") for _ in range(5)]
+    assert [a.status_code for a in answers] == [401] * 5
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0"]
+    # All five back once this window has left the sliding window: at the end of the next.
+    assert {a.headers["RateLimit-Reset"] for a in answers} == {"70"}
+
+    clock.now = WINDOWS_START + 55
+    refused = client.get("/v1/agents")
+    assert_limited(refused, amount=5)
+    assert refused.headers["Retry-After"] == "17"
+    clock.now += 16
+    assert client.get("/v1/agents").headers["Retry-After"] == "1"
+    clock.now += 1
+    allowed = client.get("/v1/agents")
+    assert allowed.status_code == 401
+    assert allowed.headers["RateLimit-Remaining"] == "0"

@@ -4,6 +4,7 @@ Each test counts for a key of its own, so counters other tests left never meet t
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 
@@ -12,7 +13,9 @@ import redis
 from limits import parse
 
 from api.gate import Gate, lease_size, revoke
+from tests.helpers import WINDOWS_START, Clock
 from tests.stack import private_redis
+from workers.redis_clients import make_redis
 
 
 @pytest.fixture
@@ -69,7 +72,8 @@ def test_a_refused_request_names_the_limit_that_refused(client):
     refused = gate.check(key, jti=None)
     assert not refused.allowed
     assert refused.policy == "2;w=3600"
-    assert 0 < refused.reset_in_s <= 3600
+    # Both in this hour: one fits when 2 * (3600 - e)/3600 <= 1, half-way through the next.
+    assert 1800 < refused.reset_in_s <= 5400
 
 
 def test_a_token_is_asked_about_once_per_recheck_period(client):
@@ -115,3 +119,92 @@ def test_without_redis_a_fresh_token_still_works_and_limits_count_in_memory():
         assert gate.check(key, jti=uuid.uuid4().hex).revoked is None  # unknown: 503 upstream
         # The memory counts from zero: the two above and one more, then refused.
         assert [gate.check(key, jti=jti).allowed for _ in range(2)] == [True, False]
+
+
+T = WINDOWS_START
+
+
+@pytest.fixture(params=["redis", "memory"])
+def counted_in(request, client, redis_url):  # type: ignore[no-untyped-def]
+    """The Redis the gate counts in: the test's, or one that is not there (process memory)."""
+    if request.param == "redis":
+        return client
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return make_redis(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+
+
+def _burst(gate: Gate, key: str, clock: Clock, at: float, n: int) -> list[bool]:
+    clock.now = at
+    return [gate.check(key, jti=None).allowed for _ in range(n)]
+
+
+def test_retry_after_is_when_the_sliding_window_lets_a_request_through(counted_in):
+    """5/minute, five requests at second 50, refused at 55: the fixed window rolls over in
+    5 s, but the weighted count is then 5 and falls to 4 only at second 12 of the next."""
+    clock, key = Clock(T), _key()
+    gate = Gate(counted_in, "5/minute", clock=clock)
+    assert _burst(gate, key, clock, T + 50, 6) == [True] * 5 + [False]
+    clock.now = T + 55
+    refused = gate.check(key, jti=None)
+    assert (refused.allowed, refused.remaining, refused.reset_in_s) == (False, 0, 17)
+    assert _burst(gate, key, clock, T + 55 + 16, 1) == [False]
+    assert _burst(gate, key, clock, T + 55 + 17, 2) == [True, False]
+    # Now 5 * 48/60 + 1 = 5: the next permit comes when 5 * (60 - e)/60 = 3, at e = 24.
+    refused = gate.check(key, jti=None)
+    assert refused.reset_in_s == 12
+    assert _burst(gate, key, clock, T + 72 + 11, 1) == [False]
+    assert _burst(gate, key, clock, T + 72 + 12, 1) == [True]
+
+
+@pytest.mark.parametrize(
+    ("limit", "bursts"),
+    [
+        # (seconds into the first window, requests) ...: then refused until Retry-After.
+        ("5/minute", [(50, 5)]),
+        ("5/minute", [(10, 3), (65, 2)]),
+        ("5/minute", [(0, 5)]),
+        ("1/minute", [(30, 1)]),
+        ("3/2second", [(1.5, 3)]),
+        ("7/10second", [(2, 4), (13, 3)]),
+        ("300/minute", [(59, 300)]),
+        ("300/minute", [(20, 150), (61, 150)]),
+    ],
+)
+def test_a_client_that_waits_its_retry_after_is_allowed_and_not_much_before(
+    counted_in, limit, bursts
+):
+    clock, key = Clock(T), _key()
+    gate = Gate(counted_in, limit, clock=clock)
+    for at, n in bursts:
+        assert all(_burst(gate, key, clock, T + at, n))
+    refused_at = clock.now
+    while (verdict := gate.check(key, jti=None)).allowed:  # a lease's last permits
+        pass
+    retry_after = verdict.reset_in_s
+    assert retry_after >= 1
+    if retry_after > 1:
+        assert _burst(gate, key, clock, refused_at + retry_after - 1, 1) == [False]
+    assert _burst(gate, key, clock, refused_at + retry_after, 1) == [True]
+
+
+def test_the_limit_that_holds_a_client_longest_is_the_one_its_429_names(counted_in):
+    clock, key = Clock(T), _key()
+    gate = Gate(counted_in, "2/second;3/minute", clock=clock)
+    assert _burst(gate, key, clock, T + 30, 3) == [True, True, False]  # the second's limit
+    assert _burst(gate, key, clock, T + 31.5, 2) == [True, False]  # now both refuse
+    verdict = gate.check(key, jti=None)
+    assert verdict.policy == "3;w=60"
+    assert verdict.reset_in_s == 49  # 60 - 31.5, then 3 * (60 - e)/60 ≤ 2 at e = 20
+
+
+def test_an_allowed_answer_resets_when_the_whole_quota_is_back(counted_in):
+    """RateLimit-Reset on an allowed answer: seconds until this window's count has left the
+    sliding window too, the end of the next fixed window; then all of the limit is there."""
+    clock, early, on_time = Clock(T + 50), _key(), _key()
+    gate = Gate(counted_in, "5/minute", clock=clock)
+    allowed = [gate.check(key, jti=None) for key in (early, on_time)]
+    assert [(v.remaining, v.reset_in_s) for v in allowed] == [(4, 70), (4, 70)]
+    assert _burst(gate, early, clock, T + 119, 5) == [True] * 4 + [False]
+    assert _burst(gate, on_time, clock, T + 120, 6) == [True] * 5 + [False]
