@@ -194,9 +194,12 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:
-            parse_many(value)
+            limits = parse_many(value)
         except ValueError as error:
             raise ValueError(f'not a rate limit such as "30/minute;500/hour": {error}') from None
+        if any(limit.amount < 1 for limit in limits):
+            # It could never be met; to turn limits off, RATE_LIMIT_ENABLED=false says so.
+            raise ValueError("a limit allows at least 1 request (RATE_LIMIT_ENABLED=false: none)")
         return value
 
     @field_validator("webhook_allowed_networks", "webhook_retry_schedule", mode="before")

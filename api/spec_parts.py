@@ -86,10 +86,14 @@ HEADERS: dict[str, dict[str, Any]] = {
         required=False,
     ),
     "RateLimit-Limit": _header(
-        "Requests allowed in the current window.", {"type": "integer", "minimum": 0}, required=False
+        "Requests allowed per window (a sliding window, `RateLimit-Policy`).",
+        {"type": "integer", "minimum": 0},
+        required=False,
     ),
     "RateLimit-Remaining": _header(
-        "Requests left in the current window.", {"type": "integer", "minimum": 0}, required=False
+        "Requests left now: the limit less the sliding window's weighted count.",
+        {"type": "integer", "minimum": 0},
+        required=False,
     ),
     "RateLimit-Reset": _header(
         "Seconds until all of the limit is there again if nothing more is counted (the end "

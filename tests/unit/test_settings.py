@@ -48,3 +48,10 @@ def test_an_empty_variable_counts_as_unset(monkeypatch):
     assert settings.openai_base_url == "https://api.openai.com/v1"
     assert settings.openai_api_key is None
     assert settings.worker_concurrency is None
+
+
+@pytest.mark.parametrize("limits", ["0/minute", "100/second;0/hour", "nonsense"])
+def test_a_rate_limit_that_could_never_be_met_is_refused(monkeypatch, limits):
+    monkeypatch.setenv("RATE_LIMIT_DEFAULT", limits)
+    with pytest.raises(ValidationError, match="rate_limit_default"):
+        Settings()
