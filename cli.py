@@ -17,6 +17,9 @@ when REDIS_URL is unset, Redis is the `redis-server` binary shipped in the `redi
   it is only the broker, the rate-limit store and the token blocklist; PostgreSQL knows
   every job and the beat sweeper re-publishes queued ones, so each run starts it empty.
 
+Beat's schedule goes in a temporary directory of the run (BEAT_SCHEDULE_FILE, unless set),
+removed at its end.
+
 SIGINT, SIGTERM or SIGHUP stop the Procfile processes first, then Redis, then PostgreSQL
 (unless another process still holds a pgserver handle on the same data directory).
 """
@@ -395,6 +398,20 @@ def _embedded_servers(
         yield described
 
 
+@contextlib.contextmanager
+def _beat_schedule(env: dict[str, str]) -> Iterator[None]:
+    """Unless BEAT_SCHEDULE_FILE names one, beat's schedule goes in a directory of this run,
+    removed at its end: the default in /tmp is one path for every checkout and user of the
+    machine (where another user's file can be neither opened nor removed), and it stayed
+    behind after the run."""
+    if env.get("BEAT_SCHEDULE_FILE"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="conveyor-beat-") as directory:
+        env["BEAT_SCHEDULE_FILE"] = str(Path(directory) / "celerybeat-schedule")
+        yield
+
+
 def _say(message: str) -> None:
     """Progress for humans, on stderr: stdout stays clean for `embedded-env`'s lines."""
     with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) must not stop the cleanup
@@ -435,7 +452,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
             _say(f"port {number} is in use; set {name} to another one")
             return 2
 
-    with _SignalLatch() as latch, _embedded_servers(env, latch) as described:
+    with (
+        _SignalLatch() as latch,
+        _embedded_servers(env, latch) as described,
+        _beat_schedule(env),
+    ):
         if latch.first:
             return latch.exit_code
         if not args.no_migrate:

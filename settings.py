@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_address: str = "127.0.0.1"
     worker_soft_shutdown_timeout_s: float = Field(default=20.0, ge=0)
+    # Beat's schedule database (Celery's `beat_schedule_filename`; shelve adds suffixes).
+    # /tmp suits a container, whose one writable place it is; `conveyor dev` gives each run
+    # a directory of its own, since one path in /tmp is shared by every checkout and user.
+    beat_schedule_file: str = "/tmp/conveyor-celerybeat-schedule"  # noqa: S108
 
     # Limits on what a request may carry.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)

@@ -256,8 +256,8 @@ class Stack:
         self.start(name, [*procfile_command("worker"), f"--concurrency={concurrency}"], **env)
 
     def start_beat(self, name: str = "beat", **env: str) -> None:
-        argv = [a for a in procfile_command("beat") if not a.startswith("--schedule")]
-        self.start(name, [*argv, f"--schedule={self.workdir / f'{name}-schedule'}"], **env)
+        schedule = str(self.workdir / f"{name}-schedule")
+        self.start(name, procfile_command("beat"), **{"BEAT_SCHEDULE_FILE": schedule, **env})
 
     def kill(self, name: str) -> None:
         """SIGKILL process `name` and every process of its group; nothing is handed back."""

@@ -29,6 +29,7 @@ celery = make_celery(
     sweep_interval_s=settings.sweep_interval_s,
     worker_concurrency=settings.worker_concurrency,
     max_memory_per_child_mb=settings.worker_max_memory_per_child_mb,
+    beat_schedule_file=settings.beat_schedule_file,
 )
 app = celery  # `celery -A workers` looks for `app` or `celery`
 operations.configure(celery, settings)  # Flower's guard, task log context, metrics, shutdown

@@ -62,6 +62,7 @@ def make_celery(
     sweep_interval_s: float = 5.0,
     worker_concurrency: int | None = None,
     max_memory_per_child_mb: int = 0,
+    beat_schedule_file: str = "celerybeat-schedule",
 ) -> Celery:
     app = Celery("conveyor", broker=broker_url, include=list(TASK_MODULES))
     app.conf.update(
@@ -100,6 +101,8 @@ def make_celery(
             "max_connections": 64,
         },
         broker_pool_limit=16,
+        # Where beat keeps its schedule; a `--schedule` on its command line still wins.
+        beat_schedule_filename=beat_schedule_file,
         beat_schedule={
             "sweep-jobs": {
                 "task": "conveyor.maintenance.sweep_jobs",

@@ -125,3 +125,5 @@ def test_a_lost_message_is_republished_by_the_sweeper(
             assert job["output"] == {"text": "found again"}
             assert job["attempt"] == 1
             assert api.event_types(job_id) == QUEUED_STARTED_SUCCEEDED
+            # Beat keeps its schedule where BEAT_SCHEDULE_FILE says (shelve adds suffixes).
+            assert list(stack.workdir.glob("beat-schedule*"))

@@ -139,6 +139,52 @@ def test_embedded_env_runs_a_command_with_the_urls_then_stops() -> None:
     assert not cli.tcp_reachable("127.0.0.1", redis_port(url), timeout=0.2)
 
 
+class Dev:
+    """`conveyor dev` on a stand-in Procfile, in a session of its own; `output` is what it
+    printed so far."""
+
+    def __init__(self, procfile: Path, processes: list[str], **env: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        environ = {
+            **os.environ,
+            "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+            "PORT": str(port),
+            **env,
+        }
+        environ.pop("REDIS_URL", None)
+        command = [sys.executable, str(Path(cli.__file__)), "dev", "--procfile", str(procfile)]
+        self.proc = subprocess.Popen(
+            [*command, "--no-migrate", *processes],
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.output: list[str] = []
+        stdout = self.proc.stdout
+        assert stdout is not None
+        self.reader = threading.Thread(target=lambda: self.output.extend(iter(stdout.readline, "")))
+        self.reader.start()
+
+    def interrupt(self) -> None:
+        """Ctrl-C to its process group; it exits as a process killed by SIGINT would."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        # The supervisor kills whatever has not stopped STOP_TIMEOUT_S after the signal, so
+        # it always ends by then; a CI run on a loaded machine once needed more than 20 s.
+        assert self.proc.wait(timeout=cli.STOP_TIMEOUT_S + DEADLINE_S) == 128 + signal.SIGINT
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.reader.join(timeout=DEADLINE_S)
+
+    def printed(self) -> str:
+        return "".join(self.output)
+
+
 @pytest.mark.e2e
 def test_dev_stops_every_process_on_sigint(tmp_path: Path) -> None:
     """`conveyor dev` with a stand-in Procfile: Ctrl-C to the process group stops everything."""
@@ -146,34 +192,7 @@ def test_dev_stops_every_process_on_sigint(tmp_path: Path) -> None:
     sleeper = f"{sys.executable} -c 'import time; time.sleep(600)' {marker}"
     procfile = tmp_path / "Procfile"
     procfile.write_text(f"web: {sleeper}\nworker: {sleeper}\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
-        "PORT": str(port),
-    }
-    env.pop("REDIS_URL", None)
-    cmd = [
-        sys.executable,
-        str(Path(cli.__file__)),
-        "dev",
-        "--procfile",
-        str(procfile),
-        "--no-migrate",
-    ]
-    proc = subprocess.Popen(
-        [*cmd, "web", "worker"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
-    reader.start()
+    dev = Dev(procfile, ["web", "worker"])
 
     def marked() -> list[int]:
         return [
@@ -181,21 +200,49 @@ def test_dev_stops_every_process_on_sigint(tmp_path: Path) -> None:
         ]
 
     try:
-        assert wait_until(lambda: len(marked()) == 2), "".join(output)
-        redis_line = next(line for line in output if line.strip().startswith("Redis"))
+        assert wait_until(lambda: len(marked()) == 2), dev.printed()
+        redis_line = next(line for line in dev.output if line.strip().startswith("Redis"))
         url = redis_line.split()[1]
         client = redis.Redis.from_url(url)
         redis_pid = int(client.info("server")["process_id"])
         client.close()
         children = marked()
-        os.killpg(proc.pid, signal.SIGINT)
-        # The supervisor kills whatever has not stopped STOP_TIMEOUT_S after the signal, so
-        # it always ends by then; a CI run on a loaded machine once needed more than 20 s.
-        assert proc.wait(timeout=cli.STOP_TIMEOUT_S + DEADLINE_S) == 128 + signal.SIGINT
+        dev.interrupt()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        reader.join(timeout=DEADLINE_S)
-    assert wait_until(all_gone([*children, redis_pid])), "".join(output)
+        dev.close()
+    assert wait_until(all_gone([*children, redis_pid])), dev.printed()
     assert marked() == []
     assert not cli.tcp_reachable("127.0.0.1", redis_port(url), timeout=0.2)
+
+
+@pytest.mark.e2e
+def test_dev_gives_beat_a_schedule_of_its_own_and_removes_it(tmp_path: Path) -> None:
+    """Not the one path in /tmp that every checkout and user shared, and left behind."""
+    beat = (
+        "import os, pathlib, time; path = os.environ['BEAT_SCHEDULE_FILE'];"
+        " pathlib.Path(path + '.dat').write_text('x'); print('SCHEDULE', path, flush=True);"
+        " time.sleep(600)"
+    )
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(f'beat: {sys.executable} -c "{beat}"\n')
+    dev = Dev(procfile, ["beat"])
+    try:
+        assert wait_until(lambda: "SCHEDULE " in dev.printed()), dev.printed()
+        path = Path(dev.printed().split("SCHEDULE ", 1)[1].split()[0])
+        assert path.with_name(path.name + ".dat").is_file()
+        assert path.parent != Path(tempfile.gettempdir())
+        dev.interrupt()
+    finally:
+        dev.close()
+    assert not path.parent.exists(), dev.printed()
+
+    # A schedule the environment names is used as it is, and kept.
+    named = tmp_path / "kept" / "schedule"
+    named.parent.mkdir()
+    dev = Dev(procfile, ["beat"], BEAT_SCHEDULE_FILE=str(named))
+    try:
+        assert wait_until(lambda: f"SCHEDULE {named}" in dev.printed()), dev.printed()
+        dev.interrupt()
+    finally:
+        dev.close()
+    assert named.with_name("schedule.dat").is_file()
