@@ -122,6 +122,16 @@ def _refuse_a_port_in_use(addresses):  # type: ignore[no-untyped-def]
             probe.close()
 
 
+def when_ready(server):  # type: ignore[no-untyped-def]
+    # With reuse_port the master holds no socket, so gunicorn's own line reads
+    # "Listening at:  (<pid>)", naming no address: say where the workers listen.
+    shown = [
+        (f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}") if isinstance(a, tuple) else a
+        for a in server.cfg.address
+    ]
+    server.log.info("Workers listen at: %s (each on its own socket, reuse_port)", ", ".join(shown))
+
+
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     # A terminal's Ctrl-C reaches the workers too: finish in-flight requests there as well.
     import signal

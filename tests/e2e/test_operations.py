@@ -224,6 +224,8 @@ def test_each_worker_listens_itself_and_a_burst_of_connections_reaches_both(ops:
 
     assert [listening(w) for w in workers] == [True, True]
     assert not listening(master)
+    # gunicorn's own "Listening at:" names no address then; ours does.
+    assert stack.log_count("web", "Workers listen at:", f"0.0.0.0:{port} ") == 1
 
     clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(32)]
     try:
