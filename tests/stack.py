@@ -295,7 +295,7 @@ class Stack:
     def assert_no_server_errors(self) -> None:
         """No web server answered a 500 or logged an unhandled error."""
         errors = self.log_count("web*", "request.unhandled_error")
-        answered_500 = self.log_count("web*", '"status": 500')
+        answered_500 = self.log_count("web*", '"status":500')
         assert errors == answered_500 == 0, f"{errors} unhandled errors, {answered_500} 500s"
 
     def tails(self, lines: int = LOG_TAIL_LINES) -> str:

@@ -51,7 +51,10 @@ def test_the_access_line_is_what_the_pipeline_would_write(capsys):
     finally:
         structlog.contextvars.clear_contextvars()
         configure_logging("INFO")
-    piped, direct = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    lines = capsys.readouterr().out.splitlines()
+    # Written alike, too: docs/operations.md greps the logs for `"request_id":"<id>"`.
+    assert all('"request_id":"req-7"' in line for line in lines), lines
+    piped, direct = (json.loads(line) for line in lines)
     assert direct["token"] == "[redacted]"
     assert direct.pop("timestamp").endswith("Z") and piped.pop("timestamp").endswith("Z")
     assert direct == piped
