@@ -117,6 +117,7 @@ def _refuse_a_port_in_use(addresses):  # type: ignore[no-untyped-def]
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
         except OSError as error:
+            _remove_metrics_dir()  # on_exit does not run after an exit from on_starting
             sys.exit(f"cannot listen on {host}:{port}: {error.strerror} (another server?)")
         finally:
             probe.close()
@@ -146,6 +147,10 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
+    _remove_metrics_dir()
+
+
+def _remove_metrics_dir() -> None:
     from telemetry import multiproc
 
     if _metrics_dir.get("created"):

@@ -252,13 +252,16 @@ def test_a_second_server_on_the_same_port_refuses_to_start(ops: Ops) -> None:
     """With `reuse_port` it could bind beside the first and take half its connections."""
     stack = ops.stack
     argv = [*procfile_command("web"), "--control-socket", str(stack.workdir / "web2.ctl")]
-    second = stack.start("web-second", argv)
+    tmp = stack.workdir / "web-second-tmp"  # where it makes its metrics directory
+    tmp.mkdir()
+    second = stack.start("web-second", argv, TMPDIR=str(tmp))
     try:
         code = second.wait(timeout=60)
     finally:
         stack.processes.pop("web-second", None)
     assert code != 0
     assert stack.log_count("web-second", "cannot listen on", "Address already in use") == 1
+    assert list(tmp.iterdir()) == []  # nothing left behind
     assert ops.api.get("/readyz").status == 200  # the first server still answers
 
 
