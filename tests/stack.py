@@ -238,8 +238,14 @@ class Stack:
 
     def start_web(self, name: str = "web", **env: str) -> Api:
         """The Procfile's gunicorn, ready when GET /readyz answers 200. Only its control
-        socket moves out of $HOME so that stacks running side by side do not share one."""
+        socket moves out of $HOME so that stacks running side by side do not share one, and
+        its temporary files (its metrics directory, unless PROMETHEUS_MULTIPROC_DIR names
+        one) into the work directory: a server killed by a test leaves them there, not in
+        /tmp."""
         argv = procfile_command("web")
+        tmp = self.workdir / f"{name}-tmp"
+        tmp.mkdir(exist_ok=True)
+        env = {"TMPDIR": str(tmp), **env}
         self.start(name, [*argv, "--control-socket", str(self.workdir / f"{name}.ctl")], **env)
         api = Api(f"http://127.0.0.1:{env.get('PORT', self.env['PORT'])}", self.assert_running)
 
