@@ -507,9 +507,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if not ini.is_file():
         _say(f"no {ini}")
         return 2
+    from sqlalchemy.exc import OperationalError
+
     os.chdir(ROOT)  # alembic.ini's script_location is relative to the checkout
-    command.upgrade(Config(str(ini)), args.revision)
+    try:
+        command.upgrade(Config(str(ini)), args.revision)
+    except OperationalError as error:
+        # A traceback said no more than this; `make migrate` without DATABASE_URL ends here.
+        from settings import Settings
+
+        url = _without_password(Settings().database_url)
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        _say(f"cannot migrate the database at {url}: {reason}")
+        _say("set DATABASE_URL to the server to migrate (`make run` migrates its own)")
+        return 1
     return 0
+
+
+def _without_password(url: str) -> str:
+    """The URL with its password hidden, for a message."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def cmd_embedded_env(args: argparse.Namespace) -> int:

@@ -246,3 +246,21 @@ def test_dev_gives_beat_a_schedule_of_its_own_and_removes_it(tmp_path: Path) -> 
     finally:
         dev.close()
     assert named.with_name("schedule.dat").is_file()
+
+
+def test_migrate_without_a_reachable_database_says_so_in_two_lines():
+    """`make migrate` without DATABASE_URL met no database and ended in a traceback."""
+    url = f"postgresql+psycopg://postgres:secret@127.0.0.1:5432/absent_{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, "cli.py", "migrate"],
+        cwd=cli.ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "cannot migrate the database at postgresql+psycopg://postgres:***@" in done.stderr
+    assert "does not exist" in done.stderr and "secret" not in done.stderr
