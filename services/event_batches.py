@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import EventBatch
+from models import Event, EventBatch
 from models.ids import new_id_text
 from services import event_store
 from services.after_commit import SendTask, defer
@@ -118,14 +118,25 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
         if event_id in seen:
             results.append(_rejection(event_id, "the same event_id appears twice in this batch"))
             rejected = True
-        elif earlier is not None and earlier.stream == event["stream"]:
-            results.append(_result(event_id, "duplicate", earlier.stream, earlier.version))
-            results[-1]["position"] = earlier.position
-        elif earlier is not None:
+        elif earlier is not None and earlier.stream != event["stream"]:
             results.append(
                 _rejection(event_id, f"this event_id was appended to stream {earlier.stream!r}")
             )
             rejected = True
+        elif earlier is not None and not _same_body(earlier, event):
+            # As a single append's replay check (event_store._same_events): the id alone
+            # made it a duplicate, and the new body was thrown away unsaid.
+            results.append(
+                _rejection(
+                    event_id,
+                    "this event_id was appended with another type, data or metadata "
+                    f"(version {earlier.version} of stream {earlier.stream!r})",
+                )
+            )
+            rejected = True
+        elif earlier is not None:
+            results.append(_result(event_id, "duplicate", earlier.stream, earlier.version))
+            results[-1]["position"] = earlier.position
         else:
             versions[event["stream"]] += 1
             version = versions[event["stream"]]
@@ -203,6 +214,14 @@ def _close(session: Session, batch: EventBatch, status: str, results: list[dict[
     batch.updated_at = func.now()
     session.flush()
     return status
+
+
+def _same_body(earlier: Event, event: dict[str, Any]) -> bool:
+    return bool(
+        earlier.type == event["type"]
+        and earlier.data == event["data"]
+        and earlier.metadata_ == event["metadata"]
+    )
 
 
 def _result(event_id: str, status: str, stream: str, version: int) -> dict[str, Any]:

@@ -154,7 +154,9 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     summary="Accept up to 1000 events for several streams; workers persist them",
     description="The answer's receipt reports `pending`, then `persisted` (with versions and "
     "positions) or `rejected` (with a reason per event). A batch is persisted whole or not "
-    "at all; events are idempotent by `event_id`.",
+    "at all. Events are idempotent by `event_id`: one appended before to the same stream "
+    "with the same type, data and metadata is a `duplicate`; with anything else, or to "
+    "another stream, it is `rejected`.",
     responses=[202, 422],
 )
 @declares(headers={202: ["Location"]})

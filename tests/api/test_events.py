@@ -20,6 +20,13 @@ def append(client, stream, *types, expected="any", ids=None, status=201):
     return response.json
 
 
+def persisted_results(client, session, body, status):
+    """Accept the batch `body`, persist it here, check its `status`; the receipt's results."""
+    receipt = client.post("/v1/events/batch", json=body).json
+    assert event_batches.persist(session, uuid.UUID(receipt["receipt_id"])) == status
+    return client.get(f"/v1/events/receipts/{receipt['receipt_id']}").json["results"]
+
+
 def test_append_and_read_a_stream(alice):
     first = append(alice, "orders-1", "order.placed", "order.paid")
     assert first["first_version"] == 1 and first["last_version"] == 2
@@ -191,12 +198,43 @@ def test_batch_is_accepted_then_persisted_with_results(alice, session):
 def test_batch_events_already_appended_are_duplicates_not_copies(alice, session):
     event_id = str(uuid.uuid4())
     append(alice, "dup", "t", ids=[event_id])
-    body = {"events": [{"stream": "dup", "type": "t", "data": {}, "event_id": event_id}]}
+    body = {"events": [{"stream": "dup", "type": "t", "data": {"n": 0}, "event_id": event_id}]}
     receipt = alice.post("/v1/events/batch", json=body).json
     event_batches.persist(session, uuid.UUID(receipt["receipt_id"]))
     done = alice.get(f"/v1/events/receipts/{receipt['receipt_id']}").json
     assert done["status"] == "persisted" and done["results"][0]["status"] == "duplicate"
     assert len(alice.get("/v1/streams/dup/events").json["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    "change", [{"data": {"v": 2}}, {"type": "other"}, {"metadata": {"m": 1}}], ids=str
+)
+def test_a_batch_reusing_an_id_with_another_body_is_rejected_not_a_duplicate(
+    alice, session, change
+):
+    """An appended event's id sent again in a batch with another type, data or metadata
+    was a "duplicate": the batch persisted, the new body thrown away unsaid. A single
+    append answers the same thing with 409."""
+    event_id = str(uuid.uuid4())
+    original = {"type": "t", "data": {"v": 1}, "event_id": event_id}
+    assert alice.post("/v1/streams/dup2/events", json={"events": [original]}).status_code == 201
+    changed = {**original, **change}
+    assert alice.post("/v1/streams/dup2/events", json={"events": [changed]}).status_code == 409
+    body = {
+        "events": [
+            {"stream": "dup2-fresh", "type": "t", "data": {}},
+            {"stream": "dup2", **changed},
+        ]
+    }
+    results = persisted_results(alice, session, body, "rejected")
+    assert [r["status"] for r in results] == ["not_persisted", "rejected"]
+    assert "another type, data or metadata" in results[1]["reason"]
+    assert alice.get("/v1/streams/dup2-fresh/events").json["items"] == []
+    # The same body again (data keys in another order) is still a duplicate.
+    same = {"events": [{"stream": "dup2", **original, "data": {"v": 1}}]}
+    results = persisted_results(alice, session, same, "persisted")
+    assert results[0]["status"] == "duplicate"
+    assert [e["data"] for e in alice.get("/v1/streams/dup2/events").json["items"]] == [{"v": 1}]
 
 
 def test_an_id_the_server_made_for_a_batch_is_found_when_a_client_sends_it(alice, session):
@@ -225,11 +263,9 @@ def test_a_batch_with_a_conflicting_event_is_rejected_whole(alice, session):
             {"stream": "other", "type": "t", "data": {}, "event_id": event_id},
         ]
     }
-    receipt = alice.post("/v1/events/batch", json=body).json
-    assert event_batches.persist(session, uuid.UUID(receipt["receipt_id"])) == "rejected"
-    done = alice.get(f"/v1/events/receipts/{receipt['receipt_id']}").json
-    assert [r["status"] for r in done["results"]] == ["not_persisted", "rejected"]
-    assert "elsewhere" in done["results"][1]["reason"]
+    results = persisted_results(alice, session, body, "rejected")
+    assert [r["status"] for r in results] == ["not_persisted", "rejected"]
+    assert "elsewhere" in results[1]["reason"]
     assert alice.get("/v1/streams/fresh/events").json["items"] == []
 
 
