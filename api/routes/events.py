@@ -161,9 +161,15 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
 )
 @declares(headers={202: ["Location"]})
 def batch(body: BatchIn):  # type: ignore[no-untyped-def]
-    for i, event in enumerate(body.events):
-        _check_stream(event.stream, writing=True, field=f"events.{i}.stream", location="body")
-    _check_sizes(body.events)
+    # Every wrong event at once, as the schema's own errors come.
+    problems = [
+        problem
+        for i, event in enumerate(body.events)
+        if (problem := _stream_problem(event.stream, writing=True, field=f"events.{i}.stream"))
+    ]
+    problems += _size_problems(body.events)
+    if problems:
+        raise InvalidInput(problems=problems)
     accepted = event_batches.accept(
         db(),
         owner_id=current_principal().user_id,
@@ -249,39 +255,43 @@ def _tail(
 _STREAM = re.compile(STREAM_PATTERN)
 
 
-def _check_stream(
-    stream: str, *, writing: bool, field: str = "stream", location: str = "path"
-) -> None:
+def _check_stream(stream: str, *, writing: bool) -> None:
+    """The path's stream name, for reading it or writing to it."""
+    problem = _stream_problem(stream, writing=writing, field="stream", location="path")
+    if problem:
+        raise InvalidInput(problems=[problem])
+
+
+def _stream_problem(
+    stream: str, *, writing: bool, field: str, location: str = "body"
+) -> FieldProblem | None:
     if len(stream) > MAX_STREAM_CHARS or not _STREAM.fullmatch(stream):
-        raise InvalidInput(
-            problems=[
-                FieldProblem(
-                    field, "1 to 200 letters, digits, '.', '_', '-' or ':', not only dots", location
-                )
-            ]
+        return FieldProblem(
+            field, "1 to 200 letters, digits, '.', '_', '-' or ':', not only dots", location
         )
     if writing and is_reserved_stream(stream):
-        raise InvalidInput(
-            problems=[
-                FieldProblem(
-                    field,
-                    f"streams starting with {', '.join(RESERVED_STREAM_PREFIXES)} "
-                    "are written by the server only",
-                    location,
-                )
-            ]
+        return FieldProblem(
+            field,
+            f"streams starting with {', '.join(RESERVED_STREAM_PREFIXES)} "
+            "are written by the server only",
+            location,
         )
+    return None
 
 
-def _check_sizes(events: list[EventIn] | list[BatchEventIn]) -> None:
+def _check_sizes(events: list[EventIn]) -> None:
+    problems = _size_problems(events)
+    if problems:
+        raise InvalidInput(problems=problems)
+
+
+def _size_problems(events: list[EventIn] | list[BatchEventIn]) -> list[FieldProblem]:
     limit = _runtime().settings.event_max_data_bytes
-    problems = [
+    return [
         FieldProblem(f"events.{i}.data", f"must be at most {limit} bytes as JSON")
         for i, event in enumerate(events)
         if len(dumps_bytes(event.data)) > limit
     ]
-    if problems:
-        raise InvalidInput(problems=problems)
 
 
 def _types(raw: str | None) -> list[str]:

@@ -289,6 +289,29 @@ def test_batch_limits(alice):
     assert alice.post("/v1/events/batch", json={"events": []}).status_code == 422
 
 
+def test_a_batch_refused_names_every_event_that_is_wrong_not_only_the_first(alice, app):
+    """The 422 named the first reserved stream and stopped: a client fixing its batch met
+    the next one only on its next try (and an oversized event's data only after every
+    stream was right), where the body's other field errors all come at once."""
+    limit = app.extensions["conveyor"].settings.event_max_data_bytes
+    body = {
+        "events": [
+            {"stream": "job-1", "type": "t", "data": {}},
+            {"stream": "fine", "type": "t", "data": {}},
+            {"stream": "document-2", "type": "t", "data": {}},
+            {"stream": "fine", "type": "t", "data": {"blob": "x" * limit}},
+        ]
+    }
+    refused = alice.post("/v1/events/batch", json=body)
+    assert refused.status_code == 422, refused.json
+    assert [e["field"] for e in refused.json["errors"]] == [
+        "events.0.stream",
+        "events.2.stream",
+        "events.3.data",
+    ]
+    assert all(e["location"] == "body" for e in refused.json["errors"])
+
+
 def test_receipts_are_private(alice, bob):
     receipt = alice.post(
         "/v1/events/batch", json={"events": [{"stream": "s", "type": "t", "data": {}}]}
