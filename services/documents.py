@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import math
 import struct
 import uuid
 from collections.abc import Callable, Sequence
@@ -337,6 +338,10 @@ def _decode_rank_cursor(cursor: str) -> tuple[float, uuid.UUID]:
         if len(raw) != 20:
             raise ValueError(cursor)
         (rank,) = struct.unpack(">f", raw[:4])
+        # Ranks are finite and never below 0: NaN, which sorts above every rank in
+        # PostgreSQL, made a forged cursor answer the first page again.
+        if not (math.isfinite(rank) and rank >= 0):
+            raise ValueError(cursor)
         return rank, uuid.UUID(bytes=raw[4:])
     except (ValueError, binascii.Error):
         raise _bad_cursor() from None

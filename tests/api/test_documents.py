@@ -3,7 +3,9 @@ metadata filters, limits, owner isolation, and the read cache."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -317,6 +319,19 @@ def test_search_pages_through_ties_without_gaps_or_repeats(alice):
             break
     assert paged == everything
     assert alice.get("/v1/documents?q=saturn&cursor=AAAA").status_code == 422
+
+
+@pytest.mark.parametrize("rank", [float("nan"), float("inf"), -1.0])
+def test_a_search_cursor_with_a_rank_no_search_gives_is_422(alice, rank):
+    """A cursor is a rank and an id; one whose rank is not a number, infinite or below 0
+    (ranks are never) was taken: NaN sorts above every rank in PostgreSQL, so such a
+    cursor answered the first page again as if it were a real one."""
+    found = create(alice, title="Saturn", content="rings")["id"]
+    forged = struct.pack(">f", rank) + uuid.UUID(found).bytes
+    cursor = base64.urlsafe_b64encode(forged).decode().rstrip("=")
+    answer = alice.get(f"/v1/documents?q=saturn&cursor={cursor}")
+    assert answer.status_code == 422, answer.json
+    assert answer.json["errors"][0]["field"] == "cursor"
 
 
 def test_metadata_filters_by_containment(alice):
