@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import cli
 from api import create_app
 from models import User
+from models.db import make_engine
 from services import users
 from services.passwords import Passwords
 from settings import Settings
@@ -143,7 +144,11 @@ def redis_url(servers: Servers, worker_id: str) -> str:
 
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url, pool_size=5)
+    # The app's and the workers' engine (JSON written and read by orjson), not SQLAlchemy's
+    # default: that one read jsonb with the json module, which gives a number like 1e300,
+    # stored by PostgreSQL as 301 digits, as an integer orjson cannot write (a 500 that only
+    # the tests had), where orjson reads it back as the float it was.
+    engine = make_engine(database_url, pool_size=5, max_overflow=10)
     yield engine
     engine.dispose()
 
