@@ -23,7 +23,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from services.errors import FieldProblem, InvalidInput
 from services.inputs import NUL_DETAIL, JsonLimits, shape_problem
 
-__all__ = ["JsonLimits", "check_shape", "install"]
+__all__ = ["JsonLimits", "NotJson", "check_shape", "install"]
 
 # What gunicorn raises from a body it cannot read: a malformed chunk, or the client gone.
 UNREADABLE_BODY = (ParseException, NoMoreData)
@@ -61,8 +61,27 @@ def install(app: Flask, limits: JsonLimits) -> None:
                 self._json_checked = True
             return value
 
+        def on_json_loading_failed(self, e: ValueError | None) -> Any:
+            if e is None:  # not application/json: Flask's 415
+                return super().on_json_loading_failed(e)
+            raise NotJson(str(e)) from None
+
     app.request_class = LimitedJsonRequest
     app.before_request(check_url)
+
+
+class NotJson(BadRequest):
+    """A body that is not JSON, with the decoder's reason and place (orjson's message:
+    "no low surrogate in string: line 1 column 7 (char 6)"). Every such body was "not
+    valid JSON" and nothing more: a lone surrogate escape in one string of a thousand
+    events left the client to guess which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason + (_SURROGATES if "surrogate" in reason else "")
+
+
+_SURROGATES = " (\\ud800-\\udfff escapes come in pairs, high then low: one alone is no character)"
 
 
 def refuse_cut_off_body(req: Request, data: bytes) -> None:

@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from api.json_limits import NotJson
 from api.json_provider import dumps_bytes
 from services.errors import InvalidInput, Overloaded, ServiceError
 
@@ -182,6 +183,8 @@ def _field_error(location: str, field: str, detail: str) -> dict[str, str]:
 
 def _framework_detail(error: HTTPException) -> str:
     match error.code:
+        case 400 if isinstance(error, NotJson):
+            return f"The request body is not valid JSON: {error.reason}"
         case 400:
             return "The request body is not valid JSON."
         case 404:

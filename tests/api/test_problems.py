@@ -36,6 +36,29 @@ def test_malformed_json_is_400(alice):
     assert "JSON" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("url", "raw", "said"),
+    [
+        (
+            "/v1/streams/s/events",
+            b'{"events": [{"type": "t", "data": {"x": "\\ud800"}}]}',
+            "surrogate",
+        ),
+        ("/v1/events/batch", b'{"events": [{"stream": "\\udc00", "type": "t"}]}', "surrogate"),
+        ("/v1/documents", b'{"title": "a\\ud800\\u0041", "content": ""}', "surrogate"),
+        ("/v1/documents", b'{"title": "a", "content": "b"} trailing', "after document"),
+    ],
+)
+def test_a_body_that_is_not_json_says_why_and_where(alice, url, raw, said):
+    """A lone surrogate escape (\\ud800 without its pair; JSON's grammar allows it, UTF-8
+    cannot carry it) was "The request body is not valid JSON." with neither reason nor
+    place: in a batch of a thousand events, the client could not tell which string."""
+    response = alice.post(url, data=raw, headers={"Content-Type": "application/json"})
+    body = assert_problem(response, 400)
+    assert body["detail"].startswith("The request body is not valid JSON: ")
+    assert said in body["detail"] and "column" in body["detail"]
+
+
 def test_non_json_body_is_415(alice):
     response = alice.post("/v1/agents", data=b"name=x", content_type="text/plain")
     assert_problem(response, 415)
