@@ -33,6 +33,7 @@ from gunicorn.workers.gthread import _DEFER as DEFER  # "no data yet: back to th
 from gunicorn.workers.gthread import ThreadWorker
 
 from api import admission, live
+from api.memory_trim import MemoryTrim
 from api.metrics import method_label
 from api.problems import PROBLEM_MIMETYPE, document
 from api.request_context import REQUEST_ID_HEADER
@@ -44,6 +45,9 @@ log = structlog.get_logger("conveyor.api")
 # The route label of requests turned away before routing.
 TURNED_AWAY_ROUTE = "(turned away at admission)"
 _REPORT_EVERY_S = 1.0
+# Heap freed since the last trim that is handed back to the system (api/memory_trim.py).
+TRIM_FREED_BYTES = 32 * 1024 * 1024
+TRIM_EVERY_S = 2.0
 
 
 def raw_problem(
@@ -162,6 +166,7 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._reported_at = time.monotonic()
         self._slow_heads = SlowHeads(10.0)
         self._send_timeout = _timeval(30.0)
+        self._memory_trim = MemoryTrim(freed_bytes=TRIM_FREED_BYTES, every_s=TRIM_EVERY_S)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -175,6 +180,9 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         cut = self._slow_heads.cut_overdue()
         if cut:
             log.warning("request.head_too_slow", connections=cut)
+        free = self._memory_trim.maybe()
+        if free is not None:
+            log.info("memory.trimmed", free_mb=round(free / 2**20, 1))
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """gunicorn stops accepting at a graceful stop but keeps its listening sockets

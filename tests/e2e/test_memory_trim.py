@@ -1,0 +1,78 @@
+"""The heap a burst of large answers freed goes back to the system (api/memory_trim.py):
+glibc kept it, and a web process stayed tens of megabytes bigger after every such burst.
+
+One gunicorn process; the burst is live tails of a stream of 60 KB events whose clients
+do not read (each holds a page of about 4 MB in the process), then drop.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import Servers
+from tests.helpers import poll
+from tests.stack import Api, Stack, stack_on
+
+pytestmark = pytest.mark.e2e
+
+MB = 1024 * 1024
+TAILS = 16
+RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+@pytest.fixture(scope="module")
+def running(
+    servers: Servers, worker_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, Api]]:
+    workdir: Path = tmp_path_factory.mktemp("e2e-memory")
+    with stack_on(servers, worker_id, workdir, "memory") as scenario:
+        stack = scenario.stack
+        api = stack.start_web(WEB_CONCURRENCY="1")
+        with stack.logs_on_failure():
+            api.sign_up()
+            yield stack, api
+            stack.assert_no_server_errors()
+
+
+def _unread_tail(api: Api, path: str) -> socket.socket:
+    host, port = api.base_url.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Bearer {api.token}\r\n\r\n".encode()
+    )
+    assert sock.recv(12) == b"HTTP/1.1 200"  # the tail has read its first page
+    return sock
+
+
+def test_memory_freed_by_a_burst_of_large_answers_is_given_back(
+    running: tuple[Stack, Api],
+) -> None:
+    stack, api = running
+    big = {"events": [{"type": "big", "data": {"x": "y" * 60_000}} for _ in range(30)]}
+    for _ in range(4):  # 120 events of 60 KB: each tail's first page is ~4 MB
+        assert api.post("/v1/streams/big/events", big).status == 201
+    (worker,) = psutil.Process(stack.processes["web"].pid).children()
+    assert api.get("/v1/streams/big/events?limit=1").status == 200
+    before = worker.memory_info().rss
+
+    tails = [_unread_tail(api, "/v1/streams/big/events") for _ in range(TAILS)]
+    try:
+        poll(lambda: worker.memory_info().rss > before + 64 * MB, timeout=10)
+    finally:
+        for sock in tails:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+            sock.close()
+
+    # Without the trim it stayed 69 MB above: freed, but kept by the allocator.
+    poll(lambda: worker.memory_info().rss < before + 24 * MB, timeout=15, interval=0.2)
+    assert stack.log_count("web*", "memory.trimmed") > 0
