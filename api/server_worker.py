@@ -46,7 +46,7 @@ log = structlog.get_logger("conveyor.api")
 TURNED_AWAY_ROUTE = "(turned away at admission)"
 _REPORT_EVERY_S = 1.0
 # Heap freed since the last trim that is handed back to the system (api/memory_trim.py).
-TRIM_FREED_BYTES = 32 * 1024 * 1024
+TRIM_FREED_BYTES = 8 * 1024 * 1024
 TRIM_EVERY_S = 2.0
 
 
