@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PYTHON := $(shell for p in python3.11 python3; do $$p -c '' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run migrate test lint bench soak
+.PHONY: help venv install run migrate test lint bench soak churn
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,3 +40,6 @@ bench: install ## the benchmark suite on real PostgreSQL and Redis: prints the t
 
 soak: install ## steady load for SOAK_S seconds (default 1800) sampling memory; prints growth %
 	$(BIN)/python -m bench.soak
+
+churn: install ## long-polls and live tails dropped by their clients; what they leave behind, per phase
+	$(BIN)/python -m bench.churn
