@@ -174,11 +174,9 @@ class Churn:
                 break
             if not chunk:
                 break
-            got = got or chunk
-            if head:
-                break
-            if not until_closed and got and b"event-stream" not in got[:512]:
-                break  # a whole short answer (a long-poll's): no need to wait on
+            got += chunk if len(got) < 65536 else b""
+            if head or (not until_closed and _whole(got)):
+                break  # the head, or a whole short answer (a long-poll's): no need to wait on
         if not got.startswith(b"HTTP/1.1 "):
             return "none"
         if b'"status":"' not in got or b"event-stream" in got[:512]:
@@ -414,6 +412,18 @@ class Churn:
             "slots_answered": slots,
             "woken": f"{woken} in {woken_s:.2f} s",
         }
+
+
+def _whole(answer: bytes) -> bool:
+    """Whether `answer` is a whole answer with a Content-Length (not a stream)."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def poll(check: Callable[[], bool], within_s: float) -> None:
