@@ -67,7 +67,9 @@ def test_memory_freed_by_a_burst_of_large_answers_is_given_back(
 
     tails = [_unread_tail(api, "/v1/streams/big/events") for _ in range(TAILS)]
     try:
-        poll(lambda: worker.memory_info().rss > before + 64 * MB, timeout=10)
+        # 16 pages of up to 4 MB: 64 MB at most, less once the kernel holds part of them
+        # (a bound of 64 failed under CI's load); 40 still tells a trim from none (69 kept).
+        poll(lambda: worker.memory_info().rss > before + 40 * MB, timeout=20)
     finally:
         for sock in tails:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
