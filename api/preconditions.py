@@ -38,15 +38,45 @@ def check_without_etag() -> None:
         condition.check_unversioned()
 
 
+def check_on_create(collection: str, item: str) -> None:
+    """`If-Match` and `If-None-Match` on a POST that makes a resource under an id the server
+    chooses. Their target is the collection (RFC 9110, 9.3.3), which exists and has no
+    ETag, so they are evaluated as `check_without_etag` does: `If-None-Match: *` ("only if
+    nothing is there") and `If-Match` with tags are 412s, before anything is made. They
+    were ignored, and a client that meant "create only if absent" got a new resource as if
+    its condition had held."""
+    condition = version_condition()
+    if condition is not None:
+        condition.check_unversioned(
+            f"the collection {collection} (each POST adds a {item} under a new id)"
+        )
+
+
+def read_condition() -> VersionCondition | None:
+    """What `If-Match` requires of the version a read would answer with, or None when it
+    was not sent or is `*`. A read that fails it is a 412 (RFC 9110, 13.1.1), not the other
+    version: it was ignored, and a client that asked for version 3 got version 4 unsaid.
+    (`If-None-Match` on a read is a 304, not a 412: the route compares it.)"""
+    if_match = _versions("If-Match", request.if_match)
+    return None if if_match is None else VersionCondition(any_of=if_match)
+
+
 def _versions(header: str, tags: ETags) -> frozenset[int] | None:
     """The versions a header lists, or None when it was not sent (or is `*`)."""
     if tags.star_tag or header not in request.headers:
         return None
     # An empty quoted tag (`""`, `W/""`) comes out of werkzeug as None: a 500 until it
     # was read as no version of ours.
-    versions = {parse_counter(tag or "", MAX_VERSION) for tag in tags.as_set(include_weak=True)}
+    versions = {_version(tag or "") for tag in tags.as_set(include_weak=True)}
     if not versions or None in versions:  # an empty header, or a tag we never made
         raise InvalidInput(
             problems=[FieldProblem(header, "expected an ETag this API returned", "header")]
         )
     return frozenset(v for v in versions if v is not None)
+
+
+def _version(tag: str) -> int | None:
+    """The version a tag names, if it is one we send: `"02"` is not `"2"` (tags compare as
+    text), and was taken for it."""
+    version = parse_counter(tag, MAX_VERSION)
+    return version if version is not None and str(version) == tag else None

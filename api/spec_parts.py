@@ -137,9 +137,26 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         f"Change only at none of these versions (else 412); `*` never. {_CONDITION}",
         _STRING,
     ),
+    "If-Match-Create": _request_header(
+        "If-Match",
+        "Evaluated against the collection, which has no ETag: `*` holds, any tag is a 412. "
+        f"{_CONDITION}",
+        _STRING,
+    ),
+    "If-None-Match-Create": _request_header(
+        "If-None-Match",
+        "Evaluated against the collection, which exists: `*` is a 412 (a new resource gets a "
+        f"new id, so there is nothing to create only if absent); tags hold. {_CONDITION}",
+        _STRING,
+    ),
+    "If-Match-Read": _request_header(
+        "If-Match",
+        f"Answer only if the version answered is one of these ETags, else 412. {_CONDITION}",
+        _STRING,
+    ),
     "If-None-Match-Read": _request_header(
         "If-None-Match",
-        "Answer 304 without a body when the current version is one of these ETags.",
+        "Answer 304 without a body when the version answered is one of these ETags.",
         _STRING,
     ),
     "Last-Event-ID": _request_header(

@@ -34,13 +34,13 @@ class VersionCondition:
         if current in self.none_of:
             self._refuse(f"the {what} is at version {current} (If-None-Match)", current)
 
-    def check_unversioned(self) -> None:
+    def check_unversioned(self, what: str = "the resource") -> None:
         """The same for something that exists but has no version (no ETag): no version the
         client lists can be its, and `nothing_there` fails as it does for any change."""
         if self.any_of is not None:
-            raise PreconditionFailed("this resource has no ETag, so no If-Match tag can match it")
+            raise PreconditionFailed(f"{what} has no ETag, so no If-Match tag can match it")
         if self.nothing_there:
-            raise PreconditionFailed("the resource exists (If-None-Match: *)")
+            raise PreconditionFailed(f"{what} exists (If-None-Match: *)")
 
     @staticmethod
     def _refuse(detail: str, current: int) -> None:

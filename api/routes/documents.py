@@ -10,7 +10,7 @@ from flask.blueprints import BlueprintSetupState
 from api.auth import current_principal, require_access_token
 from api.json_provider import dumps_bytes
 from api.openapi import declares
-from api.preconditions import version_condition
+from api.preconditions import check_on_create, read_condition, version_condition
 from api.representations import (
     document_json,
     document_summary_json,
@@ -27,7 +27,7 @@ from api.schemas.documents import (
     DocumentQuery,
 )
 from models import Document
-from services import documents
+from services import documents, preconditions
 from services.cache import VersionedCache
 
 bp = APIBlueprint("documents", __name__, url_prefix="/v1/documents", tag="Documents")
@@ -62,12 +62,20 @@ def _written(document: Document, status: int = 200) -> tuple[dict[str, Any], int
     return document_json(document), status, headers
 
 
+_CREATE_NOTE = (
+    "A document gets a new id from the server, so `If-None-Match: *` (create only if nothing "
+    "is there) never holds: the collection exists. It is a 412, and nothing is made."
+)
+_CREATE_CONDITIONS = ["If-Match-Create", "If-None-Match-Create"]
+
+
 @bp.post("")
 @bp.input(DocumentIn, arg_name="body")
 @bp.output(DocumentOut, status_code=201)
-@bp.doc(summary="Create a document", responses=[201, 413, 422])
-@declares(headers={201: ["Location", "ETag"]})
+@bp.doc(summary="Create a document", description=_CREATE_NOTE, responses=[201, 412, 413, 422])
+@declares(headers={201: ["Location", "ETag"]}, request_headers=_CREATE_CONDITIONS)
 def create_document(body: DocumentIn):  # type: ignore[no-untyped-def]
+    check_on_create("/v1/documents", "document")
     document = documents.create(
         db(),
         owner_id=current_principal().user_id,
@@ -107,17 +115,25 @@ def list_documents(query: DocumentListQuery):  # type: ignore[no-untyped-def]
 @bp.output(DocumentOut)
 @bp.doc(
     summary="One document; `?version=` reads a past version from its history",
-    description="`If-None-Match` with the current ETag answers 304.",
-    responses=[200, 304, 404],
+    description="`If-None-Match` with the ETag of the version answered (the current one, or "
+    "`?version=`'s) answers 304; `If-Match` without it, 412.",
+    responses=[200, 304, 404, 412],
 )
-@declares(headers={200: ["ETag"], 304: ["ETag"]}, request_headers=["If-None-Match-Read"])
+@declares(
+    headers={200: ["ETag"], 304: ["ETag"]},
+    request_headers=["If-Match-Read", "If-None-Match-Read"],
+)
 def get_document(document_id: uuid.UUID, query: DocumentQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     if query.version is not None:
         past = documents.get_version(
             db(), owner_id=owner_id, document_id=document_id, version=query.version
         )
-        return document_json(past), 200, {"ETag": etag(past.version)}
+        return _conditional_read(past.version) or (
+            document_json(past),
+            200,
+            {"ETag": etag(past.version)},
+        )
     version, body = documents.read_through(
         db(),
         owner_id=owner_id,
@@ -125,9 +141,18 @@ def get_document(document_id: uuid.UUID, query: DocumentQuery):  # type: ignore[
         cache=_cache(),
         render=lambda document: dumps_bytes(document_json(document)),
     )
+    return _conditional_read(version) or Response(
+        body, mimetype="application/json", headers={"ETag": etag(version)}
+    )
+
+
+def _conditional_read(version: int) -> Response | None:
+    """412 for an `If-Match` the version fails, 304 for an `If-None-Match` it meets (a
+    past version's bytes never change, so it is cached as well as the current one)."""
+    preconditions.check(read_condition(), "document", version)
     if request.if_none_match.contains_weak(str(version)):
         return Response(status=304, headers={"ETag": etag(version)})
-    return Response(body, mimetype="application/json", headers={"ETag": etag(version)})
+    return None
 
 
 @bp.put("/<uuid:document_id>")

@@ -151,6 +151,55 @@ def test_if_none_match_on_a_change_is_refused_at_a_listed_version(alice, method,
     assert allowed.status_code in (200, 204)
 
 
+def test_a_create_evaluates_its_preconditions_against_the_collection(alice):
+    """A POST's target is the collection, which exists and has no ETag: `If-None-Match: *`
+    ("create only if nothing is there") and `If-Match` with tags fail, and nothing is made.
+    Both were ignored, and a new document answered as if the condition had held."""
+    body = {"title": "t", "content": "once"}
+    for headers in ({"If-None-Match": "*"}, {"If-Match": '"1"'}, {"If-Match": 'W/"1", "2"'}):
+        refused = alice.post("/v1/documents", json=body, headers=headers)
+        assert refused.status_code == 412, headers
+        assert refused.mimetype == "application/problem+json"
+        assert "/v1/documents" in refused.json["detail"]
+    bad_tag = alice.post("/v1/documents", json=body, headers={"If-None-Match": "abc"})
+    assert bad_tag.status_code == 422 and bad_tag.json["errors"][0]["field"] == "If-None-Match"
+    assert search(alice) == []
+    for headers in ({"If-Match": "*"}, {"If-None-Match": '"1"'}):
+        assert alice.post("/v1/documents", json=body, headers=headers).status_code == 201
+    assert len(search(alice)) == 2
+
+
+def test_if_match_on_a_read_is_412_when_the_version_answered_is_not_listed(alice):
+    """RFC 9110 has a read fail its If-Match too; it was ignored, so a client that asked
+    for version 1 got version 2 unsaid. `?version=N` answers version N, so it is N's tag
+    that If-Match and If-None-Match compare with."""
+    url = f"/v1/documents/{create(alice, content='v1')['id']}"
+    assert alice.patch(url, json={"content": "v2"}).status_code == 200
+    stale = alice.get(url, headers={"If-Match": '"1"'})
+    assert stale.status_code == 412 and stale.json["current_version"] == 2
+    for tags in ('"2"', 'W/"2"', '"1", "2"', "*"):
+        read = alice.get(url, headers={"If-Match": tags})
+        assert read.status_code == 200 and read.json["content"] == "v2", tags
+    for bad in ("abc", '""', '"02"'):
+        refused = alice.get(url, headers={"If-Match": bad})
+        assert refused.status_code == 422 and refused.json["errors"][0]["field"] == "If-Match"
+    past = alice.get(f"{url}?version=1", headers={"If-Match": '"1"'})
+    assert past.status_code == 200 and past.json["content"] == "v1"
+    assert alice.get(f"{url}?version=1", headers={"If-Match": '"2"'}).status_code == 412
+    cached = alice.get(f"{url}?version=1", headers={"If-None-Match": '"1"'})
+    assert cached.status_code == 304 and cached.headers["ETag"] == '"1"' and cached.data == b""
+
+
+def test_a_tag_with_a_leading_zero_is_not_the_version(alice):
+    """Tags compare as text: `"02"` is no tag we sent, and was taken for version 2."""
+    url = f"/v1/documents/{create(alice)['id']}"
+    assert alice.patch(url, json={"content": "v2"}).status_code == 200
+    for header in ("If-Match", "If-None-Match"):
+        refused = alice.patch(url, json={"content": "lost"}, headers={header: '"02"'})
+        assert refused.status_code == 422 and refused.json["errors"][0]["field"] == header
+    assert alice.get(url).json["content"] == "v2"
+
+
 def test_history_lists_every_version_and_serves_past_ones(alice):
     document = create(alice, title="First", content="one")
     url = f"/v1/documents/{document['id']}"
@@ -404,6 +453,7 @@ def test_if_none_match_answers_304(alice):
     url = f"/v1/documents/{create(alice)['id']}"
     not_modified = alice.get(url, headers={"If-None-Match": '"1"'})
     assert not_modified.status_code == 304 and not_modified.headers["ETag"] == '"1"'
+    assert not_modified.data == b""
     alice.patch(url, json={"content": "changed"})
     changed = alice.get(url, headers={"If-None-Match": '"1"'})
     assert changed.status_code == 200 and changed.json["content"] == "changed"
