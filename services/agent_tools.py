@@ -32,6 +32,7 @@ from services.inputs import (
     ExpectedVersionIn,
     Input,
     JsonLimits,
+    Title,
     Version,
     is_reserved_stream,
     shape_problem,
@@ -68,7 +69,7 @@ class WriteArgs(Input):
     version: Version | None = None
     # The title's, the content's and the metadata's sizes are the deployment's
     # (DOCUMENT_MAX_*), which `documents` checks, as for the API.
-    title: str = Field(min_length=1)
+    title: Title
     content: str
     content_type: ContentType = "text/markdown"
     metadata: dict[str, Any] = Field(default_factory=dict)

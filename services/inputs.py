@@ -97,6 +97,25 @@ class EventIn(Input):
     event_id: uuid.UUID | None = None
 
 
+# C0 (tab and line breaks too), DEL, C1 and Unicode's line and paragraph separators. A
+# title is one line: lists show it, terminals run its escape sequences, and a model's
+# context puts it in a heading.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(title: str) -> str:
+    if _CONTROL_CHARACTERS.search(title):
+        raise ValueError(
+            "must be one line without control characters (line breaks, tabs, U+0000-U+001F, "
+            "U+007F-U+009F, U+2028, U+2029)"
+        )
+    if title.isspace():
+        raise ValueError("must not be only whitespace")
+    return title
+
+
+# A document's title; its length limit is the deployment's (DOCUMENT_MAX_TITLE_LENGTH).
+Title = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 # A document's content type: type "/" subtype, then parameters (text/markdown,
 # application/json, text/plain; charset=utf-8). One definition for the API and the tools.

@@ -11,7 +11,7 @@ import orjson
 from pydantic import BeforeValidator, Field, model_validator
 
 from api.schemas.common import Input, Output, PageQuery
-from services.inputs import MAX_VERSION, ContentType, nesting_depth
+from services.inputs import MAX_VERSION, ContentType, Title, nesting_depth
 
 MAX_FILTER_CHARS = 4096
 # As a body may (JSON_MAX_DEPTH's default): orjson writes 254 levels at most, and a deeper
@@ -39,7 +39,7 @@ def _json_object(value: object) -> object:
 class DocumentIn(Input):
     """A new document, or (PUT) the whole new state of one: left-out fields get defaults."""
 
-    title: str = Field(min_length=1)
+    title: Title
     content: str
     content_type: ContentType = "text/plain"
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -48,7 +48,7 @@ class DocumentIn(Input):
 class DocumentPatch(Input):
     """The fields to change; the others keep their values. `metadata` is replaced whole."""
 
-    title: str | None = Field(default=None, min_length=1)
+    title: Title | None = None
     content: str | None = None
     content_type: ContentType | None = None
     metadata: dict[str, Any] | None = None

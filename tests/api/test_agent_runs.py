@@ -519,11 +519,18 @@ def _nested(levels: int) -> dict:
     [
         ({"content_type": "notes"}, "content_type"),
         ({"content_type": "text/plain\r\nX-Injected: 1"}, "content_type"),
+        ({"title": "Report\n## Another document"}, "title"),
         # The arguments are level 1, as a request body is: metadata of 32 levels is 33.
         ({"metadata": _nested(32)}, "deeper than 32"),
         ({"metadata": {"k" * 1025: 1}}, "key longer than 1024"),
     ],
-    ids=["content type", "content type with a header", "deep metadata", "long key"],
+    ids=[
+        "content type",
+        "content type with a header",
+        "title of two lines",
+        "deep metadata",
+        "long key",
+    ],
 )
 def test_an_agent_writes_no_document_the_api_would_refuse(alice, fake, run, fields, said):
     """The tool took any content type and metadata of any shape that PostgreSQL keeps: a

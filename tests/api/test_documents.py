@@ -436,6 +436,25 @@ def test_title_and_metadata_limits(alice):
     assert big_metadata.json["errors"][0]["field"] == "metadata"
 
 
+@pytest.mark.parametrize(
+    "title", ["   ", "\u3000", "a\nb", "tab\there", "\x1b[31mred", "del\x7f", "nel\x85", "a\u2028b"]
+)
+def test_a_title_is_one_line_of_something_visible(alice, title):
+    """Titles blank but for whitespace, or holding line breaks or terminal escapes, were
+    kept; lists, terminals and the models' context (a heading) show titles as one line."""
+    url = f"/v1/documents/{create(alice)['id']}"
+    for refused in (
+        alice.post("/v1/documents", json={"title": title, "content": "x"}),
+        put(alice, url, {"title": title, "content": "x"}),
+        alice.patch(url, json={"title": title}),
+    ):
+        assert refused.status_code == 422, refused.json
+        assert refused.json["errors"][0]["field"] == "title"
+    assert alice.get(url).json["version"] == 1 and len(search(alice)) == 1
+    fine = " Ünïcödé — 😀 title\u200b "
+    assert alice.patch(url, json={"title": fine}).json["title"] == fine
+
+
 def test_a_body_beyond_max_body_bytes_is_413(alice):
     response = alice.post("/v1/documents", json={"title": "t", "content": "a" * (2 * MIB)})
     assert response.status_code == 413
