@@ -168,6 +168,10 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     ),
 }
 # Properties whose maximum is a setting: (schema, property) -> the Settings field.
+# A POST that makes a resource under an id the server chooses evaluates these against the
+# collection (api.preconditions.check_on_create).
+CREATE_CONDITIONS = ("If-Match-Create", "If-None-Match-Create")
+
 SETTINGS_MAXIMA = {
     ("JobIn", "timeout_s"): "job_max_timeout_s",
     ("JobIn", "queue_timeout_s"): "job_max_queue_timeout_s",

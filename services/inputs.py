@@ -116,6 +116,8 @@ def _one_line(title: str) -> str:
 
 # A document's title; its length limit is the deployment's (DOCUMENT_MAX_TITLE_LENGTH).
 Title = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
+# A name the client gives what it makes (an agent, an API key): one line, as a title is.
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)]
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 # A document's content type: type "/" subtype, then parameters (text/markdown,
 # application/json, text/plain; charset=utf-8). One definition for the API and the tools.

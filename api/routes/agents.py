@@ -6,12 +6,13 @@ from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_access_token
 from api.openapi import declares
-from api.preconditions import version_condition
+from api.preconditions import check_on_create, version_condition
 from api.representations import agent_json, etag
 from api.request_context import db
 from api.runtime import page_max_bytes
 from api.schemas.agents import AgentIn, AgentOut, AgentPatch
 from api.schemas.common import PageOut, PageQuery
+from api.spec_parts import CREATE_CONDITIONS
 from services import agents
 
 bp = APIBlueprint("agents", __name__, url_prefix="/v1/agents", tag="Agents")
@@ -21,9 +22,10 @@ bp.before_request(require_access_token)
 @bp.post("")
 @bp.input(AgentIn, arg_name="body")
 @bp.output(AgentOut, status_code=201)
-@bp.doc(summary="Register an agent", responses=[201, 422])
-@declares(headers={201: ["Location", "ETag"]})
+@bp.doc(summary="Register an agent", responses=[201, 412, 422])
+@declares(headers={201: ["Location", "ETag"]}, request_headers=CREATE_CONDITIONS)
 def create_agent(body: AgentIn):  # type: ignore[no-untyped-def]
+    check_on_create("/v1/agents", "agent")
     agent = agents.create(db(), owner_id=current_principal().user_id, fields=body.model_dump())
     headers = {"Location": f"/v1/agents/{agent.id}", "ETag": etag(agent.version)}
     return agent_json(agent), 201, headers

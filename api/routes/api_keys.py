@@ -9,11 +9,12 @@ from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_bearer_token
 from api.openapi import declares
-from api.preconditions import check_without_etag
+from api.preconditions import check_on_create, check_without_etag
 from api.representations import NO_STORE
 from api.request_context import db
 from api.schemas.api_keys import ApiKeyIn, NewApiKeyOut
 from api.schemas.common import PageOut, PageQuery
+from api.spec_parts import CREATE_CONDITIONS
 from models import ApiKey
 from services import api_keys
 
@@ -39,10 +40,11 @@ def api_key_json(key: ApiKey) -> dict[str, Any]:
     summary="Create an API key; the answer is the only time the key is shown",
     description="Send it as `X-API-Key: <key>`; it acts as the user who created it.",
     security="BearerAuth",
-    responses=[201, 409, 422],
+    responses=[201, 409, 412, 422],
 )
-@declares(headers={201: ["Location"]})
+@declares(headers={201: ["Location"]}, request_headers=CREATE_CONDITIONS)
 def create_key(body: ApiKeyIn):  # type: ignore[no-untyped-def]
+    check_on_create("/v1/api-keys", "key")
     new = api_keys.create(db(), owner_id=current_principal().user_id, name=body.name)
     db().refresh(new.row)  # created_at comes from the database
     headers = {"Location": f"/v1/api-keys/{new.row.id}", **NO_STORE}

@@ -26,6 +26,7 @@ from api.schemas.documents import (
     DocumentPatch,
     DocumentQuery,
 )
+from api.spec_parts import CREATE_CONDITIONS
 from models import Document
 from services import documents, preconditions
 from services.cache import VersionedCache
@@ -66,14 +67,13 @@ _CREATE_NOTE = (
     "A document gets a new id from the server, so `If-None-Match: *` (create only if nothing "
     "is there) never holds: the collection exists. It is a 412, and nothing is made."
 )
-_CREATE_CONDITIONS = ["If-Match-Create", "If-None-Match-Create"]
 
 
 @bp.post("")
 @bp.input(DocumentIn, arg_name="body")
 @bp.output(DocumentOut, status_code=201)
 @bp.doc(summary="Create a document", description=_CREATE_NOTE, responses=[201, 412, 413, 422])
-@declares(headers={201: ["Location", "ETag"]}, request_headers=_CREATE_CONDITIONS)
+@declares(headers={201: ["Location", "ETag"]}, request_headers=CREATE_CONDITIONS)
 def create_document(body: DocumentIn):  # type: ignore[no-untyped-def]
     check_on_create("/v1/documents", "document")
     document = documents.create(

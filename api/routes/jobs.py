@@ -13,11 +13,13 @@ from api.disconnect import watcher
 from api.job_waiter import wait_until_terminal
 from api.json_provider import dumps_bytes
 from api.openapi import declares
+from api.preconditions import check_on_create
 from api.representations import event_json, job_json
 from api.request_context import db, end_session, single_statement_db
 from api.runtime import page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
+from api.spec_parts import CREATE_CONDITIONS
 from services import event_store, event_types, idempotency, jobs
 from services.after_commit import job_key
 from services.inputs import MAX_VERSION
@@ -37,10 +39,14 @@ def _runtime():  # type: ignore[no-untyped-def]
     summary="Submit a job; it runs in the background",
     description="With an `Idempotency-Key` header, a retry of the same request within 24 h "
     "gets the first answer again, byte for byte, and creates nothing.",
-    responses=[202, 409, 422, 503],
+    responses=[202, 409, 412, 422, 503],
 )
-@declares(headers={202: ["Location", "Idempotent-Replayed"]}, request_headers=["Idempotency-Key"])
+@declares(
+    headers={202: ["Location", "Idempotent-Replayed"]},
+    request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
+)
 def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
+    check_on_create("/v1/jobs", "job")
     owner_id = current_principal().user_id
     key = request.headers.get("Idempotency-Key")
     if key is None:  # the submit is the request's one statement

@@ -10,7 +10,7 @@ from flask import current_app
 
 from api.auth import current_principal, require_access_token
 from api.openapi import declares
-from api.preconditions import check_without_etag
+from api.preconditions import check_on_create, check_without_etag
 from api.representations import NO_STORE
 from api.request_context import db
 from api.runtime import page_max_bytes
@@ -24,6 +24,7 @@ from api.schemas.webhooks import (
     EndpointWithSecretOut,
     SecretOut,
 )
+from api.spec_parts import CREATE_CONDITIONS
 from models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from services import webhooks
 from services.pagination import Page
@@ -107,10 +108,11 @@ def _deliveries_page(page: Page[WebhookDelivery]) -> dict[str, Any]:
 @bp.output(EndpointWithSecretOut, status_code=201)
 @bp.doc(
     summary="Subscribe a URL to event types; the answer carries its signing secret",
-    responses=[201, 422],
+    responses=[201, 412, 422],
 )
-@declares(headers={201: ["Location"]})
+@declares(headers={201: ["Location"]}, request_headers=CREATE_CONDITIONS)
 def create_endpoint(body: EndpointIn):  # type: ignore[no-untyped-def]
+    check_on_create("/v1/webhooks", "endpoint")
     endpoint = webhooks.create(
         db(),
         owner_id=current_principal().user_id,

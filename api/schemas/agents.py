@@ -7,13 +7,14 @@ from typing import Any, Literal
 from pydantic import Field, StrictInt, model_validator
 
 from api.schemas.common import Input, Output, SmallObject
+from services.inputs import Name
 
 ToolName = Literal["documents.search", "documents.read", "documents.write", "events.append"]
 Provider = Literal["echo", "openai"]
 
 
 class AgentIn(Input):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     provider: Provider
     model: str | None = Field(default=None, max_length=200)
     instructions: str | None = Field(default=None, max_length=100_000)
@@ -24,7 +25,7 @@ class AgentIn(Input):
 
 
 class AgentPatch(Input):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     provider: Provider | None = None
     model: str | None = Field(default=None, max_length=200)
     instructions: str | None = Field(default=None, max_length=100_000)

@@ -6,10 +6,11 @@ import uuid
 from pydantic import Field
 
 from api.schemas.common import Input, Output
+from services.inputs import Name
 
 
 class ApiKeyIn(Input):
-    name: str = Field(min_length=1, max_length=200, description="what the key is for")
+    name: Name = Field(description="what the key is for")
 
 
 class ApiKeyOut(Output):
