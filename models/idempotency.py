@@ -20,4 +20,5 @@ class IdempotencyKey(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     location: Mapped[str | None] = mapped_column(String(300))
+    etag: Mapped[str | None] = mapped_column(String(64))  # migration 0011
     created_at: Mapped[dt.datetime] = mapped_column(server_default=func.now(), index=True)

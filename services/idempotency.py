@@ -28,6 +28,7 @@ class StoredResponse:
     status_code: int
     body: bytes
     location: str | None
+    etag: str | None = None
 
 
 def fingerprint(method: str, path: str, canonical_body: bytes) -> str:
@@ -81,7 +82,7 @@ def begin(
                 )
             ]
         )
-    return StoredResponse(stored.status_code, stored.body, stored.location)
+    return StoredResponse(stored.status_code, stored.body, stored.location, stored.etag)
 
 
 def remember(
@@ -99,6 +100,7 @@ def remember(
         "status_code": response.status_code,
         "body": response.body,
         "location": response.location,
+        "etag": response.etag,
         "created_at": func.now(),
     }
     # An expired record of the same key is replaced.

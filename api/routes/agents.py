@@ -5,6 +5,7 @@ import uuid
 from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_access_token
+from api.idempotent import idempotent
 from api.openapi import declares
 from api.preconditions import check_on_create, version_condition
 from api.representations import agent_json, etag
@@ -21,9 +22,13 @@ bp.before_request(require_access_token)
 
 @bp.post("")
 @bp.input(AgentIn, arg_name="body")
+@idempotent
 @bp.output(AgentOut, status_code=201)
-@bp.doc(summary="Register an agent", responses=[201, 412, 422])
-@declares(headers={201: ["Location", "ETag"]}, request_headers=CREATE_CONDITIONS)
+@bp.doc(summary="Register an agent", responses=[201, 409, 412, 422])
+@declares(
+    headers={201: ["Location", "ETag", "Idempotent-Replayed"]},
+    request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
+)
 def create_agent(body: AgentIn):  # type: ignore[no-untyped-def]
     check_on_create("/v1/agents", "agent")
     agent = agents.create(db(), owner_id=current_principal().user_id, fields=body.model_dump())

@@ -8,6 +8,7 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from api.auth import current_principal, require_bearer_token
+from api.idempotent import refuses_key
 from api.openapi import declares
 from api.preconditions import check_on_create, check_without_etag
 from api.representations import NO_STORE
@@ -35,6 +36,7 @@ def api_key_json(key: ApiKey) -> dict[str, Any]:
 
 @bp.post("")
 @bp.input(ApiKeyIn, arg_name="body")
+@refuses_key
 @bp.output(NewApiKeyOut, status_code=201)
 @bp.doc(
     summary="Create an API key; the answer is the only time the key is shown",

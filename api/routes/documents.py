@@ -8,6 +8,7 @@ from flask import Response, current_app, g, request
 from flask.blueprints import BlueprintSetupState
 
 from api.auth import current_principal, require_access_token
+from api.idempotent import idempotent
 from api.json_provider import dumps_bytes
 from api.openapi import declares
 from api.preconditions import check_on_create, read_condition, version_condition
@@ -71,9 +72,13 @@ _CREATE_NOTE = (
 
 @bp.post("")
 @bp.input(DocumentIn, arg_name="body")
+@idempotent
 @bp.output(DocumentOut, status_code=201)
-@bp.doc(summary="Create a document", description=_CREATE_NOTE, responses=[201, 412, 413, 422])
-@declares(headers={201: ["Location", "ETag"]}, request_headers=CREATE_CONDITIONS)
+@bp.doc(summary="Create a document", description=_CREATE_NOTE, responses=[201, 409, 412, 413, 422])
+@declares(
+    headers={201: ["Location", "ETag", "Idempotent-Replayed"]},
+    request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
+)
 def create_document(body: DocumentIn):  # type: ignore[no-untyped-def]
     check_on_create("/v1/documents", "document")
     document = documents.create(

@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 from apiflask import APIBlueprint
-from flask import Response, current_app, g, request
-from sqlalchemy.orm import Session
+from flask import Response, current_app, g
 
 from api import job_stream, live, sse
 from api.auth import current_principal, require_access_token
 from api.disconnect import watcher
+from api.idempotent import has_key, idempotent
 from api.job_waiter import wait_until_terminal
 from api.json_provider import dumps_bytes
 from api.openapi import declares
@@ -20,7 +19,7 @@ from api.runtime import page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from api.spec_parts import CREATE_CONDITIONS
-from services import event_store, event_types, idempotency, jobs
+from services import event_store, event_types, jobs
 from services.after_commit import job_key
 from services.inputs import MAX_VERSION
 
@@ -34,6 +33,7 @@ def _runtime():  # type: ignore[no-untyped-def]
 
 @bp.post("")
 @bp.input(JobIn, arg_name="body")
+@idempotent
 @bp.output(JobOut, status_code=202)
 @bp.doc(
     summary="Submit a job; it runs in the background",
@@ -47,39 +47,13 @@ def _runtime():  # type: ignore[no-untyped-def]
 )
 def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
     check_on_create("/v1/jobs", "job")
-    owner_id = current_principal().user_id
-    key = request.headers.get("Idempotency-Key")
-    if key is None:  # the submit is the request's one statement
-        return _submit(single_statement_db(), owner_id, body)
-    request_fingerprint = idempotency.fingerprint(
-        request.method, request.path, orjson.dumps(request.get_json(), option=orjson.OPT_SORT_KEYS)
-    )
-    stored = idempotency.begin(
-        db(), owner_id=owner_id, key=key, request_fingerprint=request_fingerprint
-    )
-    if stored is None:
-        response = _submit(db(), owner_id, body)
-        stored = idempotency.StoredResponse(
-            response.status_code, response.get_data(), response.headers.get("Location")
-        )
-        idempotency.remember(
-            db(),
-            owner_id=owner_id,
-            key=key,
-            request_fingerprint=request_fingerprint,
-            response=stored,
-        )
-        return response
-    replay = _json_response(stored.body, stored.status_code, stored.location)
-    replay.headers["Idempotent-Replayed"] = "true"
-    return replay
-
-
-def _submit(session: Session, owner_id: uuid.UUID, body: JobIn) -> Response:
+    # Without a key the submit is the request's one statement; with one, the key is stored
+    # in the same transaction (api/idempotent.py).
+    session = db() if has_key() else single_statement_db()
     runtime = _runtime()
     job = jobs.submit(
         session,
-        owner_id=owner_id,
+        owner_id=current_principal().user_id,
         agent_id=body.agent_id,
         input=body.input.model_dump(mode="json", exclude_none=True),
         policy=runtime.job_policy,

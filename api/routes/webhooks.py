@@ -9,6 +9,7 @@ from apiflask import APIBlueprint
 from flask import current_app
 
 from api.auth import current_principal, require_access_token
+from api.idempotent import refuses_key
 from api.openapi import declares
 from api.preconditions import check_on_create, check_without_etag
 from api.representations import NO_STORE
@@ -105,6 +106,7 @@ def _deliveries_page(page: Page[WebhookDelivery]) -> dict[str, Any]:
 
 @bp.post("")
 @bp.input(EndpointIn, arg_name="body")
+@refuses_key
 @bp.output(EndpointWithSecretOut, status_code=201)
 @bp.doc(
     summary="Subscribe a URL to event types; the answer carries its signing secret",
