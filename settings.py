@@ -157,9 +157,11 @@ class Settings(BaseSettings):
     admission_behind_wait_ms: int = Field(default=50, ge=1, le=60_000)
     admission_behind_queue: int = Field(default=17, ge=1, le=10_000)
     # Slow clients, which hold a gunicorn thread each (api/server_worker.py): the most a
-    # request's line and headers may take to arrive, and the most one send of an answer
-    # may wait for a client that does not read.
+    # request's line and headers may take to arrive; the most its body may take, from
+    # its head on (408 past it; MAX_BODY_BYTES in 30 s is 70 KB/s); and the most one send
+    # of an answer may wait for a client that does not read.
     web_request_head_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    web_request_body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     web_send_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
     # Security (docs/DECISIONS.md, Security). Rate limits are `limits` strings such as

@@ -43,11 +43,11 @@ def install(app: Flask, limits: JsonLimits) -> None:
                 self._length_checked = True
                 try:
                     data = super().get_data(cache=True)
+                    refuse_cut_off_body(self, data)
                 except UNREADABLE_BODY:
                     # gunicorn reads a chunked body as the application asks for it, and
                     # raised its parse errors (a chunk without its terminator) here: 500s.
                     raise BadRequest("the request's body is malformed or incomplete") from None
-                refuse_cut_off_body(self, data)
             return super().get_data(cache, as_text, parse_form_data)
 
         def get_json(

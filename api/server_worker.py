@@ -33,6 +33,7 @@ from gunicorn.workers.gthread import _DEFER as DEFER  # "no data yet: back to th
 from gunicorn.workers.gthread import ThreadWorker
 
 from api import admission, live
+from api.body_deadline import BodyTimedOut, DeadlineSocket
 from api.memory_trim import MemoryTrim
 from api.metrics import method_label
 from api.problems import PROBLEM_MIMETYPE, document
@@ -101,19 +102,23 @@ def closing_after_unread_bodies(app: Any) -> Any:
     """The WSGI app, answering an error to a body gunicorn may not drain with `Connection:
     close`. gunicorn said `keep-alive` and then closed the connection, so a client's next
     request on it (a pooled connection) failed: a 401 or 413 to a 2 MiB upload did this.
-    Errors only: a body the application took was read whole."""
+    A body whose reading failed (malformed, or past its deadline: a 400 or a 408) is never
+    drained: where the next request would start is unknown. Errors only: a body the
+    application took was read whole."""
 
     def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        if length <= UNDRAINED_BODY_BYTES and "HTTP_TRANSFER_ENCODING" not in environ:
+        if not length and "HTTP_TRANSFER_ENCODING" not in environ:
             return app(environ, start_response)
+        undrained = length > UNDRAINED_BODY_BYTES or "HTTP_TRANSFER_ENCODING" in environ
 
         def start(status: str, headers: Any, exc_info: Any = None) -> Any:
-            if status[:1] in ("4", "5"):
-                start_response.__self__.force_close()  # gunicorn's Response
+            response = start_response.__self__  # gunicorn's Response
+            if status[:1] in ("4", "5") and (undrained or response.req.body.failed):
+                response.force_close()
             return start_response(status, headers, exc_info)
 
         return app(environ, start)
@@ -165,6 +170,7 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._turned_away_lock = threading.Lock()
         self._reported_at = time.monotonic()
         self._slow_heads = SlowHeads(10.0)
+        self._body_timeout_s = 30.0
         self._send_timeout = _timeval(30.0)
         self._memory_trim = MemoryTrim(freed_bytes=TRIM_FREED_BYTES, every_s=TRIM_EVERY_S)
 
@@ -172,6 +178,7 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().load_wsgi()
         settings = self.wsgi.extensions["conveyor"].settings
         self._slow_heads = SlowHeads(settings.web_request_head_timeout_s)
+        self._body_timeout_s = settings.web_request_body_timeout_s
         self._send_timeout = _timeval(settings.web_send_timeout_s)
         self.wsgi = closing_after_unread_bodies(self.wsgi)
 
@@ -224,6 +231,20 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         self._slow_heads.read(conn)  # the head is in; the body is the application's to read
+        # The body's reads wait only until its deadline (api/body_deadline.py); the
+        # connection's own socket is given back before gunicorn drains what is left.
+        unreader = conn.parser.unreader
+        body_socket = DeadlineSocket(conn.sock, timeout_s=self._body_timeout_s)
+        unreader.sock = body_socket
+        try:
+            return self._sending(req, conn)
+        finally:
+            unreader.sock = conn.sock
+            if body_socket.expired:
+                log.warning("request.body_too_slow", path=req.path)
+                _linger_briefly(conn.sock)
+
+    def _sending(self, req: Any, conn: Any) -> bool:
         try:
             return self._admitted(req, conn)
         except BlockingIOError:
@@ -253,7 +274,10 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         # The connection stays usable only once the body is consumed; a large one (or an
         # endless chunked one, which kept this thread reading) is left, and the connection
         # closed.
-        whole = len(req.body.read(UNDRAINED_BODY_BYTES + 1)) <= UNDRAINED_BODY_BYTES
+        try:
+            whole = len(req.body.read(UNDRAINED_BODY_BYTES + 1)) <= UNDRAINED_BODY_BYTES
+        except BodyTimedOut:
+            whole = False
         conn.sock.sendall(overloaded_response(random_uuid().hex, close=not whole))
         prometheus.observe_request(
             method_label(req.method),
@@ -276,6 +300,31 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
 
 
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+# How long a connection whose body came too slowly is kept, after its answer, for the
+# client to take the answer (RFC 9112 9.6: a close with unread bytes is a reset, which can
+# destroy an answer not yet acknowledged).
+BODY_TIMEOUT_LINGER_S = 1.0
+
+
+def _linger_briefly(sock: socket.socket) -> None:
+    """gunicorn's graceful close, done here in the request's thread for at most
+    BODY_TIMEOUT_LINGER_S: half-close, and drop what the client still sends until it
+    closes. gunicorn does it on the main loop, for up to 2 s, and a client that trickles
+    its body never closes: each such connection would stop the whole process for 2 s.
+    The reading side is then shut, so gunicorn's close finds nothing to wait for."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + BODY_TIMEOUT_LINGER_S
+        dropped = 0
+        while (left := deadline - time.monotonic()) > 0 and dropped <= UNDRAINED_BODY_BYTES:
+            sock.settimeout(left)
+            data = sock.recv(65536)
+            if not data:
+                break
+            dropped += len(data)
+    with contextlib.suppress(OSError):
+        sock.settimeout(None)
+        sock.shutdown(socket.SHUT_RD)
 
 
 def _timeval(seconds: float) -> bytes:

@@ -9,7 +9,9 @@ One gunicorn process (32 threads), with short bounds so that each case takes sec
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,9 @@ pytestmark = pytest.mark.e2e
 THREADS = 32  # gunicorn.conf.py
 HEAD_TIMEOUT_S = 1.0
 SEND_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 2.0
+BODY_TIMEOUT_LINGER_S = 1.0  # api/server_worker.py
+TRICKLE_EVERY_S = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,7 @@ def running(
             WEB_CONCURRENCY="1",
             WEB_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
             WEB_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
+            WEB_REQUEST_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
         )
         with stack.logs_on_failure():
             api.sign_up()
@@ -126,3 +132,124 @@ def test_a_client_that_does_not_read_its_answer_frees_the_thread(
     finally:
         sock.close()
     assert _answers_within(api, 10) < 1.0
+
+
+class Trickle:
+    """Sends one more byte of each connection's body every TRICKLE_EVERY_S, in a thread,
+    for as long as the connection takes them: a client on a very slow link, or one that
+    means to hold the server."""
+
+    def __init__(self, sockets: list[socket.socket], next_byte: bytes) -> None:
+        self.live = list(sockets)
+        self.next_byte = next_byte
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(TRICKLE_EVERY_S):
+            for sock in list(self.live):
+                try:
+                    sock.send(self.next_byte)
+                except OSError:  # closed by the server
+                    self.live.remove(sock)
+
+
+def _slow_bodies(api: Api, count: int, *, chunked: bool) -> list[socket.socket]:
+    """`count` connections, each with a submit's head and the first bytes of its body sent:
+    a valid submit, once the padding after it has come (1,000 spaces, or chunks of one
+    space until a last chunk: never, here)."""
+    agent_id = api.create_echo_agent(0)
+    body = json.dumps({"agent_id": agent_id, "input": {"text": "slow"}})
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body) + 1000}"
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.token}\r\n"
+        f"Content-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+    first = f"{len(body):x}\r\n{body}\r\n" if chunked else body
+    sockets = [_connect(api) for _ in range(count)]
+    for sock in sockets:
+        sock.sendall(head.encode() + first.encode())
+    return sockets
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """What the server sent on a connection it has closed (a reset may come after it)."""
+    sock.setblocking(True)
+    sock.settimeout(5)
+    received = b""
+    with contextlib.suppress(OSError):
+        while data := sock.recv(65536):
+            received += data
+    return received
+
+
+def _job_count(api: Api) -> int:
+    reply = api.get("/v1/jobs?limit=100")
+    assert reply.status == 200, reply
+    return len(reply.body["items"])
+
+
+def test_a_body_sent_slowly_is_cut_at_its_deadline(running: tuple[Stack, Api]) -> None:
+    """gunicorn waited for each byte of a body for as long as the client kept sending them:
+    more such submits than threads (each holding an admission slot, or read by a
+    turn-away) starved the process for good. Past WEB_REQUEST_BODY_TIMEOUT_S each is
+    answered 408 (or 503, turned away) and closed, the others are served again, and no
+    job is made of a body that never came whole."""
+    stack, api = running
+    jobs_before = _job_count(api)
+    slow = _slow_bodies(api, THREADS + 8, chunked=False)
+    try:
+        with Trickle(slow, b" ") as trickle:
+            # Every thread is taken: the first wave ends after its deadline and a linger.
+            assert _answers_within(api, 15) < BODY_TIMEOUT_S + BODY_TIMEOUT_LINGER_S + 2
+            poll(lambda: not trickle.live, timeout=2 * (BODY_TIMEOUT_S + 2) + 5)
+            assert _job_count(api) == jobs_before
+        answers = [_answer(sock) for sock in slow]
+    finally:
+        for sock in slow:
+            sock.close()
+    statuses = sorted({answer[:12] for answer in answers})
+    assert statuses == [b"HTTP/1.1 408", b"HTTP/1.1 503"], statuses
+    timed_out = next(answer for answer in answers if answer.startswith(b"HTTP/1.1 408"))
+    assert b"Connection: close" in timed_out and b"/problems/request-timeout" in timed_out
+    assert stack.log_count("web*", "request.body_too_slow") > 0
+    assert api.get("/v1/jobs?limit=1").status == 200  # a slot for a normal client
+
+
+def test_a_chunked_body_trickled_is_cut_too(running: tuple[Stack, Api]) -> None:
+    """A chunked body has no length to wait for: its chunks, one byte each, came for ever."""
+    _, api = running
+    jobs_before = _job_count(api)
+    started = time.monotonic()
+    (slow,) = _slow_bodies(api, 1, chunked=True)
+    try:
+        with Trickle([slow], b"1\r\n \r\n") as trickle:
+            poll(lambda: not trickle.live, timeout=BODY_TIMEOUT_S + BODY_TIMEOUT_LINGER_S + 5)
+            took = time.monotonic() - started
+        answer = _answer(slow)
+    finally:
+        slow.close()
+    assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + BODY_TIMEOUT_LINGER_S + 2, took
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert _job_count(api) == jobs_before
+
+
+def test_a_long_poll_outlasts_the_body_deadline(running: tuple[Stack, Api]) -> None:
+    """The deadline ends with the body: a request that has read its body may wait much
+    longer (no worker runs here, so the job stays queued for the whole wait)."""
+    _, api = running
+    agent_id = api.create_echo_agent(0)
+    job_id = api.submit(agent_id, "waits").body["id"]
+    started = time.monotonic()
+    reply = api.get(f"/v1/jobs/{job_id}?wait={2 * BODY_TIMEOUT_S + 1:g}", timeout=20)
+    assert reply.status == 200, reply
+    assert reply.body["status"] == "queued"
+    assert time.monotonic() - started >= 2 * BODY_TIMEOUT_S + 1
