@@ -55,3 +55,12 @@ def test_a_rate_limit_that_could_never_be_met_is_refused(monkeypatch, limits):
     monkeypatch.setenv("RATE_LIMIT_DEFAULT", limits)
     with pytest.raises(ValidationError, match="rate_limit_default"):
         Settings()
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "3601", "nan"])
+def test_a_body_deadline_that_serves_nobody_or_holds_for_hours_is_refused(monkeypatch, seconds):
+    """0 (or less) would answer every body 408; past an hour a trickled body holds its
+    admission slot about as long as it had without a deadline."""
+    monkeypatch.setenv("WEB_REQUEST_BODY_TIMEOUT_S", seconds)
+    with pytest.raises(ValidationError, match="web_request_body_timeout_s"):
+        Settings()
