@@ -225,9 +225,12 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
             admission.mark_arrival(getattr(conn, "conveyor_queued_at", None))
         self._slow_heads.reading(conn)
         try:
-            return super().handle(conn)
+            keep = super().handle(conn)
         finally:
             self._slow_heads.read(conn)
+        if keep is False:  # gunicorn closes it next, on its main loop
+            _linger_briefly(conn.sock)
+        return keep
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         self._slow_heads.read(conn)  # the head is in; the body is the application's to read
@@ -240,9 +243,8 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
             return self._sending(req, conn)
         finally:
             unreader.sock = conn.sock
-            if body_socket.expired:
+            if body_socket.expired:  # answered 408 (or 503); the connection is closed
                 log.warning("request.body_too_slow", path=req.path)
-                _linger_briefly(conn.sock)
 
     def _sending(self, req: Any, conn: Any) -> bool:
         try:
@@ -300,21 +302,22 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
 
 
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-# How long a connection whose body came too slowly is kept, after its answer, for the
-# client to take the answer (RFC 9112 9.6: a close with unread bytes is a reset, which can
+# How long a connection to be closed is kept, after its answer, for the client to take the
+# answer and close first (RFC 9112 9.6: a close with unread bytes is a reset, which can
 # destroy an answer not yet acknowledged).
-BODY_TIMEOUT_LINGER_S = 1.0
+CLOSE_LINGER_S = 1.0
 
 
 def _linger_briefly(sock: socket.socket) -> None:
     """gunicorn's graceful close, done here in the request's thread for at most
-    BODY_TIMEOUT_LINGER_S: half-close, and drop what the client still sends until it
-    closes. gunicorn does it on the main loop, for up to 2 s, and a client that trickles
-    its body never closes: each such connection would stop the whole process for 2 s.
-    The reading side is then shut, so gunicorn's close finds nothing to wait for."""
+    CLOSE_LINGER_S: half-close, and drop what the client still sends until it closes.
+    gunicorn does it on the main loop, for up to 2 s each: a client that asked for
+    `Connection: close` and then kept the connection open, or that trickles a body past
+    its deadline, stopped the whole process that long (10 such connections: a request
+    waited 20 s). The reading side is then shut, so gunicorn's close waits for nothing."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + BODY_TIMEOUT_LINGER_S
+        deadline = time.monotonic() + CLOSE_LINGER_S
         dropped = 0
         while (left := deadline - time.monotonic()) > 0 and dropped <= UNDRAINED_BODY_BYTES:
             sock.settimeout(left)

@@ -28,7 +28,7 @@ THREADS = 32  # gunicorn.conf.py
 HEAD_TIMEOUT_S = 1.0
 SEND_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
-BODY_TIMEOUT_LINGER_S = 1.0  # api/server_worker.py
+CLOSE_LINGER_S = 1.0  # api/server_worker.py
 TRICKLE_EVERY_S = 0.1
 
 
@@ -209,7 +209,7 @@ def test_a_body_sent_slowly_is_cut_at_its_deadline(running: tuple[Stack, Api]) -
     try:
         with Trickle(slow, b" ") as trickle:
             # Every thread is taken: the first wave ends after its deadline and a linger.
-            assert _answers_within(api, 15) < BODY_TIMEOUT_S + BODY_TIMEOUT_LINGER_S + 2
+            assert _answers_within(api, 15) < BODY_TIMEOUT_S + CLOSE_LINGER_S + 2
             poll(lambda: not trickle.live, timeout=2 * (BODY_TIMEOUT_S + 2) + 5)
             assert _job_count(api) == jobs_before
         answers = [_answer(sock) for sock in slow]
@@ -232,12 +232,12 @@ def test_a_chunked_body_trickled_is_cut_too(running: tuple[Stack, Api]) -> None:
     (slow,) = _slow_bodies(api, 1, chunked=True)
     try:
         with Trickle([slow], b"1\r\n \r\n") as trickle:
-            poll(lambda: not trickle.live, timeout=BODY_TIMEOUT_S + BODY_TIMEOUT_LINGER_S + 5)
+            poll(lambda: not trickle.live, timeout=BODY_TIMEOUT_S + CLOSE_LINGER_S + 5)
             took = time.monotonic() - started
         answer = _answer(slow)
     finally:
         slow.close()
-    assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + BODY_TIMEOUT_LINGER_S + 2, took
+    assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + CLOSE_LINGER_S + 2, took
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert _job_count(api) == jobs_before
 
@@ -253,3 +253,17 @@ def test_a_long_poll_outlasts_the_body_deadline(running: tuple[Stack, Api]) -> N
     assert reply.status == 200, reply
     assert reply.body["status"] == "queued"
     assert time.monotonic() - started >= 2 * BODY_TIMEOUT_S + 1
+
+
+def test_clients_that_ask_for_a_close_and_keep_the_connection_stall_nobody(
+    running: tuple[Stack, Api],
+) -> None:
+    """gunicorn waited for each connection it closed to be closed by its client too, up to
+    2 s, on its main loop and one after the other: 10 clients that asked for `Connection:
+    close` and kept the connection open held every new request for 20 s."""
+    _, api = running
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with _connections(api, 10, request) as held:
+        for _ in range(3):
+            assert _answers_within(api, 30) < 1.0
+        poll(lambda: all(_closed_by_the_server(sock) for sock in held), timeout=CLOSE_LINGER_S + 5)
