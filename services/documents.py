@@ -39,6 +39,9 @@ from services.preconditions import VersionCondition
 FIELDS = ("title", "content", "content_type", "metadata")
 # The text search configuration of the search vector (migration 0004); queries must match it.
 SEARCH_CONFIG: ColumnElement[Any] = literal_column("'english'::regconfig")
+# The Unicode form the search vector indexes (migration 0011). A query is normalized by the
+# same server, so both sides use one Unicode version's tables.
+SEARCH_FORM: ColumnElement[Any] = literal_column("NFKC")
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,7 @@ def list_page(
 def _search_page(
     session: Session, query: Select[tuple[Document]], *, q: str, limit: int, cursor: str | None
 ) -> Page[Document]:
-    tsquery = func.websearch_to_tsquery(SEARCH_CONFIG, q)
+    tsquery = func.websearch_to_tsquery(SEARCH_CONFIG, func.normalize(q, SEARCH_FORM))
     rank = func.ts_rank_cd(Document.search_vector, tsquery)
     ranked = query.add_columns(rank).where(Document.search_vector.op("@@")(tsquery))
     if cursor:

@@ -339,6 +339,48 @@ def test_search_ranks_a_title_match_above_a_content_match(alice):
     assert search(alice, "the") == []  # only a stop word: matches nothing, fails nothing
 
 
+# The same words spelt with other code points: NFKC makes each pair one.
+PRECOMPOSED, DECOMPOSED = "caf\u00e9 cr\u00e8me", "cafe\u0301 cre\u0300me"
+# The "fi" ligature in "file office", and "Kafka" in fullwidth letters.
+LIGATURE, FULLWIDTH = "\ufb01le of\ufb01ce", "\uff2b\uff41\uff46\uff4b\uff41"
+
+
+@pytest.mark.parametrize(
+    ("written", "asked"),
+    [
+        (PRECOMPOSED, DECOMPOSED),
+        (DECOMPOSED, PRECOMPOSED),
+        (LIGATURE, "file office"),
+        ("file office", LIGATURE),
+        (FULLWIDTH, "kafka"),
+        ("Kafka", FULLWIDTH),
+    ],
+)
+def test_search_finds_a_word_however_unicode_spells_it(alice, written, asked):
+    title_match = create(alice, title=written, content="notes")
+    content_match = create(alice, title="Notes", content=f"about {written} today")
+    create(alice, title="Unaccented", content="cafe creme")  # accents are not folded
+    assert [d["id"] for d in search(alice, asked)] == [title_match["id"], content_match["id"]]
+    # Only the index is normalized: the document reads back as it was written.
+    stored = alice.get(f"/v1/documents/{content_match['id']}").json
+    assert stored["content"] == f"about {written} today"
+    assert search(alice, written)[0]["title"] == written
+
+
+def test_a_search_in_another_unicode_form_pages_without_gaps_or_repeats(alice):
+    written = [create(alice, title=f"{PRECOMPOSED} {i}", content="x")["id"] for i in range(5)]
+    paged, cursor = [], None
+    while True:
+        params = {"q": DECOMPOSED, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        response = alice.get("/v1/documents", query_string=params)
+        assert response.status_code == 200, response.json
+        paged += [d["id"] for d in response.json["items"]]
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == written[::-1]  # equal ranks: newest first
+
+
 @pytest.mark.parametrize("q", ["-" * 33, "- " * 40, "a " + "-" * 40])
 def test_a_search_postgres_cannot_parse_is_refused_not_a_500(alice, q):
     create(alice, title="Kafka", content="text")

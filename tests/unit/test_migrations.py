@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import psycopg
 import pytest
@@ -223,3 +224,100 @@ def test_0010_keeps_each_jobs_queue_timeout_from_its_deadline(scratch_database: 
             ).fetchall()
         )
     assert kept == {jobs[dt.timedelta(seconds=90)]: 90, jobs[None]: None}
+
+
+DECOMPOSED_CAFE = "cafe\u0301"  # "e" + COMBINING ACUTE ACCENT
+PRECOMPOSED_CAFE = "caf\u00e9"
+
+
+def _insert_documents(url: str, documents: dict[str, tuple[str, str]]) -> dict[str, uuid.UUID]:
+    """A user and documents (name: (title, content)) inserted with plain SQL; name: id."""
+    user_id = uuid.uuid4()
+    ids = {}
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO users (id, email, password_hash) VALUES (%s, %s, %s)",
+            (user_id, f"{user_id.hex}@example.com", "not-a-real-hash"),
+        )
+        for name, (title, content) in documents.items():
+            (ids[name],) = conn.execute(
+                "INSERT INTO documents (id, owner_id, title, content) "
+                "VALUES (gen_random_uuid(), %s, %s, %s) RETURNING id",
+                (user_id, title, content),
+            ).fetchone()  # type: ignore[misc]
+    return ids
+
+
+class SearchState(NamedTuple):
+    row_version: str  # xmin: changes when the row is rewritten
+    title: str
+    content: str
+    vector: str
+    rank: float  # for the query as written, as a 0010 query ranks it
+
+
+def _search_state(url: str, ids: dict[str, uuid.UUID], q: str) -> dict[str, SearchState]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, xmin::text, title, content, search_vector::text, "
+            "ts_rank_cd(search_vector, websearch_to_tsquery('english', %s)) "
+            "FROM documents WHERE id = ANY(%s)",
+            (q, list(ids.values())),
+        ).fetchall()
+    by_id = {row[0]: SearchState(*row[1:]) for row in rows}
+    return {name: by_id[document_id] for name, document_id in ids.items()}
+
+
+def test_0011_indexes_the_nfkc_form_and_rewrites_only_rows_not_in_it(
+    scratch_database: str,
+) -> None:
+    """Documents written before 0011 are found by either spelling after it; plain ASCII
+    rows keep their vector and rank, untouched; the text stays as written; and the
+    downgrade gives back exactly the vectors 0010 had."""
+    url = _libpq(scratch_database)
+    _run(scratch_database, command.downgrade, "0010")
+    try:
+        ids = _insert_documents(
+            url,
+            {
+                "ascii": ("Kafka internals", "Logs, partitions, offsets about kafka."),
+                "decomposed": ("Menu", f"The {DECOMPOSED_CAFE} on the corner, kafka"),
+                # The "fi" ligature; "Kafka" in fullwidth letters.
+                "ligature": ("\ufb01le formats", "\uff2b\uff41\uff46\uff4b\uff41 logs"),
+            },
+        )
+        before = _search_state(url, ids, "kafka")
+        assert before["ligature"].rank == 0  # fullwidth is not "kafka" before 0011
+    finally:
+        _run(scratch_database, command.upgrade, "head")
+    after = _search_state(url, ids, "kafka")
+    assert after["ascii"] == before["ascii"], "an ASCII row was rewritten or re-ranked"
+    for name in ("decomposed", "ligature"):
+        assert after[name].vector != before[name].vector, f"{name} kept its 0010 vector"
+        assert after[name][1:3] == before[name][1:3], "the stored text changed"
+    with psycopg.connect(url) as conn:
+        found = {
+            q: {
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM documents WHERE id = ANY(%s) AND search_vector @@ "
+                    "websearch_to_tsquery('english', normalize(%s, NFKC))",
+                    (list(ids.values()), q),
+                )
+            }
+            for q in (PRECOMPOSED_CAFE, "file", "kafka")
+        }
+    assert found == {
+        PRECOMPOSED_CAFE: {ids["decomposed"]},
+        "file": {ids["ligature"]},
+        "kafka": set(ids.values()),
+    }
+
+    _run(scratch_database, command.downgrade, "0010")
+    try:
+        reverted = _search_state(url, ids, "kafka")
+        for name in ids:
+            assert reverted[name][1:] == before[name][1:], f"{name} did not get 0010's back"
+        assert reverted["ascii"].row_version == before["ascii"].row_version
+    finally:
+        _run(scratch_database, command.upgrade, "head")
