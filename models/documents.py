@@ -8,7 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, IdMixin, TimestampMixin
 
-# Defined by migration 0004, redefined by 0011: the weighted tsvector of the NFKC form of a
+# Defined by migration 0004, redefined by 0012: the weighted tsvector of the NFKC form of a
 # title (A) and a content (B). It falls back to the content's first characters when the whole
 # would exceed PostgreSQL's 1 MiB tsvector limit, which a document of many distinct words can
 # reach.

@@ -39,7 +39,7 @@ from services.preconditions import VersionCondition
 FIELDS = ("title", "content", "content_type", "metadata")
 # The text search configuration of the search vector (migration 0004); queries must match it.
 SEARCH_CONFIG: ColumnElement[Any] = literal_column("'english'::regconfig")
-# The Unicode form the search vector indexes (migration 0011). A query is normalized by the
+# The Unicode form the search vector indexes (migration 0012). A query is normalized by the
 # same server, so both sides use one Unicode version's tables.
 SEARCH_FORM: ColumnElement[Any] = literal_column("NFKC")
 

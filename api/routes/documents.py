@@ -97,7 +97,9 @@ def create_document(body: DocumentIn):  # type: ignore[no-untyped-def]
 @bp.doc(
     summary="The caller's documents, without content: newest first, or best first with `q`",
     description="`q` searches titles and contents (web-search syntax; a title match ranks "
-    'above a content match). `metadata` is a JSON object, e.g. `{"project": "apollo"}`, that '
+    "above a content match). Text and query are compared in Unicode NFKC form (a decomposed "
+    '"é" finds a precomposed one, a ligature or fullwidth letter its plain letters); accents '
+    'are not ignored. `metadata` is a JSON object, e.g. `{"project": "apollo"}`, that '
     "a document's metadata must contain.",
 )
 def list_documents(query: DocumentListQuery):  # type: ignore[no-untyped-def]

@@ -15,8 +15,8 @@ recomputation has passed it; reads go on. Downgrade reverses both.
 PostgreSQL normalizes only in a UTF8 database (both the servers we test and the embedded
 one are); elsewhere the UPDATE fails and the migration changes nothing.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-11-28 16:00:00.000000
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0010"
+revision: str = "0012"
+down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

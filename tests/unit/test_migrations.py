@@ -268,14 +268,14 @@ def _search_state(url: str, ids: dict[str, uuid.UUID], q: str) -> dict[str, Sear
     return {name: by_id[document_id] for name, document_id in ids.items()}
 
 
-def test_0011_indexes_the_nfkc_form_and_rewrites_only_rows_not_in_it(
+def test_0012_indexes_the_nfkc_form_and_rewrites_only_rows_not_in_it(
     scratch_database: str,
 ) -> None:
-    """Documents written before 0011 are found by either spelling after it; plain ASCII
+    """Documents written before 0012 are found by either spelling after it; plain ASCII
     rows keep their vector and rank, untouched; the text stays as written; and the
-    downgrade gives back exactly the vectors 0010 had."""
+    downgrade gives back exactly the vectors 0011 had."""
     url = _libpq(scratch_database)
-    _run(scratch_database, command.downgrade, "0010")
+    _run(scratch_database, command.downgrade, "0011")
     try:
         ids = _insert_documents(
             url,
@@ -287,13 +287,13 @@ def test_0011_indexes_the_nfkc_form_and_rewrites_only_rows_not_in_it(
             },
         )
         before = _search_state(url, ids, "kafka")
-        assert before["ligature"].rank == 0  # fullwidth is not "kafka" before 0011
+        assert before["ligature"].rank == 0  # fullwidth is not "kafka" before 0012
     finally:
         _run(scratch_database, command.upgrade, "head")
     after = _search_state(url, ids, "kafka")
     assert after["ascii"] == before["ascii"], "an ASCII row was rewritten or re-ranked"
     for name in ("decomposed", "ligature"):
-        assert after[name].vector != before[name].vector, f"{name} kept its 0010 vector"
+        assert after[name].vector != before[name].vector, f"{name} kept its 0011 vector"
         assert after[name][1:3] == before[name][1:3], "the stored text changed"
     with psycopg.connect(url) as conn:
         found = {
@@ -313,7 +313,7 @@ def test_0011_indexes_the_nfkc_form_and_rewrites_only_rows_not_in_it(
         "kafka": set(ids.values()),
     }
 
-    _run(scratch_database, command.downgrade, "0010")
+    _run(scratch_database, command.downgrade, "0011")
     try:
         reverted = _search_state(url, ids, "kafka")
         for name in ids:
