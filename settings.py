@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     # again (api/gate.py): a token revoked through another web process may work that much
     # longer. 0 asks on every request (a Redis round trip each).
     token_revocation_recheck_s: float = Field(default=1.0, ge=0, le=60)
+    # A refresh token presented again this soon after its rotation gets the same successor
+    # (a lost answer retried, two refreshes racing) instead of revoking its family as a
+    # reuse (api/refresh_tokens.py). 0: every second use is a reuse.
+    refresh_reuse_grace_s: float = Field(default=10.0, ge=0, le=60)
     # Proxies (CIDRs) whose X-Forwarded-For is believed; otherwise the socket's address counts.
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     # JSON request bodies, checked before schema validation: nesting depth (orjson cannot

@@ -119,6 +119,8 @@ def create_app(
         secret=settings.jwt_secret_key,
         access_ttl_s=settings.jwt_access_ttl_s,
         refresh_ttl_s=settings.jwt_refresh_ttl_s,
+        refresh_reuse_grace_s=settings.refresh_reuse_grace_s,
+        client=redis_client,
     )
     rate_limits.install(app, settings, gate_client)  # after auth: counts per the user it found
     for blueprint in (

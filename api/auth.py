@@ -1,10 +1,10 @@
 """Credentials: bearer tokens (one pinned algorithm, short access tokens, revocation in
 Redis) and API keys (`X-API-Key`, services/api_keys.py). Both give the same `Principal`.
 
-flask-jwt-extended signs tokens and checks refresh tokens; access tokens, which come with
-nearly every request, are checked by api/tokens.py (verified claims remembered). Every
-failure is turned into one plain 401 problem here, so a client never learns which check
-failed.
+flask-jwt-extended signs tokens and decodes refresh tokens, which api/refresh_tokens.py
+rotates; access tokens, which come with nearly every request, are checked by api/tokens.py
+(verified claims remembered). Every failure is turned into one plain 401 problem here, so a
+client never learns which check failed.
 
 `identify` runs for every `/v1` request before the gate (api/gate.py), so that limits count
 per user; it refuses nobody. The gate then asks Redis, in the same round trip as the rate
@@ -22,22 +22,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import structlog
 from flask import Flask, current_app, g, request
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
     create_refresh_token,
     decode_token,
-    get_jwt,
-    verify_jwt_in_request,
 )
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
 
 from api import gate
+from api.refresh_tokens import RefreshTokens, Retired, Successor, access_family, family_of
 from api.tokens import ALGORITHM, ISSUER, AccessTokens, InvalidToken, complete
 from services import api_keys
 from services.errors import FieldProblem, InvalidInput, Overloaded, Unauthorized, Unavailable
+
+log = structlog.get_logger("conveyor.api")
 
 API_KEY_HEADER = "X-API-Key"
 _CREDENTIALS_HINT = f"send Authorization: Bearer <access token> or {API_KEY_HEADER}: <key>"
@@ -50,7 +52,15 @@ class Principal:
     api_key_id: uuid.UUID | None = None  # set when the caller presented an API key
 
 
-def install(app: Flask, *, secret: str, access_ttl_s: int, refresh_ttl_s: int) -> None:
+def install(
+    app: Flask,
+    *,
+    secret: str,
+    access_ttl_s: int,
+    refresh_ttl_s: int,
+    refresh_reuse_grace_s: float,
+    client: redis.Redis,
+) -> None:
     app.config.update(
         JWT_SECRET_KEY=secret,
         JWT_ALGORITHM=ALGORITHM,
@@ -62,10 +72,11 @@ def install(app: Flask, *, secret: str, access_ttl_s: int, refresh_ttl_s: int) -
         JWT_ENCODE_ISSUER=ISSUER,
         JWT_DECODE_ISSUER=ISSUER,
     )
-    jwt = JWTManager(app)
-    jwt.token_in_blocklist_loader(lambda _header, payload: is_revoked(payload.get("jti")))
-    jwt.token_verification_loader(lambda _header, payload: complete(payload))
+    JWTManager(app)  # signs; tokens are checked by `_access_claims` and `_refresh_claims`
     app.extensions["conveyor.access_tokens"] = AccessTokens(secret)
+    app.extensions["conveyor.refresh_tokens"] = RefreshTokens(
+        client, ttl_s=refresh_ttl_s, reuse_grace_s=refresh_reuse_grace_s
+    )
     app.before_request(identify)
 
 
@@ -109,6 +120,13 @@ def unchecked_jti() -> str | None:
     return jti
 
 
+def token_family() -> str | None:
+    """The family of the access token `identify` accepted (None: none, or one signed
+    before families), whose revocation the gate checks with the token's own."""
+    claims: dict[str, Any] | None = g.get("claims")
+    return access_family(claims) if claims is not None else None
+
+
 def require_access_token() -> None:
     """Authenticate the request or raise a 401 (503 when revocation cannot be checked);
     sets `g.principal`."""
@@ -117,7 +135,7 @@ def require_access_token() -> None:
     jti = unchecked_jti()
     if jti is not None:  # no gate ran for this token: ask Redis here
         try:
-            settle_revocation(is_revoked(jti))
+            settle_revocation(is_revoked(jti, token_family()))
         except redis.RedisError:
             settle_revocation(None)
     if "principal" not in g:
@@ -171,17 +189,36 @@ def _access_claims() -> dict[str, Any]:
         raise Unauthorized(_missing_or_invalid()) from None
 
 
-def require_refresh_token() -> dict[str, Any]:
-    token = _bearer_token()
-    if token is not None:  # flask-jwt-extended reads the scheme as "Bearer" only
-        request.environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+def rotate_refresh_token() -> tuple[dict[str, Any], Successor]:
+    """The claims of the presented refresh token and its successor, whose rotation Redis
+    has recorded; a 401 for any token that may not refresh (a reused one revokes its
+    family first), a 503 when Redis cannot record the rotation."""
+    payload = _refresh_claims()
+    refresh_tokens: RefreshTokens = current_app.extensions["conveyor.refresh_tokens"]
     try:
-        verify_jwt_in_request(refresh=True)
-    except (JWTExtendedException, PyJWTError):
+        return payload, refresh_tokens.rotate(payload)
+    except Retired as retired:
+        if retired.reused:
+            family = family_of(payload)
+            current_app.extensions["conveyor"].gate.forget_family(family)
+            log.warning("auth.refresh_token_reused", user_id=payload["sub"], family=family)
         raise Unauthorized(_missing_or_invalid()) from None
     except redis.RedisError:
         raise Unavailable("token revocation cannot be checked right now", retry_after_s=2) from None
-    return get_jwt()
+
+
+def _refresh_claims() -> dict[str, Any]:
+    """A refresh token's verified claims; its revocation is the rotation's to check."""
+    token = _bearer_token()
+    if token is None:
+        raise Unauthorized(_missing_or_invalid())
+    try:
+        payload = decode_token(token)
+    except (JWTExtendedException, PyJWTError):
+        raise Unauthorized(_missing_or_invalid()) from None
+    if not complete(payload) or payload["type"] != "refresh":
+        raise Unauthorized(_missing_or_invalid())
+    return payload
 
 
 def _missing_or_invalid() -> str:
@@ -190,17 +227,22 @@ def _missing_or_invalid() -> str:
     return "the token is invalid, expired or revoked"
 
 
-def issue_tokens(principal: Principal, *, with_refresh: bool = True) -> dict[str, Any]:
-    claims = {"role": principal.role}
+def issue_tokens(principal: Principal, refresh: Successor | None = None) -> dict[str, Any]:
+    """An access token and the refresh token `refresh` (by default, a login's: the first
+    of a new family); the access token carries the family too, so it dies with it."""
+    if refresh is None:
+        refresh_tokens: RefreshTokens = current_app.extensions["conveyor.refresh_tokens"]
+        refresh = refresh_tokens.first()
     identity = str(principal.user_id)
-    body: dict[str, Any] = {
-        "access_token": create_access_token(identity=identity, additional_claims=claims),
+    access_claims = {"role": principal.role, "fam": refresh.family}
+    return {
+        "access_token": create_access_token(identity=identity, additional_claims=access_claims),
+        "refresh_token": create_refresh_token(
+            identity=identity, additional_claims={"role": principal.role, **refresh.claims()}
+        ),
         "token_type": "Bearer",
         "expires_in": int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
     }
-    if with_refresh:
-        body["refresh_token"] = create_refresh_token(identity=identity, additional_claims=claims)
-    return body
 
 
 def revoke_current() -> None:
@@ -209,11 +251,12 @@ def revoke_current() -> None:
 
 
 def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
-    """Revoke a refresh token sent in a logout body. One of the owner's that expired or
-    was revoked already has nothing left to revoke, and logout goes on. Anything else (not
-    our token, another user's, not a refresh token) is a 422 on the body, before anything
-    is revoked: it was a 401, which says the *presented* token failed, and a client that
-    believed it dropped an access token that stayed valid."""
+    """Revoke the family of a refresh token sent in a logout body: every refresh and access
+    token descended from its login, however far it was rotated. One of the owner's that
+    expired, was rotated or was revoked already still names its family, and logout goes
+    on. Anything else (not our token, another user's, not a refresh token) is a 422 on the
+    body, before anything is revoked: it was a 401, which says the *presented* token failed,
+    and a client that believed it dropped an access token that stayed valid."""
     try:
         payload = decode_token(token, allow_expired=True)
     except (JWTExtendedException, PyJWTError):
@@ -222,14 +265,16 @@ def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
         raise InvalidInput(
             problems=[FieldProblem("refresh_token", "not a refresh token of this account")]
         )
-    if payload["exp"] > time.time():
-        _revoke(payload["jti"], payload["exp"])
+    family = family_of(payload)
+    refresh_tokens: RefreshTokens = current_app.extensions["conveyor.refresh_tokens"]
+    refresh_tokens.revoke_family(family)
+    current_app.extensions["conveyor"].gate.forget_family(family)  # refused here at once
 
 
-def is_revoked(jti: object) -> bool:
+def is_revoked(jti: object, family: str | None = None) -> bool:
     if not isinstance(jti, str):
         return True  # a token we did not sign: refused, never a KeyError
-    return gate.is_revoked(_redis(), jti)
+    return gate.is_revoked(_redis(), jti, family)
 
 
 def _revoke(jti: str, expires_at: int) -> None:

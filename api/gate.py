@@ -6,9 +6,10 @@ itself replaced three calls); a profile put that script at a quarter of the
 request-specific CPU of `GET /v1/jobs/<id>`. Now:
 
 - **Revocation** of a token is asked of Redis at most once per `recheck_s` per process
-  (`TOKEN_REVOCATION_RECHECK_S`, 1 s by default; 0 asks every time). A token revoked
-  through this process is refused here at once; another process may accept it for up to
-  `recheck_s` more.
+  (`TOKEN_REVOCATION_RECHECK_S`, 1 s by default; 0 asks every time): the token's own id
+  and its family's (the login it descends from, api/refresh_tokens.py), both in the one
+  `EXISTS`. A token revoked through this process is refused here at once, and so is its
+  family; another process may accept them for up to `recheck_s` more.
 - **Rate limits** are sliding-window counters (the `limits` library's
   "sliding-window-counter" algorithm, which Flask-Limiter used here before): the count of
   the previous fixed window, weighted by how much of it still overlaps the sliding window,
@@ -49,13 +50,15 @@ from limits import RateLimitItem, parse_many
 log = structlog.get_logger("conveyor.api")
 
 _REVOKED_PREFIX = "conveyor:revoked:"
+_REVOKED_FAMILY_PREFIX = "conveyor:revoked:fam:"  # token ids are UUIDs: no clash
 _COUNTER_PREFIX = "conveyor:gate:"
 _NO_KEY = "conveyor:gate:-"  # stands in for "no token to check" (scripts take fixed KEYS)
 _MAX_BACKOFF_S = 32.0
 _MAX_LEASE = 100
 _REMEMBERED = 100_000  # keys or tokens; past that, forgotten all at once (a rare sweep)
 
-# KEYS: revocation key, then (current window, previous window) per limit.
+# KEYS: the token's revocation key, its family's, then (current window, previous window)
+# per limit.
 # ARGV: check revocation (0/1), then (amount, window_s, elapsed_s, wanted) per limit.
 # Returns {revoked} when revoked; {0, 0, refusing limit (1-based), then per limit: previous
 # window's count, current window's} when refused (what its Retry-After is solved from); else
@@ -63,7 +66,7 @@ _REMEMBERED = 100_000  # keys or tokens; past that, forgotten all at once (a rar
 # wanted = 0 is only read. Nothing is granted unless every limit that wants permits can
 # give one.
 _SCRIPT = """
-if ARGV[1] == "1" and redis.call("EXISTS", KEYS[1]) == 1 then
+if ARGV[1] == "1" and redis.call("EXISTS", KEYS[1], KEYS[2]) > 0 then
   return {1}
 end
 local n = (#ARGV - 1) / 4
@@ -71,8 +74,8 @@ local grants, counts, windows, refusing = {}, {}, {}, 0
 for i = 1, n do
   local amount, window = tonumber(ARGV[4*i-2]), tonumber(ARGV[4*i-1])
   local elapsed, wanted = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1])
-  local current = tonumber(redis.call("GET", KEYS[2*i]) or "0")
-  local previous = tonumber(redis.call("GET", KEYS[2*i+1]) or "0")
+  local current = tonumber(redis.call("GET", KEYS[2*i+1]) or "0")
+  local previous = tonumber(redis.call("GET", KEYS[2*i+2]) or "0")
   local count = previous * (window - elapsed) / window + current
   local grant = math.min(wanted, math.floor(amount - count))
   if wanted > 0 and grant < 1 and refusing == 0 then
@@ -87,8 +90,8 @@ end
 local answer = {0, 1, 0}
 for i = 1, n do
   if grants[i] > 0 then
-    if redis.call("INCRBY", KEYS[2*i], grants[i]) == grants[i] then
-      redis.call("EXPIRE", KEYS[2*i], 2 * tonumber(ARGV[4*i-1]))
+    if redis.call("INCRBY", KEYS[2*i+1], grants[i]) == grants[i] then
+      redis.call("EXPIRE", KEYS[2*i+1], 2 * tonumber(ARGV[4*i-1]))
     end
   end
   answer[#answer + 1] = grants[i]
@@ -184,11 +187,29 @@ def _refused(
 
 
 def revoke(client: redis.Redis, jti: str, *, ttl_s: int) -> None:
-    client.set(_REVOKED_PREFIX + jti, 1, ex=max(1, ttl_s))
+    client.set(revoked_key(jti), 1, ex=max(1, ttl_s))
 
 
-def is_revoked(client: redis.Redis, jti: str) -> bool:
-    return bool(client.exists(_REVOKED_PREFIX + jti))
+def revoke_family(client: redis.Redis, family: str, *, ttl_s: int) -> None:
+    """Every token of the family, access and refresh, is refused from now on; `ttl_s`:
+    as long as the longest-lived of them (a refresh token issued now) would be valid."""
+    client.set(family_revoked_key(family), 1, ex=max(1, ttl_s))
+
+
+def family_revoked_key(family: str) -> str:
+    return _REVOKED_FAMILY_PREFIX + family
+
+
+def revoked_key(jti: str) -> str:
+    return _REVOKED_PREFIX + jti
+
+
+def is_revoked(client: redis.Redis, jti: str, family: str | None = None) -> bool:
+    return bool(client.exists(*_revocation_keys(jti, family)))
+
+
+def _revocation_keys(jti: str, family: str | None) -> list[str]:
+    return [revoked_key(jti), family_revoked_key(family) if family else _NO_KEY]
 
 
 class Gate:
@@ -208,12 +229,14 @@ class Gate:
         self._recheck_s = revocation_recheck_s
         self._leases: dict[str, list[_Lease | None]] = {}
         self._checked: dict[str, float] = {}  # token id -> when Redis last said "not revoked"
+        self._families: dict[str, set[str]] = {}  # family -> its token ids in `_checked`
         self._redis_after = 0.0  # monotonic time before which Redis is not tried
         self._backoff_s = 0.0
         self._lock = threading.Lock()
 
-    def check(self, key: str, *, jti: str | None) -> Verdict:
-        """Count one request of `key` (a user or an address) and check the token `jti`."""
+    def check(self, key: str, *, jti: str | None, family: str | None = None) -> Verdict:
+        """Count one request of `key` (a user or an address) and check the token `jti`, of
+        `family` (None: a token from before families, or not a token)."""
         if not self._limits and (jti is None or self._fresh(jti)):
             return Verdict(revoked=False, allowed=True)
         now = self._clock()
@@ -222,7 +245,7 @@ class Gate:
             return local
         if time.monotonic() >= self._redis_after:
             try:
-                verdict = self._check_redis(key, jti, now)
+                verdict = self._check_redis(key, jti, family, now)
             except redis.RedisError as error:
                 self._redis_failed(error)
             else:
@@ -235,6 +258,12 @@ class Gate:
         """The token was just revoked through this process: ask Redis next time."""
         with self._lock:
             self._checked.pop(jti, None)
+
+    def forget_family(self, family: str) -> None:
+        """The family was just revoked through this process: ask Redis about its tokens."""
+        with self._lock:
+            for jti in self._families.pop(family, ()):
+                self._checked.pop(jti, None)
 
     def _fresh(self, jti: str) -> bool:
         checked = self._checked.get(jti)
@@ -255,9 +284,9 @@ class Gate:
                 lease.unspent -= 1
             return self._verdict(leases, now)
 
-    def _check_redis(self, key: str, jti: str | None, now: float) -> Verdict:
+    def _check_redis(self, key: str, jti: str | None, family: str | None, now: float) -> Verdict:
         check_token = jti is not None and not self._fresh(jti)
-        keys = [_REVOKED_PREFIX + jti if jti is not None and check_token else _NO_KEY]
+        keys = _revocation_keys(jti, family) if jti is not None and check_token else [_NO_KEY] * 2
         args: list[str | int | float] = ["1" if check_token else "0"]
         with self._lock:
             leases = self._leases.get(key) or [None] * len(self._limits)
@@ -276,7 +305,10 @@ class Gate:
             with self._lock:
                 if len(self._checked) >= _REMEMBERED:
                     self._checked.clear()
+                    self._families.clear()
                 self._checked[jti] = time.monotonic()
+                if family is not None:
+                    self._families.setdefault(family, set()).add(jti)
         _, allowed, _, *pairs = answer
         if not allowed:
             counted = [

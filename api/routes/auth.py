@@ -11,9 +11,9 @@ from api.auth import (
     issue_tokens,
     require_access_token,
     require_bearer_token,
-    require_refresh_token,
     revoke_current,
     revoke_encoded,
+    rotate_refresh_token,
 )
 from api.representations import user_json
 from api.request_context import db, optional_body, takes_optional_body
@@ -62,24 +62,32 @@ def login(body: LoginIn):  # type: ignore[no-untyped-def]
 @bp.post("/refresh")
 @bp.output(TokensOut)
 @bp.doc(
-    summary="A new access token for a refresh token (sent as the bearer token)",
+    summary="New tokens for a refresh token (sent as the bearer token), which is retired",
+    description="Answers a new access token and a new refresh token; use the new refresh "
+    "token next time. The presented one is retired: sent again within "
+    "REFRESH_REUSE_GRACE_S (10 s by default) of its refresh, and before its successor has "
+    "been used, it is answered the same new refresh token (a retry after a lost answer); "
+    "sent again later, it is taken for a stolen copy and every token descended from the "
+    "same login, refresh and access tokens alike, is revoked (401): log in again.",
     security="BearerAuth",
     responses=[200, 401],
 )
 def refresh():  # type: ignore[no-untyped-def]
-    payload = require_refresh_token()
+    payload, successor = rotate_refresh_token()
     user = users.get(db(), uuid.UUID(payload["sub"]))
     if user is None:
         raise Unauthorized("the token is invalid, expired or revoked")
     # The role as it is now, not as it was when the refresh token was issued.
-    return issue_tokens(Principal(user.id, user.role), with_refresh=False)
+    return issue_tokens(Principal(user.id, user.role), successor)
 
 
 @bp.post("/logout")
 @bp.doc(
-    summary="Revoke the presented token, and a refresh token given in the body",
-    description='The body is optional: `{"refresh_token": "..."}`. An API key is revoked '
-    "with `DELETE /v1/api-keys/<id>` instead.",
+    summary="Revoke the presented token, and the login of a refresh token given in the body",
+    description='The body is optional: `{"refresh_token": "..."}`. It revokes every token '
+    "descended from that refresh token's login (earlier and later refresh tokens of its "
+    "chain, and their access tokens). An API key is revoked with "
+    "`DELETE /v1/api-keys/<id>` instead.",
     security="BearerAuth",
     responses=[204, 401, 422],
 )

@@ -32,6 +32,7 @@ class UserOut(Output):
 
 class TokensOut(Output):
     access_token: str
-    refresh_token: str | None = None
+    # Login's and refresh's alike: a refresh retires the refresh token it was sent.
+    refresh_token: str
     token_type: str
     expires_in: int
