@@ -66,6 +66,9 @@ def install(
         JWT_ALGORITHM=ALGORITHM,
         JWT_DECODE_ALGORITHMS=[ALGORITHM],
         JWT_TOKEN_LOCATION=["headers"],
+        # No random `csrf` claim (for cookies, which we do not read): a retried refresh signs
+        # the very token it signed before (api/refresh_tokens.py).
+        JWT_COOKIE_CSRF_PROTECT=False,
         JWT_ACCESS_TOKEN_EXPIRES=dt.timedelta(seconds=access_ttl_s),
         JWT_REFRESH_TOKEN_EXPIRES=dt.timedelta(seconds=refresh_ttl_s),
         JWT_DECODE_LEEWAY=0,

@@ -48,19 +48,25 @@ _SCRIPT = """
 if redis.call("EXISTS", KEYS[2], KEYS[3]) > 0 then
   return {"revoked"}
 end
-local time = redis.call("TIME")
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local record = redis.call("HMGET", KEYS[1], "current", "previous", "rotated_at", "iat", "exp")
+local now = redis.call("TIME")
+local record = redis.call("HMGET", KEYS[1], "current", "previous", "rotated_s", "rotated_us",
+                          "iat", "exp")
 if record[1] and record[1] ~= ARGV[1] then
-  if record[2] == ARGV[1] and now - tonumber(record[3]) < tonumber(ARGV[2]) then
-    return {"retried", record[1], record[4], record[5]}
+  local grace = tonumber(ARGV[2])
+  if record[2] == ARGV[1] and grace > 0 then
+    local elapsed = (now[1] - record[3]) + (now[2] - record[4]) / 1000000
+    if elapsed < grace then
+      return {"retried", record[1], record[5], record[6]}
+    end
   end
   redis.call("SET", KEYS[2], 1, "EX", ARGV[6])
   redis.call("DEL", KEYS[1])
   return {"reused"}
 end
+-- TIME's seconds and microseconds as they come: a float of both, written back by Lua's
+-- tostring (14 digits), was rounded up to 0.1 ms, and a rotation 30 us later looked earlier.
 redis.call("HSET", KEYS[1], "current", ARGV[3], "previous", ARGV[1],
-           "rotated_at", tostring(now), "iat", ARGV[4], "exp", ARGV[5])
+           "rotated_s", now[1], "rotated_us", now[2], "iat", ARGV[4], "exp", ARGV[5])
 redis.call("EXPIREAT", KEYS[1], ARGV[5])
 return {"rotated", ARGV[3], ARGV[4], ARGV[5]}
 """

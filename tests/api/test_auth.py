@@ -89,6 +89,73 @@ def test_refresh_gives_a_working_access_token(client, alice):
     assert me.json["email"] == alice.email
 
 
+def _refresh(client, refresh_token):  # type: ignore[no-untyped-def]
+    return client.post("/v1/auth/refresh", headers={"Authorization": f"Bearer {refresh_token}"})
+
+
+def _me(client, access_token):  # type: ignore[no-untyped-def]
+    return client.get("/v1/auth/me", headers={"Authorization": f"Bearer {access_token}"})
+
+
+def _claims(token: str) -> dict:
+    import jwt
+
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def test_refresh_answers_a_new_refresh_token_of_the_same_login(client, alice):
+    first = alice.tokens["refresh_token"]
+    response = _refresh(client, first)
+    assert response.status_code == 200
+    second = response.json["refresh_token"]
+    assert second != first
+    assert _claims(second)["fam"] == _claims(first)["fam"] == _claims(first)["jti"]
+    assert _claims(response.json["access_token"])["fam"] == _claims(first)["fam"]
+    assert _me(client, response.json["access_token"]).status_code == 200
+    third = _refresh(client, second)
+    assert third.status_code == 200
+    assert third.json["refresh_token"] not in (first, second)
+
+
+def test_a_retry_within_the_grace_gets_the_same_successor(client, alice):
+    """A client whose answer was lost sends its token again at once: it is given the very
+    refresh token it missed, not a second one, so the login stays one chain."""
+    first = alice.tokens["refresh_token"]
+    answers = [_refresh(client, first) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert len({a.json["refresh_token"] for a in answers}) == 1
+    assert len({a.json["access_token"] for a in answers}) == 3  # each its own access token
+    successor = answers[0].json["refresh_token"]
+    assert _refresh(client, successor).status_code == 200
+    for answer in answers:
+        assert _me(client, answer.json["access_token"]).status_code == 200
+
+
+def test_a_retired_refresh_token_sent_again_revokes_its_whole_login(client, alice):
+    """Once its successor has been used, a retired token coming back is a stolen copy (or
+    its owner after a thief): every token of its login stops working, the newest too."""
+    first = alice.tokens["refresh_token"]
+    second = _refresh(client, first).json
+    third = _refresh(client, second["refresh_token"]).json
+    replay = _refresh(client, first)
+    assert replay.status_code == 401
+    assert replay.json["detail"] == "the token is invalid, expired or revoked"  # as any other
+    assert _refresh(client, third["refresh_token"]).status_code == 401
+    assert _refresh(client, second["refresh_token"]).status_code == 401
+    for access in (alice.tokens["access_token"], second["access_token"], third["access_token"]):
+        assert _me(client, access).status_code == 401
+
+
+def test_another_login_of_the_same_user_outlives_a_revoked_one(client, alice):
+    login = client.post("/v1/auth/login", json={"email": alice.email, "password": PASSWORD})
+    other = login.json
+    first = alice.tokens["refresh_token"]
+    _refresh(client, _refresh(client, first).json["refresh_token"])
+    assert _refresh(client, first).status_code == 401  # alice's first login is revoked
+    assert _me(client, other["access_token"]).status_code == 200
+    assert _refresh(client, other["refresh_token"]).status_code == 200
+
+
 def test_access_token_cannot_refresh(client, alice):
     response = client.post("/v1/auth/refresh", headers=alice.headers)
     assert response.status_code == 401
@@ -101,6 +168,22 @@ def test_logout_revokes_access_and_refresh(client, alice):
     assert alice.get("/v1/auth/me").status_code == 401
     again = client.post("/v1/auth/refresh", headers={"Authorization": f"Bearer {refresh}"})
     assert again.status_code == 401
+
+
+def test_logout_with_a_refresh_token_revokes_its_whole_login(client, alice, bob):
+    """Even with the login's first refresh token, rotated twice since: the refresh and
+    access tokens descended from it all stop working; another login does not."""
+    first = alice.tokens["refresh_token"]
+    second = _refresh(client, first).json
+    third = _refresh(client, second["refresh_token"]).json
+    other = client.post("/v1/auth/login", json={"email": alice.email, "password": PASSWORD}).json
+    assert alice.post("/v1/auth/logout", json={"refresh_token": first}).status_code == 204
+    assert _refresh(client, third["refresh_token"]).status_code == 401
+    assert _me(client, third["access_token"]).status_code == 401
+    assert _me(client, second["access_token"]).status_code == 401
+    assert _me(client, other["access_token"]).status_code == 200
+    assert _refresh(client, other["refresh_token"]).status_code == 200
+    assert _refresh(client, bob.tokens["refresh_token"]).status_code == 200
 
 
 def test_logout_without_body_revokes_the_access_token(alice):

@@ -16,7 +16,7 @@ from api.gate import Gate
 from api.rate_limits import client_ip, trusted_networks
 from tests.helpers import PASSWORD, WINDOWS_START, AuthClient, Clock
 from tests.security.conftest import client_at
-from tests.security.support import new_key
+from tests.security.support import closed_port, new_key
 
 FREE = "100000/minute"
 
@@ -214,9 +214,9 @@ def test_without_redis_limits_hold_per_process_and_nothing_fails(make_app, app, 
     with a warning), and token checks answer 503, not 500."""
     alice = AuthClient.register(client_at(app), _email())
     keyed = new_key(alice)  # made while Redis is there
-    closed_port = _closed_port()
+    port = closed_port()
     cut_off = make_app(
-        redis_url=f"redis://127.0.0.1:{closed_port}/0",
+        redis_url=f"redis://127.0.0.1:{port}/0",
         rate_limit_auth_per_ip="3/minute",
         rate_limit_auth_per_email=FREE,
     )
@@ -230,14 +230,6 @@ def test_without_redis_limits_hold_per_process_and_nothing_fails(make_app, app, 
     by_token = keyed_cut_off.get("/v1/agents", headers=alice.headers)
     assert by_token.status_code == 503
     assert by_token.json["type"] != "/problems/internal-error"
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_several_limits_are_checked_together_and_the_tightest_is_reported(make_app):
@@ -270,7 +262,7 @@ def test_without_redis_api_key_requests_are_limited_in_process_memory(make_app, 
     alice = AuthClient.register(client_at(app), _email())
     keyed = new_key(alice)
     cut_off = make_app(
-        redis_url=f"redis://127.0.0.1:{_closed_port()}/0", rate_limit_default="2/minute"
+        redis_url=f"redis://127.0.0.1:{closed_port()}/0", rate_limit_default="2/minute"
     )
     client = client_at(cut_off)
     answers = [client.get("/v1/agents", headers=keyed.headers) for _ in range(2)]

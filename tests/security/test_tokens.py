@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.helpers import AuthClient
-from tests.security.support import claims_for, mint
+from tests.helpers import AuthClient, poll
+from tests.security.conftest import client_at
+from tests.security.support import claims_for, closed_port, mint
 
 # HS512 with our (HS256-sized) key is one of the forgeries: PyJWT warns while making it.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -112,3 +114,86 @@ def test_access_tokens_are_short_and_pinned(app, alice):
     assert claims["exp"] - claims["iat"] == settings.jwt_access_ttl_s <= 3600
     assert claims["iss"] == "conveyor" and claims["type"] == "access"
     assert alice.tokens["expires_in"] == settings.jwt_access_ttl_s
+
+
+def _refresh(client: Any, token: str) -> Any:
+    return client.post("/v1/auth/refresh", headers={"Authorization": f"Bearer {token}"})
+
+
+def _me(client: Any, token: str) -> Any:
+    return client.get("/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def test_a_replay_after_the_grace_revokes_the_family(make_app):
+    """The stolen token's second use, however soon after the first, once the grace is
+    over: the retries it got meanwhile were the one same successor, and now the newest
+    token of the chain fails too."""
+    app = make_app(refresh_reuse_grace_s=0.5)
+    client = client_at(app)
+    alice = AuthClient.register(client, f"alice-{uuid.uuid4().hex[:8]}@example.com")
+    stolen = alice.tokens["refresh_token"]
+    newest = _refresh(client, stolen).json
+    seen = set()
+
+    def refused() -> bool:
+        again = _refresh(client, stolen)
+        if again.status_code == 200:
+            seen.add(again.json["refresh_token"])
+        return bool(again.status_code == 401)
+
+    poll(refused, timeout=5, interval=0.1)
+    assert seen <= {newest["refresh_token"]}  # within the grace: the same successor only
+    assert _refresh(client, newest["refresh_token"]).status_code == 401
+    assert _me(client, newest["access_token"]).status_code == 401
+
+
+def test_without_a_grace_the_second_use_revokes_the_family(make_app):
+    client = client_at(make_app(refresh_reuse_grace_s=0))
+    alice = AuthClient.register(client, f"alice-{uuid.uuid4().hex[:8]}@example.com")
+    token = alice.tokens["refresh_token"]
+    newest = _refresh(client, token).json
+    replay = _refresh(client, token)
+    assert replay.status_code == 401
+    assert replay.json["detail"] == INVALID
+    assert _refresh(client, newest["refresh_token"]).status_code == 401
+
+
+def test_a_refresh_token_from_before_families_refreshes_once(client, alice):
+    """Tokens signed before this release have no `fam`: the first refresh starts their
+    family (named by their id), so nobody is logged out by the deploy."""
+    legacy = mint(claims_for(_user_id(alice), type="refresh", exp=int(time.time()) + 3600))
+    assert "fam" not in _claims(legacy)
+    rotated = _refresh(client, legacy)
+    assert rotated.status_code == 200
+    successor = rotated.json["refresh_token"]
+    assert _claims(successor)["fam"] == _claims(legacy)["jti"]
+    newest = _refresh(client, successor).json["refresh_token"]
+    assert _refresh(client, legacy).status_code == 401  # its successor was used: a reuse
+    assert _refresh(client, newest).status_code == 401
+    assert _refresh(client, alice.tokens["refresh_token"]).status_code == 200  # another login
+
+
+def test_an_access_token_from_before_families_keeps_working(client, alice):
+    legacy = mint(claims_for(_user_id(alice)))
+    assert "fam" not in _claims(legacy)
+    assert _me(client, legacy).status_code == 200
+
+
+def test_without_redis_a_refresh_is_503_and_rotates_nothing(make_app, app, alice):
+    """No refresh succeeds unless its rotation is recorded: without Redis it is a 503, as
+    it was; the token is not spent, and refreshes once Redis is back."""
+    token = alice.tokens["refresh_token"]
+    cut_off = client_at(make_app(redis_url=f"redis://127.0.0.1:{closed_port()}/0"))
+    response = _refresh(cut_off, token)
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert "Retry-After" in response.headers
+    assert "refresh_token" not in response.get_data(as_text=True)
+    first = _refresh(client_at(app), token)
+    assert first.status_code == 200
+    assert _refresh(client_at(app), first.json["refresh_token"]).status_code == 200

@@ -12,7 +12,7 @@ import pytest
 import redis
 from limits import parse
 
-from api.gate import Gate, lease_size, revoke
+from api.gate import Gate, lease_size, revoke, revoke_family
 from tests.helpers import WINDOWS_START, Clock
 from tests.stack import private_redis
 from workers.redis_clients import make_redis
@@ -85,6 +85,23 @@ def test_a_token_is_asked_about_once_per_recheck_period(client):
     assert other_process.check(_key(), jti=jti).revoked is True
     checking.forget(jti)  # what the revoking process itself does
     assert checking.check(_key(), jti=jti).revoked is True
+
+
+def test_a_revoked_family_refuses_all_its_tokens_in_the_same_check(client):
+    """One EXISTS asks about the token and its family (a login, api/refresh_tokens.py),
+    with limits counted in the same script; the family is trusted as long as the token."""
+    family, jti = uuid.uuid4().hex, uuid.uuid4().hex
+    checking, other_process = Gate(client, None, revocation_recheck_s=30), Gate(client, "5/minute")
+    assert checking.check(_key(), jti=jti, family=family).revoked is False
+    revoke_family(client, family, ttl_s=60)  # through another process
+    assert checking.check(_key(), jti=jti, family=family).revoked is False  # trusted, 30 s
+    key = _key()
+    assert other_process.check(key, jti=uuid.uuid4().hex, family=family).revoked is True
+    assert other_process.check(key, jti=uuid.uuid4().hex, family=None).revoked is False
+    assert other_process.check(key, jti=uuid.uuid4().hex, family="another").revoked is False
+    assert _shared_count(client, key) == 2  # the revoked token's request was not counted
+    checking.forget_family(family)  # what the revoking process itself does
+    assert checking.check(_key(), jti=jti, family=family).revoked is True
 
 
 def test_a_revocation_elsewhere_is_seen_once_the_period_has_passed(client):
