@@ -208,6 +208,7 @@ def _full_run(
         "access token": tokens["access_token"],
         "refresh token": tokens["refresh_token"],
         "refreshed access token": refreshed.body["access_token"],
+        "rotated refresh token": refreshed.body["refresh_token"],
         "forged token": forged,
         "API key": key,
         "unknown API key": bogus_key,

@@ -166,11 +166,13 @@ def test_no_operation_reaches_another_owners_objects(
 
 
 def _headers_for(case: Case, alice: AuthClient) -> dict[str, str]:
-    if case.operation.path == "/v1/auth/logout":
-        # A token of its own, so that logging out does not end Alice's for the other cases.
-        return AuthClient.register(alice.client, f"out-{uuid.uuid4().hex[:8]}@example.com").headers
-    if case.operation.path == "/v1/auth/refresh":
-        return {"Authorization": f"Bearer {alice.tokens['refresh_token']}"}
+    if case.operation.path in ("/v1/auth/logout", "/v1/auth/refresh"):
+        # A login of its own, so that logging out, or a refresh token sent again after the
+        # grace (a reuse, which revokes its login), does not end Alice's for the other cases.
+        user = AuthClient.register(alice.client, f"out-{uuid.uuid4().hex[:8]}@example.com")
+        if case.operation.path == "/v1/auth/logout":
+            return user.headers
+        return {"Authorization": f"Bearer {user.tokens['refresh_token']}"}
     return alice.headers
 
 
