@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from api.gate import is_revoked
+from api.gate import is_revoked, revoke
 from api.refresh_tokens import RefreshTokens, Retired, Successor
 
 RACERS = 8
@@ -68,3 +68,15 @@ def test_concurrent_refreshes_without_a_grace_rotate_once_and_revoke_the_family(
     assert is_revoked(client, "any-token", first.family)
     with pytest.raises(Retired):
         tokens.rotate(_payload(successors[0]))
+
+
+def test_a_token_on_the_blocklist_is_refused_without_revoking_its_family(client):
+    """Logout before families put refresh tokens' ids on the blocklist: still refused, and
+    not taken for a reuse (their successors, if any, are not touched)."""
+    tokens = RefreshTokens(client, ttl_s=3600, reuse_grace_s=10)
+    first = tokens.first()
+    revoke(client, first.jti, ttl_s=60)
+    with pytest.raises(Retired) as refused:
+        tokens.rotate(_payload(first))
+    assert not refused.value.reused
+    assert not is_revoked(client, "any-token", first.family)
