@@ -32,7 +32,7 @@ from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import _DEFER as DEFER  # "no data yet: back to the poller"
 from gunicorn.workers.gthread import ThreadWorker
 
-from api import admission, live
+from api import admission, chunk_send, live
 from api.body_deadline import BodyTimedOut, DeadlineSocket
 from api.memory_trim import MemoryTrim
 from api.metrics import method_label
@@ -180,6 +180,7 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._slow_heads = SlowHeads(settings.web_request_head_timeout_s)
         self._body_timeout_s = settings.web_request_body_timeout_s
         self._send_timeout = _timeval(settings.web_send_timeout_s)
+        chunk_send.install(settings.web_send_timeout_s)
         self.wsgi = closing_after_unread_bodies(self.wsgi)
 
     def murder_pending(self) -> None:
@@ -217,8 +218,8 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
             if not conn.wait_for_data(NEW_CONNECTION_WAIT_S):
                 return DEFER
             # A send that waits longer for a client that does not read fails, and frees
-            # the thread (and a live tail's waiting slot): blocked in `sendall`, they were
-            # held for good, with the answer's memory.
+            # the thread: blocked in `sendall`, it was held for good, with the answer's
+            # memory. A stream's chunks have a deadline of their own (api/chunk_send.py).
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._send_timeout)
             admission.mark_arrival(None)
         else:
@@ -249,11 +250,12 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _sending(self, req: Any, conn: Any) -> bool:
         try:
             return self._admitted(req, conn)
-        except BlockingIOError:
-            # SO_SNDTIMEO: the client has not read for that long. The answer cannot be
-            # finished, so the connection is reset: the kernel drops what it still held
-            # to send (megabytes, for a large page), and gunicorn's graceful close, which
-            # waits up to 2 s on the main loop for the client, finds the reading side shut.
+        except (BlockingIOError, TimeoutError):
+            # SO_SNDTIMEO, or a chunk's deadline: the client has not read for that long.
+            # The answer cannot be finished, so the connection is reset: the kernel drops
+            # what it still held to send (megabytes, for a large page), and gunicorn's
+            # graceful close, which waits up to 2 s on the main loop for the client, finds
+            # the reading side shut.
             log.warning("response.send_timed_out", path=req.path)
             with contextlib.suppress(OSError):
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)

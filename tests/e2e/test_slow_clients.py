@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import prom
 from tests.conftest import Servers
 from tests.helpers import poll
 from tests.stack import Api, Stack, stack_on
@@ -267,3 +268,47 @@ def test_clients_that_ask_for_a_close_and_keep_the_connection_stall_nobody(
         for _ in range(3):
             assert _answers_within(api, 30) < 1.0
         poll(lambda: all(_closed_by_the_server(sock) for sock in held), timeout=CLOSE_LINGER_S + 5)
+
+
+def _waiting(api: Api) -> float:
+    metrics = api.get("/metrics", headers={"Accept": "text/plain"}).body
+    return prom.value(prom.parse(metrics), "conveyor_waiting_requests")
+
+
+def test_a_live_tail_read_too_slowly_ends_within_the_send_timeout(
+    running: tuple[Stack, Api],
+) -> None:
+    """A client that takes 8 KB every 0.1 s, slower than the tail sends: the kernel wakes a
+    blocked send only once a third of its send buffer (megabytes on loopback) is free, so
+    one chunk waits longer than the send timeout, but each partial send began SO_SNDTIMEO
+    again, and the tail held its thread and waiting slot until MAX_STREAM_S (still sending
+    after 20 s here; it ends in ~2 s now). Each chunk has the send timeout for all of it;
+    the client resumes from its `Last-Event-ID`."""
+    stack, api = running
+    big = {"events": [{"type": "big", "data": {"x": "z" * 60_000}} for _ in range(30)]}
+    for _ in range(4):  # 7 MB: more than the loopback buffers hold and the client takes
+        assert api.post("/v1/streams/trickled/events", big).status == 201
+    ended_before = stack.log_count("web*", "response.send_timed_out")
+    sock = _connect(api)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(
+        f"GET /v1/streams/trickled/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream"
+        f"\r\nAuthorization: Bearer {api.token}\r\n\r\n".encode()
+    )
+    started = time.monotonic()
+    ended = False
+    try:
+        # Without the deadline this went on for as long as the test let it.
+        while not ended and time.monotonic() - started < 20:
+            try:
+                ended = not sock.recv(8192)
+            except OSError:  # reset: the server gave the answer up
+                ended = True
+            time.sleep(0.1)  # the client's pace, not a wait for the server
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert ended, "the tail was still sending after 20 s"
+    assert took < 10 * SEND_TIMEOUT_S
+    assert stack.log_count("web*", "response.send_timed_out") > ended_before
+    poll(lambda: _waiting(api) == 0, timeout=5)
