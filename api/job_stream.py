@@ -22,7 +22,7 @@ def job_reader(
     job_id: uuid.UUID,
     max_bytes: int,
 ) -> Reader:
-    """Pages of up to PAGE events and about `max_bytes` of their data (PAGE_MAX_BYTES)."""
+    """Pages of up to PAGE events and about `max_bytes` of their data (LIVE_PAGE_MAX_BYTES)."""
 
     def read(after_version: int) -> Page:
         with session_factory() as session:

@@ -48,3 +48,10 @@ def page_max_bytes() -> int:
     pages by bytes too (services.pagination.ByteBound)."""
     runtime: Runtime = current_app.extensions["conveyor"]
     return runtime.settings.page_max_bytes
+
+
+def live_page_max_bytes() -> int:
+    """`LIVE_PAGE_MAX_BYTES`, within `PAGE_MAX_BYTES`: a live tail's pages. Its catch-up
+    takes more reads, and a tail blocked on a client that does not read holds less."""
+    runtime: Runtime = current_app.extensions["conveyor"]
+    return min(runtime.settings.live_page_max_bytes, runtime.settings.page_max_bytes)

@@ -16,7 +16,7 @@ from api.json_provider import dumps_bytes
 from api.openapi import declares
 from api.representations import event_json, receipt_json
 from api.request_context import db, end_session, single_statement_db
-from api.runtime import page_max_bytes
+from api.runtime import live_page_max_bytes, page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.events import (
     MAX_STREAM_CHARS,
@@ -192,7 +192,7 @@ def receipt(receipt_id: uuid.UUID):  # type: ignore[no-untyped-def]
 
 
 def _tail_stream(owner_id: uuid.UUID, stream: str, after: int) -> Response:
-    max_bytes = page_max_bytes()
+    max_bytes = live_page_max_bytes()
 
     def fetch(session: Session, after_version: int) -> tuple[list[Event], bool]:
         return event_store.stream_page(
@@ -210,7 +210,7 @@ def _tail_stream(owner_id: uuid.UUID, stream: str, after: int) -> Response:
 def _tail_feed(owner_id: uuid.UUID, types: list[str], after: int) -> Response:
     if after:
         event_store.read_feed(db(), owner_id=owner_id, after=after, limit=1)  # 422 on a bad cursor
-    max_bytes = page_max_bytes()
+    max_bytes = live_page_max_bytes()
 
     def fetch(session: Session, after_position: int) -> tuple[list[Event], bool]:
         return event_store.feed_page(

@@ -15,7 +15,7 @@ from api.openapi import declares
 from api.preconditions import check_on_create
 from api.representations import event_json, job_json
 from api.request_context import db, end_session, single_statement_db
-from api.runtime import page_max_bytes
+from api.runtime import live_page_max_bytes, page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from api.spec_parts import CREATE_CONDITIONS
@@ -188,7 +188,7 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
             runtime.session_factory,
             owner_id=owner_id,
             job_id=job_id,
-            max_bytes=runtime.settings.page_max_bytes,
+            max_bytes=live_page_max_bytes(),
         ),
         after=after,
         max_s=runtime.settings.max_stream_s,

@@ -9,8 +9,11 @@ import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from functools import partial
 
 import pytest
+import sqlalchemy
 
 from api import create_app
 from tests.conftest import FAST_PASSWORDS
@@ -159,6 +162,29 @@ def big_events(settings):
     """A user with eight events of ~1.5 KB each on stream `big`, on an app whose pages end
     at 4 KB (`PAGE_MAX_BYTES`): every third event reaches it. Streams close after 3 s."""
     settings.page_max_bytes = 4096
+    with _big_events(settings) as user:
+        yield user
+
+
+@pytest.fixture
+def big_events_live_pages(settings):
+    """`big_events` with plain pages of 4 MB and live pages of 4 KB (`LIVE_PAGE_MAX_BYTES`),
+    and how many events each page the app reads has, as they are read."""
+    settings.live_page_max_bytes = 4096
+    with _big_events(settings) as user:
+        rows: list[int] = []
+        engine = user.client.application.extensions["conveyor"].engine
+        sqlalchemy.event.listen(engine, "after_cursor_execute", partial(_note_page, rows))
+        yield user, rows
+
+
+def _note_page(rows, conn, cursor, statement, *_):
+    if "FROM events" in statement and "events.version >=" in statement:
+        rows.append(cursor.rowcount)
+
+
+@contextmanager
+def _big_events(settings):
     settings.max_stream_s = 3
     app = create_app(settings, passwords=FAST_PASSWORDS)
     user = AuthClient.register(app.test_client(), f"pages-{uuid.uuid4().hex[:8]}@example.com")
@@ -168,9 +194,11 @@ def big_events(settings):
     notifier = app.extensions["conveyor"].notifier
     with notifier.watch("listening"):
         poll(notifier.connected.is_set)
-    yield user
-    app.extensions["conveyor"].notifier.close()
-    app.extensions["conveyor"].engine.dispose()
+    try:
+        yield user
+    finally:
+        app.extensions["conveyor"].notifier.close()
+        app.extensions["conveyor"].engine.dispose()
 
 
 def test_a_feed_page_ends_by_bytes_and_the_next_goes_on_from_its_last_event(big_events):
@@ -191,6 +219,22 @@ def test_a_tail_reads_on_after_a_page_ended_by_bytes(big_events, url):
     )
     got = [json.loads(f["data"])["version"] for f in frames(response, 8)]
     assert got == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_a_tail_reads_smaller_pages_than_a_plain_read(big_events_live_pages):
+    """A tail whose client does not read holds its page while its send waits: 36 of them,
+    with pages of 4 MB, took the web to 365-394 MB. Plain pages stay as they were."""
+    user, rows = big_events_live_pages
+    assert len(user.get("/v1/streams/big/events?limit=10").json["items"]) == 8
+    assert rows == [8]
+    rows.clear()
+    response = user.client.get(
+        "/v1/streams/big/events",
+        headers={**user.headers, "Accept": "text/event-stream"},
+        buffered=False,
+    )
+    assert len(frames(response, 8)) == 8
+    assert rows[:3] == [3, 3, 2]
 
 
 @pytest.mark.parametrize("url", ["/v1/events", "/v1/streams/quiet/events"])
