@@ -2,7 +2,8 @@
 glibc kept it, and a web process stayed tens of megabytes bigger after every such burst.
 
 One gunicorn process; the burst is live tails of a stream of 60 KB events whose clients
-do not read (each holds a page of about 4 MB in the process), then drop.
+do not read (each holds a page of about 4 MB in the process: `LIVE_PAGE_MAX_BYTES` is
+raised to that here, from 1 MB), then drop.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def running(
     workdir: Path = tmp_path_factory.mktemp("e2e-memory")
     with stack_on(servers, worker_id, workdir, "memory") as scenario:
         stack = scenario.stack
-        api = stack.start_web(WEB_CONCURRENCY="1")
+        api = stack.start_web(WEB_CONCURRENCY="1", LIVE_PAGE_MAX_BYTES=str(4 * MB))
         with stack.logs_on_failure():
             api.sign_up()
             yield stack, api
