@@ -32,7 +32,7 @@ from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import _DEFER as DEFER  # "no data yet: back to the poller"
 from gunicorn.workers.gthread import ThreadWorker
 
-from api import admission, chunk_send, live
+from api import admission, live, send_bounds
 from api.body_deadline import BodyTimedOut, DeadlineSocket
 from api.memory_trim import MemoryTrim
 from api.metrics import method_label
@@ -171,7 +171,7 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._reported_at = time.monotonic()
         self._slow_heads = SlowHeads(10.0)
         self._body_timeout_s = 30.0
-        self._send_timeout = _timeval(30.0)
+        self._send_timeout_s = 30.0
         self._memory_trim = MemoryTrim(freed_bytes=TRIM_FREED_BYTES, every_s=TRIM_EVERY_S)
 
     def load_wsgi(self) -> None:
@@ -179,8 +179,8 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         settings = self.wsgi.extensions["conveyor"].settings
         self._slow_heads = SlowHeads(settings.web_request_head_timeout_s)
         self._body_timeout_s = settings.web_request_body_timeout_s
-        self._send_timeout = _timeval(settings.web_send_timeout_s)
-        chunk_send.install(settings.web_send_timeout_s)
+        self._send_timeout_s = settings.web_send_timeout_s
+        send_bounds.install_chunk_deadline(settings.web_send_timeout_s)
         self.wsgi = closing_after_unread_bodies(self.wsgi)
 
     def murder_pending(self) -> None:
@@ -217,10 +217,9 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
             # connection was accepted: count from when the application sees it.
             if not conn.wait_for_data(NEW_CONNECTION_WAIT_S):
                 return DEFER
-            # A send that waits longer for a client that does not read fails, and frees
-            # the thread: blocked in `sendall`, it was held for good, with the answer's
-            # memory. A stream's chunks have a deadline of their own (api/chunk_send.py).
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._send_timeout)
+            # A client that leaves what we send untaken longer, or vanishes, loses its
+            # connection, and the thread (and a live tail's waiting slot) is freed.
+            send_bounds.bound(conn.sock, self._send_timeout_s)
             admission.mark_arrival(None)
         else:
             admission.mark_arrival(getattr(conn, "conveyor_queued_at", None))
@@ -330,9 +329,3 @@ def _linger_briefly(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.settimeout(None)
         sock.shutdown(socket.SHUT_RD)
-
-
-def _timeval(seconds: float) -> bytes:
-    """A `struct timeval`, as SO_SNDTIMEO takes it."""
-    whole = int(seconds)
-    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))

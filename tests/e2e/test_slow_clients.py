@@ -22,6 +22,7 @@ from tests import prom
 from tests.conftest import Servers
 from tests.helpers import poll
 from tests.stack import Api, Stack, stack_on
+from tests.vanishing_peer import available, vanishing_peer
 
 pytestmark = pytest.mark.e2e
 
@@ -312,3 +313,49 @@ def test_a_live_tail_read_too_slowly_ends_within_the_send_timeout(
     assert took < 10 * SEND_TIMEOUT_S
     assert stack.log_count("web*", "response.send_timed_out") > ended_before
     poll(lambda: _waiting(api) == 0, timeout=5)
+
+
+def _tail_request(api: Api, stream: str) -> bytes:
+    return (
+        f"GET /v1/streams/{stream}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream"
+        f"\r\nAuthorization: Bearer {api.token}\r\n\r\n"
+    ).encode()
+
+
+def test_a_tail_whose_client_stopped_reading_ends_while_it_waits_for_events(
+    running: tuple[Stack, Api],
+) -> None:
+    """240 KB fit in the kernel's buffers, so the tail is not blocked in a send: it waits
+    for the next event, and its client, alive, advertises a zero window. Nothing ended it
+    before MAX_STREAM_S (300 s; a keepalive of 14 bytes a quarter-minute fits too).
+    TCP_USER_TIMEOUT (the send timeout) lets the kernel drop it."""
+    _, api = running
+    poll(lambda: _waiting(api) == 0, timeout=10)
+    events = {"events": [{"type": "big", "data": {"x": "s" * 60_000}} for _ in range(4)]}
+    assert api.post("/v1/streams/stalled/events", events).status == 201
+    sock = _connect(api)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.sendall(_tail_request(api, "stalled"))
+        poll(lambda: _waiting(api) == 1, timeout=5)
+        poll(lambda: _waiting(api) == 0, timeout=5 + 4 * SEND_TIMEOUT_S)
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(available() is not None, reason=str(available()))
+def test_a_client_gone_without_a_word_frees_its_tails_slot(running: tuple[Stack, Api]) -> None:
+    """A client whose network is cut sends no FIN and no reset; the tail's next event is
+    never acknowledged, and the kernel retransmitted it for 15 minutes or so
+    (tcp_retries2), past MAX_STREAM_S: the slot was held that long. With TCP_USER_TIMEOUT
+    the kernel gives up after the send timeout, and the tail sees the connection gone."""
+    _, api = running
+    poll(lambda: _waiting(api) == 0, timeout=10)
+    port = int(api.base_url.rsplit(":", 1)[1])
+    with vanishing_peer() as peer, peer.request(port, _tail_request(api, "vanishing")) as status:
+        assert status.startswith("HTTP/1.1 200")
+        assert _waiting(api) == 1
+        peer.cut()
+        one = {"events": [{"type": "tick", "data": {}}]}
+        assert api.post("/v1/streams/vanishing/events", one).status == 201
+        poll(lambda: _waiting(api) == 0, timeout=5 + 4 * SEND_TIMEOUT_S)
