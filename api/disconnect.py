@@ -8,7 +8,9 @@ every `CHECK_S` while they wait (one `poll` each) and give up when it is closed.
 
 A connection counts as closed once the client's end of it is: a client that half-closes
 after sending its request (rare in HTTP) would lose its answer. A connection that vanished
-without a FIN or a reset cannot be seen this way; the keepalive write still ends those.
+without a FIN or a reset cannot be seen this way until the kernel gives it up: the next
+event or keepalive goes unacknowledged, and after `WEB_SEND_TIMEOUT_S` the connection's
+TCP_USER_TIMEOUT (api/send_bounds.py) ends it, which this check then sees.
 """
 
 from __future__ import annotations
