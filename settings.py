@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # A live tail's pages (SSE) end sooner: a tail whose client does not read holds its
     # page, as Python objects, while its send waits (docs/DECISIONS.md, HTTP). Never more
     # than page_max_bytes.
-    live_page_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    live_page_max_bytes: int = Field(default=256 * 1024, ge=1024)
     max_wait_s: float = Field(default=30.0, ge=0, le=120)
     max_queue_depth: int = Field(default=10_000, ge=1)
     # Long-polls and live streams that one web process lets wait at once; keep it below

@@ -12,8 +12,6 @@ from api.representations import event_json
 from services import jobs
 from services.event_types import TERMINAL_JOB_EVENTS
 
-PAGE = 200
-
 
 def job_reader(
     session_factory: sessionmaker[Session],
@@ -22,16 +20,16 @@ def job_reader(
     job_id: uuid.UUID,
     max_bytes: int,
 ) -> Reader:
-    """Pages of up to PAGE events and about `max_bytes` of their data (LIVE_PAGE_MAX_BYTES)."""
+    """Pages of about `max_bytes` of events' data (LIVE_PAGE_MAX_BYTES)."""
 
-    def read(after_version: int) -> Page:
+    def read(after_version: int, limit: int) -> Page:
         with session_factory() as session:
             events, full = jobs.events_page(
                 session,
                 owner_id=owner_id,
                 job_id=job_id,
                 from_version=after_version + 1,
-                limit=PAGE,
+                limit=limit,
                 max_bytes=max_bytes,
             )
             ended = not events and jobs.is_terminal(

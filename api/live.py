@@ -32,6 +32,12 @@ KEEPALIVE_S = 15.0
 FALLBACK_POLL_S = 1.0
 RECHECK_FIRST_S = 0.1
 RECHECK_MAX_S = 3.2
+# Rows a read asks for: PAGE_ROWS at first, then twice what the last page held (at least
+# MIN_ROWS). A page bounded by bytes is sized row by row in PostgreSQL over all the rows
+# asked for (services.pagination.bounded_rows): catching up on 60 KB events, each read
+# sized 201 rows (12 MB of JSON text) to keep 17 of them.
+PAGE_ROWS = 200
+MIN_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,12 @@ class Page:
     full: bool = False
 
 
-Reader = Callable[[int], Page]
+# A page after the given cursor, of at most the given number of rows.
+Reader = Callable[[int, int], Page]
+
+
+def next_rows(page: Page) -> int:
+    return min(PAGE_ROWS, max(MIN_ROWS, 2 * len(page.frames)))
 
 
 def tail(
@@ -67,16 +78,18 @@ def tail(
     # sleeping until the next announcement.
     recheck_s: float | None = None
     opened = False
+    rows = PAGE_ROWS
     while True:
         if first is not None:
             page, first = first, None
         else:
             changed.clear()
             try:
-                page = read(after)
+                page = read(after, rows)
             except DBAPIError:
                 log.warning("live.read_failed", after=after, exc_info=True)
                 return
+        rows = next_rows(page)
         for event_id, event_type, body in page.frames:
             after = event_id
             quiet_since = time.monotonic()
@@ -119,7 +132,7 @@ def open_tail(notifier: Notifier, key: str, read: Reader, *, after: int, max_s: 
         # Read once before answering: a database that is away is a 503 like for any request
         # (the first read used to fail inside the body, a 500 logged as a 200).
         changed.clear()
-        first = read(after)
+        first = read(after, PAGE_ROWS)
     except BaseException:
         slot.close()
         raise

@@ -40,8 +40,6 @@ from services.inputs import MAX_POSITION, MAX_VERSION, RESERVED_STREAM_PREFIXES,
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 bp.before_request(require_access_token)
 
-PAGE = 200
-
 
 def _runtime():  # type: ignore[no-untyped-def]
     return current_app.extensions["conveyor"]
@@ -194,13 +192,13 @@ def receipt(receipt_id: uuid.UUID):  # type: ignore[no-untyped-def]
 def _tail_stream(owner_id: uuid.UUID, stream: str, after: int) -> Response:
     max_bytes = live_page_max_bytes()
 
-    def fetch(session: Session, after_version: int) -> tuple[list[Event], bool]:
+    def fetch(session: Session, after_version: int, limit: int) -> tuple[list[Event], bool]:
         return event_store.stream_page(
             session,
             owner_id=owner_id,
             stream=stream,
             from_version=after_version + 1,
-            limit=PAGE,
+            limit=limit,
             max_bytes=max_bytes,
         )
 
@@ -212,13 +210,13 @@ def _tail_feed(owner_id: uuid.UUID, types: list[str], after: int) -> Response:
         event_store.read_feed(db(), owner_id=owner_id, after=after, limit=1)  # 422 on a bad cursor
     max_bytes = live_page_max_bytes()
 
-    def fetch(session: Session, after_position: int) -> tuple[list[Event], bool]:
+    def fetch(session: Session, after_position: int, limit: int) -> tuple[list[Event], bool]:
         return event_store.feed_page(
             session,
             owner_id=owner_id,
             after=after_position,
             types=types,
-            limit=PAGE,
+            limit=limit,
             max_bytes=max_bytes,
         )
 
@@ -228,7 +226,7 @@ def _tail_feed(owner_id: uuid.UUID, types: list[str], after: int) -> Response:
 def _tail(
     owner_id: uuid.UUID,
     after: int,
-    fetch: Callable[[Session, int], tuple[list[Event], bool]],
+    fetch: Callable[[Session, int, int], tuple[list[Event], bool]],
     *,
     cursor: Callable[[Event], int],
 ) -> Response:
@@ -237,9 +235,9 @@ def _tail(
     runtime = _runtime()
     end_session()
 
-    def read(after_cursor: int) -> live.Page:
+    def read(after_cursor: int, limit: int) -> live.Page:
         with runtime.session_factory() as session:
-            rows, more = fetch(session, after_cursor)
+            rows, more = fetch(session, after_cursor, limit)
         frames = [(cursor(event), event.type, event_json(event)) for event in rows]
         return live.Page(frames, full=more)
 

@@ -3,7 +3,7 @@ glibc kept it, and a web process stayed tens of megabytes bigger after every suc
 
 One gunicorn process; the burst is live tails of a stream of 60 KB events whose clients
 do not read (each holds a page of about 4 MB in the process: `LIVE_PAGE_MAX_BYTES` is
-raised to that here, from 1 MB), then drop.
+raised to that here, from 256 KB), then drop.
 """
 
 from __future__ import annotations
