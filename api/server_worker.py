@@ -250,11 +250,12 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         try:
             return self._admitted(req, conn)
         except (BlockingIOError, TimeoutError):
-            # SO_SNDTIMEO, or a chunk's deadline: the client has not read for that long.
-            # The answer cannot be finished, so the connection is reset: the kernel drops
-            # what it still held to send (megabytes, for a large page), and gunicorn's
-            # graceful close, which waits up to 2 s on the main loop for the client, finds
-            # the reading side shut.
+            # SO_SNDTIMEO, a chunk's deadline, or TCP_USER_TIMEOUT (ETIMEDOUT is a
+            # TimeoutError too): the client has not taken our bytes for that long, or is
+            # gone. The answer cannot be finished, so the connection is reset: the kernel
+            # drops what it still held to send (megabytes, for a large page), and
+            # gunicorn's graceful close, which waits up to 2 s on the main loop for the
+            # client, finds the reading side shut.
             log.warning("response.send_timed_out", path=req.path)
             with contextlib.suppress(OSError):
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
