@@ -13,13 +13,13 @@
   plain answer's page, up to `PAGE_MAX_BYTES` in one write, would need a client that
   takes 140 KB/s; it ends with its last byte anyway, where a stream never does.
 - `TCP_USER_TIMEOUT` (Linux): the kernel drops a connection whose sent bytes stay
-  unacknowledged that long, or stay unsent behind a zero window (since Linux 5.11, even
-  when the client acknowledges the window probes). A client gone without a FIN or a reset
-  (a cut network, a machine switched off) held its tail's slot until `MAX_STREAM_S`; now
-  the next event or keepalive it does not acknowledge ends it, and so does a tail whose
-  client stopped reading while the tail itself waits for events (not blocked in a send).
-  Connections that send nothing while they wait (long-polls, idle keep-alive ones) are not
-  affected: no byte is outstanding.
+  unacknowledged that long, or stay unsent behind a zero window (in recent kernels, even
+  when the client acknowledges the window probes; seen on 6.18). A client gone without a
+  FIN or a reset (a cut network, a machine switched off) held its tail's slot until
+  `MAX_STREAM_S`; now the next event or keepalive it does not acknowledge ends it, and so
+  does a tail whose client stopped reading while the tail itself waits for events (not
+  blocked in a send). Connections that send nothing while they wait (long-polls, idle
+  keep-alive ones) are not affected: no byte is outstanding.
 """
 
 from __future__ import annotations
