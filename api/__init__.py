@@ -22,7 +22,7 @@ from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
 from api.openapi import describe
 from api.queue_depth import QueueDepth
-from api.routes import agents, api_keys, documents, events, health, jobs, webhooks
+from api.routes import agents, api_keys, documents, events, health, jobs, streams, webhooks
 from api.routes import auth as auth_routes
 from api.runtime import Runtime
 from models.db import UnitOfWork, make_engine, make_session_factory
@@ -130,6 +130,7 @@ def create_app(
         agents.bp,
         jobs.bp,
         events.bp,
+        streams.bp,
         documents.bp,
         webhooks.bp,
         webhooks.deliveries_bp,

@@ -3,9 +3,11 @@ version number."""
 
 from __future__ import annotations
 
-from flask import request
+from flask import Response, request
 from werkzeug.datastructures import ETags
 
+from api.representations import etag
+from services import preconditions
 from services.errors import FieldProblem, InvalidInput
 from services.inputs import MAX_VERSION, parse_counter
 from services.preconditions import VersionCondition
@@ -59,6 +61,16 @@ def read_condition() -> VersionCondition | None:
     (`If-None-Match` on a read is a 304, not a 412: the route compares it.)"""
     if_match = _versions("If-Match", request.if_match)
     return None if if_match is None else VersionCondition(any_of=if_match)
+
+
+def conditional_read(what: str, version: int) -> Response | None:
+    """The answer to a read of `what` at `version` that its conditions decide: 412 for an
+    `If-Match` the version fails, 304 for an `If-None-Match` it meets; None to answer it.
+    (A document's past version's bytes never change, so it is cached as the current one.)"""
+    preconditions.check(read_condition(), what, version)
+    if request.if_none_match.contains_weak(str(version)):
+        return Response(status=304, headers={"ETag": etag(version)})
+    return None
 
 
 def _versions(header: str, tags: ETags) -> frozenset[int] | None:

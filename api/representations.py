@@ -7,6 +7,7 @@ from typing import Any
 from models import Agent, Document, Event, EventBatch, User
 from services.documents import DocumentVersion, VersionSummary
 from services.job_view import job_json as job_json  # shared with job webhooks
+from services.streams import StreamInfo
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -40,6 +41,15 @@ def event_json(event: Event) -> dict[str, Any]:
         "data": event.data,
         "metadata": event.metadata_,
         "recorded_at": event.recorded_at,
+    }
+
+
+def stream_json(stream: StreamInfo) -> dict[str, Any]:
+    return {
+        "stream": stream.name,
+        "version": stream.version,
+        "created_at": stream.created_at,
+        "updated_at": stream.updated_at,
     }
 
 

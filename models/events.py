@@ -66,11 +66,33 @@ class Event(Base):
     tx_id: Mapped[int] = mapped_column(Xid8(), server_default=func.pg_current_xact_id())
 
 
+# The streams clients write, as SQL: server-written streams (services/inputs.py's
+# RESERVED_STREAM_PREFIXES; documents keep rows, jobs do not) are listed by their
+# resources. Literal text, so that a query that repeats it may use the index below (a
+# planner proves a partial index's predicate only from constants, never from parameters).
+CLIENT_STREAM_NAMES = "name NOT LIKE 'job-%' AND name NOT LIKE 'document-%'"
+
+
 class Stream(TimestampMixin, Base):
     """One row per stream: its current version, and the lock that serializes its appends."""
 
     __tablename__ = "streams"
-    __table_args__ = (PrimaryKeyConstraint("owner_id", "name"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("owner_id", "name"),
+        # `GET /v1/streams` pages the caller's client streams in byte order of their names,
+        # and a `prefix` is a range of that order (migration 0013). The primary key's order
+        # is the database's collation: a linguistic one (en_US, production's default) puts
+        # a prefix's names in no single range, so that index cannot serve it.
+        Index(
+            "ix_streams_client_names",
+            "owner_id",
+            "name",
+            # Rendered after the column: `name COLLATE "C"`. A column with a collation is no
+            # expression, and PostgreSQL reflects it as the plain column, which this matches.
+            postgresql_ops={"name": 'COLLATE "C"'},
+            postgresql_where=text(CLIENT_STREAM_NAMES),
+        ),
+    )
 
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     name: Mapped[str] = mapped_column(String(200))

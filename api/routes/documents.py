@@ -4,14 +4,14 @@ import uuid
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import Response, current_app, g, request
+from flask import Response, current_app, g
 from flask.blueprints import BlueprintSetupState
 
 from api.auth import current_principal, require_access_token
 from api.idempotent import idempotent
 from api.json_provider import dumps_bytes
 from api.openapi import declares
-from api.preconditions import check_on_create, read_condition, version_condition
+from api.preconditions import check_on_create, conditional_read, version_condition
 from api.representations import (
     document_json,
     document_summary_json,
@@ -29,7 +29,7 @@ from api.schemas.documents import (
 )
 from api.spec_parts import CREATE_CONDITIONS
 from models import Document
-from services import documents, preconditions
+from services import documents
 from services.cache import VersionedCache
 
 bp = APIBlueprint("documents", __name__, url_prefix="/v1/documents", tag="Documents")
@@ -136,7 +136,7 @@ def get_document(document_id: uuid.UUID, query: DocumentQuery):  # type: ignore[
         past = documents.get_version(
             db(), owner_id=owner_id, document_id=document_id, version=query.version
         )
-        return _conditional_read(past.version) or (
+        return conditional_read("document", past.version) or (
             document_json(past),
             200,
             {"ETag": etag(past.version)},
@@ -148,18 +148,9 @@ def get_document(document_id: uuid.UUID, query: DocumentQuery):  # type: ignore[
         cache=_cache(),
         render=lambda document: dumps_bytes(document_json(document)),
     )
-    return _conditional_read(version) or Response(
+    return conditional_read("document", version) or Response(
         body, mimetype="application/json", headers={"ETag": etag(version)}
     )
-
-
-def _conditional_read(version: int) -> Response | None:
-    """412 for an `If-Match` the version fails, 304 for an `If-None-Match` it meets (a
-    past version's bytes never change, so it is cached as well as the current one)."""
-    preconditions.check(read_condition(), "document", version)
-    if request.if_none_match.contains_weak(str(version)):
-        return Response(status=304, headers={"ETag": etag(version)})
-    return None
 
 
 @bp.put("/<uuid:document_id>")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 
@@ -19,8 +18,6 @@ from api.request_context import db, end_session, single_statement_db
 from api.runtime import live_page_max_bytes, page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.events import (
-    MAX_STREAM_CHARS,
-    STREAM_PATTERN,
     AppendIn,
     AppendOut,
     BatchEventIn,
@@ -30,12 +27,13 @@ from api.schemas.events import (
     ReceiptOut,
     StreamQuery,
 )
+from api.stream_names import check_stream, stream_problem
 from models import Event
 from services import event_batches, event_store
 from services.after_commit import events_key
 from services.errors import FieldProblem, InvalidInput
 from services.event_store import NewEvent
-from services.inputs import MAX_POSITION, MAX_VERSION, RESERVED_STREAM_PREFIXES, is_reserved_stream
+from services.inputs import MAX_POSITION, MAX_VERSION
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 bp.before_request(require_access_token)
@@ -56,7 +54,7 @@ def _runtime():  # type: ignore[no-untyped-def]
     responses=[201, 409, 422],
 )
 def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
-    _check_stream(stream, writing=True)
+    check_stream(stream, writing=True)
     _check_sizes(body.events)
     events = [_new_event(e) for e in body.events]
     one_statement = event_store.appends_in_one_statement(events)
@@ -89,7 +87,7 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
 )
 @declares(request_headers=["Last-Event-ID"], event_stream=True)
 def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def]
-    _check_stream(stream, writing=False)
+    check_stream(stream, writing=False)
     owner_id = current_principal().user_id
     if sse.wants_stream():
         after = sse.last_event_id(MAX_VERSION)
@@ -163,7 +161,7 @@ def batch(body: BatchIn):  # type: ignore[no-untyped-def]
     problems = [
         problem
         for i, event in enumerate(body.events)
-        if (problem := _stream_problem(event.stream, writing=True, field=f"events.{i}.stream"))
+        if (problem := stream_problem(event.stream, writing=True, field=f"events.{i}.stream"))
     ]
     problems += _size_problems(body.events)
     if problems:
@@ -248,33 +246,6 @@ def _tail(
         after=after,
         max_s=runtime.settings.max_stream_s,
     )
-
-
-_STREAM = re.compile(STREAM_PATTERN)
-
-
-def _check_stream(stream: str, *, writing: bool) -> None:
-    """The path's stream name, for reading it or writing to it."""
-    problem = _stream_problem(stream, writing=writing, field="stream", location="path")
-    if problem:
-        raise InvalidInput(problems=[problem])
-
-
-def _stream_problem(
-    stream: str, *, writing: bool, field: str, location: str = "body"
-) -> FieldProblem | None:
-    if len(stream) > MAX_STREAM_CHARS or not _STREAM.fullmatch(stream):
-        return FieldProblem(
-            field, "1 to 200 letters, digits, '.', '_', '-' or ':', not only dots", location
-        )
-    if writing and is_reserved_stream(stream):
-        return FieldProblem(
-            field,
-            f"streams starting with {', '.join(RESERVED_STREAM_PREFIXES)} "
-            "are written by the server only",
-            location,
-        )
-    return None
 
 
 def _check_sizes(events: list[EventIn]) -> None:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from api.schemas.common import CounterCursorQuery, Input, Output, VersionPageQuery
+from api.schemas.common import CounterCursorQuery, Input, Output, PageQuery, VersionPageQuery
 from services.inputs import (
     MAX_APPEND,
     MAX_POSITION,
@@ -46,6 +46,29 @@ class FeedQuery(CounterCursorQuery):
     after: int = Field(default=0, ge=0, le=MAX_POSITION)
     type: str | None = Field(default=None, max_length=2000, description="comma-separated types")
     limit: int = Field(default=100, ge=1, le=1000)
+
+
+# A prefix of stream names: any of their characters, even only dots ("." is a prefix of ".a").
+PREFIX_PATTERN = r"^[A-Za-z0-9._:\-]+$"
+
+
+class StreamListQuery(PageQuery):
+    """`cursor` is the last stream name of the previous page."""
+
+    cursor: str | None = Field(default=None, pattern=STREAM_PATTERN, max_length=MAX_STREAM_CHARS)
+    prefix: str | None = Field(
+        default=None,
+        pattern=PREFIX_PATTERN,
+        max_length=MAX_STREAM_CHARS,
+        description="only streams whose names start with this",
+    )
+
+
+class StreamOut(Output):
+    stream: str
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
 
 
 class AppendOut(Output):
