@@ -9,7 +9,8 @@ leaves out server-written streams (`job-`, `document-`), which the list does not
 document streams have rows, and a page crossing them walked every one (78 ms past 30,000).
 
 CREATE INDEX takes a SHARE lock on `streams`: appends wait while it builds (270 ms for
-200,000 rows here). The previous release does not read it and keeps working beside it.
+200,000 rows here). An index of this name built beforehand (CONCURRENTLY, by hand) is kept.
+The previous release does not read it and keeps working beside it.
 
 Revision ID: 0013
 Revises: 0012
@@ -35,6 +36,8 @@ def upgrade() -> None:
         unique=False,
         postgresql_ops={"name": 'COLLATE "C"'},
         postgresql_where=sa.text("name NOT LIKE 'job-%' AND name NOT LIKE 'document-%'"),
+        # An operator may have built it already, CONCURRENTLY (docs/operations.md).
+        if_not_exists=True,
     )
 
 

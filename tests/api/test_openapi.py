@@ -175,6 +175,7 @@ def _resolve(spec: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
         ("patch", "/v1/documents/{document_id}", {"If-Match", "If-None-Match"}),
         ("delete", "/v1/documents/{document_id}", {"If-Match", "If-None-Match"}),
         ("get", "/v1/documents/{document_id}", {"If-None-Match"}),
+        ("get", "/v1/streams/{stream}", {"If-Match", "If-None-Match"}),
         ("get", "/v1/jobs/{job_id}/events", {"Last-Event-ID"}),
         ("get", "/v1/streams/{stream}/events", {"Last-Event-ID"}),
         ("get", "/v1/events", {"Last-Event-ID"}),
@@ -222,6 +223,33 @@ def test_a_304_is_declared_without_a_body_and_with_its_etag(app, alice, spec):
     assert response.headers["etag"] == [made.headers["ETag"]]
 
 
+def test_a_streams_answers_conform(app, alice):
+    """Its version (200, 304), a stream that is not there (404), and the list, whole and
+    refused (a cursor of another listing)."""
+    appended = alice.post(
+        "/v1/streams/order-1/events", json={"events": [{"type": "a", "data": {}}]}
+    )
+    assert appended.status_code == 201
+    for headers, status in (({}, 200), ({"If-None-Match": '"1"'}, 304)):
+        response = conforming(
+            app,
+            "GET",
+            "/v1/streams/{stream}",
+            path_parameters={"stream": "order-1"},
+            headers={**alice.headers, **headers},
+        )
+        assert response.status_code == status
+        assert response.headers["etag"] == ['"1"']
+    missing = conforming(
+        app, "GET", "/v1/streams/{stream}", path_parameters={"stream": "x"}, headers=alice.headers
+    )
+    assert missing.status_code == 404
+    for query, status in (({"prefix": "order-"}, 200), ({"prefix": "o", "cursor": "x"}, 422)):
+        listed = conforming(app, "GET", "/v1/streams", query=query, headers=alice.headers)
+        assert listed.status_code == status, listed.json()
+    assert listed.json()["errors"][0]["field"] == "cursor"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "headers"),
     [
@@ -231,6 +259,8 @@ def test_a_304_is_declared_without_a_body_and_with_its_etag(app, alice, spec):
         ("get", "/v1/agents/{agent_id}", "200", {"ETag"}),
         ("post", "/v1/documents", "201", {"Location", "ETag"}),
         ("get", "/v1/documents/{document_id}", "200", {"ETag"}),
+        ("get", "/v1/streams/{stream}", "200", {"ETag"}),
+        ("get", "/v1/streams/{stream}", "304", {"ETag"}),
         ("post", "/v1/webhooks", "201", {"Location"}),
         ("post", "/v1/events/batch", "202", {"Location"}),
         ("get", "/v1/agents", "200", {"RateLimit-Limit", "RateLimit-Remaining"}),
