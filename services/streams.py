@@ -114,19 +114,14 @@ def _under(name: ColumnElement[str], prefix: str) -> list[ColumnElement[bool]]:
 
 def _check_listing(cursor: str | None, prefix: str | None) -> None:
     """A cursor is the last name of a page of this listing; a prefix can match something."""
-    problems = []
     if prefix is not None and is_reserved_stream(prefix):
-        problems.append(
-            FieldProblem(
-                "prefix",
-                f"streams starting with {', '.join(RESERVED_STREAM_PREFIXES)} are written by "
-                "the server and not listed here: find them from their jobs and documents",
-                "query",
-            )
+        detail = (
+            f"streams starting with {', '.join(RESERVED_STREAM_PREFIXES)} are written by the "
+            "server and not listed here: find them from their jobs and documents"
         )
-    elif cursor is not None and (
+        raise InvalidInput(problems=[FieldProblem("prefix", detail, "query")])
+    if cursor is not None and (
         is_reserved_stream(cursor) or (prefix is not None and not cursor.startswith(prefix))
     ):
-        problems.append(FieldProblem("cursor", "not a cursor of this listing", "query"))
-    if problems:
-        raise InvalidInput(problems=problems)
+        problem = FieldProblem("cursor", "not a cursor of this listing", "query")
+        raise InvalidInput(problems=[problem])
