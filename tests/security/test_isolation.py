@@ -54,6 +54,7 @@ class Listing:
 
     shows: tuple[str, ...]
     bearer_only: bool = False
+    key: str = "id"  # the item field that names a row (a stream's is its name)
     # The feed serves committed events only, which a rolled-back test transaction never
     # holds: it has its own test on a committed database.
     committed_only: bool = False
@@ -125,6 +126,8 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("GET", "/v1/events"): Listing(shows=(), committed_only=True),
     ("POST", "/v1/events/batch"): Unowned("appends to the caller's own streams"),
     ("GET", "/v1/events/receipts/<uuid:receipt_id>"): Owned(),
+    ("GET", "/v1/streams"): Listing(shows=("stream",), key="stream"),
+    ("GET", "/v1/streams/<stream>"): Namespaced(404),  # Bob has no stream of that name
     ("GET", "/v1/streams/<stream>/events"): Namespaced(200),
     ("POST", "/v1/streams/<stream>/events"): Namespaced(
         201,  # "no_stream" holds for Bob: Alice's stream of the same name is not his
@@ -282,7 +285,7 @@ def test_lists_never_show_another_owners_rows(alice, world, intruder, session):
             continue
         hers = send(alice.client, method, rule, alice.headers)
         assert hers.status_code == 200, (rule, hers.json)
-        shown = {str(item["id"]) for item in hers.json["items"]}
+        shown = {str(item[entry.key]) for item in hers.json["items"]}
         expected_ids = {world.ids[name] for name in entry.shows}
         assert expected_ids <= shown, f"{rule}: Alice's own list misses her rows (bad control)"
         response = send(bob.client, method, rule, bob.headers)
@@ -293,7 +296,7 @@ def test_lists_never_show_another_owners_rows(alice, world, intruder, session):
         if response.status_code != 200:
             failures.append(f"{rule}: {response.status_code}")
             continue
-        leaked = {str(item.get("id")) for item in response.json["items"]} & shown
+        leaked = {str(item.get(entry.key)) for item in response.json["items"]} & shown
         if leaked or world.user_id in response.get_data(as_text=True):
             failures.append(f"{rule}: shows Alice's rows {sorted(leaked)}")
     assert not failures, "\n".join(failures)
