@@ -249,8 +249,14 @@ def issue_tokens(principal: Principal, refresh: Successor | None = None) -> dict
 
 
 def revoke_current() -> None:
+    """Revoke the presented token and the login it belongs to: logout ends the session. A
+    logout without a body left the login's refresh token working for its whole life, so a
+    client that logged out and forgot to send it was still signed in, out of sight."""
     payload: dict[str, Any] = g.claims
     _revoke(payload["jti"], payload["exp"])
+    family = family_of(payload) if payload.get("type") == "refresh" else access_family(payload)
+    if family is not None:  # None: an access token signed before families
+        _revoke_family(family)
 
 
 def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
@@ -268,7 +274,10 @@ def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
         raise InvalidInput(
             problems=[FieldProblem("refresh_token", "not a refresh token of this account")]
         )
-    family = family_of(payload)
+    _revoke_family(family_of(payload))
+
+
+def _revoke_family(family: str) -> None:
     refresh_tokens: RefreshTokens = current_app.extensions["conveyor.refresh_tokens"]
     refresh_tokens.revoke_family(family)
     current_app.extensions["conveyor"].gate.forget_family(family)  # refused here at once

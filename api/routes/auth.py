@@ -83,10 +83,11 @@ def refresh():  # type: ignore[no-untyped-def]
 
 @bp.post("/logout")
 @bp.doc(
-    summary="Revoke the presented token, and the login of a refresh token given in the body",
-    description='The body is optional: `{"refresh_token": "..."}`. It revokes every token '
-    "descended from that refresh token's login (earlier and later refresh tokens of its "
-    "chain, and their access tokens). An API key is revoked with "
+    summary="End the presented token's login, and that of a refresh token given in the body",
+    description="Revokes every token of the presented token's login (its refresh tokens, "
+    'earlier and later, and their access tokens). The body is optional: `{"refresh_token": '
+    '"..."}` ends that refresh token\'s login too (another login of the same account). An '
+    "API key is revoked with "
     "`DELETE /v1/api-keys/<id>` instead.",
     security="BearerAuth",
     responses=[204, 401, 422],

@@ -186,9 +186,16 @@ def test_logout_with_a_refresh_token_revokes_its_whole_login(client, alice, bob)
     assert _refresh(client, bob.tokens["refresh_token"]).status_code == 200
 
 
-def test_logout_without_body_revokes_the_access_token(alice):
+def test_logout_without_body_ends_the_whole_login(client, alice, bob):
+    """The access token's login goes with it: its refresh token stopped working only when
+    the client remembered to send it. Another login of the same account stays."""
+    other = client.post("/v1/auth/login", json={"email": alice.email, "password": PASSWORD}).json
     assert alice.post("/v1/auth/logout").status_code == 204
     assert alice.get("/v1/auth/me").status_code == 401
+    assert _refresh(client, alice.tokens["refresh_token"]).status_code == 401
+    assert _me(client, other["access_token"]).status_code == 200
+    assert _refresh(client, other["refresh_token"]).status_code == 200
+    assert _refresh(client, bob.tokens["refresh_token"]).status_code == 200
 
 
 @pytest.mark.parametrize("which", ["bob's", "garbage", "alice's access token"])
