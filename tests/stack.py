@@ -657,3 +657,19 @@ def stack_on(
             yield Scenario(stack, Db(database_url), redis_server)
         finally:
             stack.stop()
+
+
+@contextlib.contextmanager
+def one_web_process(
+    servers: Servers, worker_id: str, workdir: Path, scenario: str, **env: str
+) -> Iterator[tuple[Stack, Api]]:
+    """gunicorn with one process (so every connection meets the same slots, threads and
+    heap) and a signed-up client; its logs are shown if the body fails, and it must have
+    logged no server error by the end."""
+    with stack_on(servers, worker_id, workdir, scenario) as started:
+        stack = started.stack
+        api = stack.start_web(WEB_CONCURRENCY="1", **env)
+        with stack.logs_on_failure():
+            api.sign_up()
+            yield stack, api
+            stack.assert_no_server_errors()

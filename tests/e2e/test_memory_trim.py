@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Servers
 from tests.helpers import poll
-from tests.stack import Api, Stack, stack_on
+from tests.stack import Api, Stack, one_web_process
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +32,10 @@ def running(
     servers: Servers, worker_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, Api]]:
     workdir: Path = tmp_path_factory.mktemp("e2e-memory")
-    with stack_on(servers, worker_id, workdir, "memory") as scenario:
-        stack = scenario.stack
-        api = stack.start_web(WEB_CONCURRENCY="1", LIVE_PAGE_MAX_BYTES=str(4 * MB))
-        with stack.logs_on_failure():
-            api.sign_up()
-            yield stack, api
-            stack.assert_no_server_errors()
+    with one_web_process(
+        servers, worker_id, workdir, "memory", LIVE_PAGE_MAX_BYTES=str(4 * MB)
+    ) as running:
+        yield running
 
 
 def _unread_tail(api: Api, path: str) -> socket.socket:

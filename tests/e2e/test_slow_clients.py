@@ -21,7 +21,7 @@ import pytest
 from tests import prom
 from tests.conftest import Servers
 from tests.helpers import poll
-from tests.stack import Api, Stack, stack_on
+from tests.stack import Api, Stack, one_web_process
 from tests.vanishing_peer import available, vanishing_peer
 
 pytestmark = pytest.mark.e2e
@@ -39,18 +39,16 @@ def running(
     servers: Servers, worker_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, Api]]:
     workdir: Path = tmp_path_factory.mktemp("e2e-slow-clients")
-    with stack_on(servers, worker_id, workdir, "slow") as scenario:
-        stack = scenario.stack
-        api = stack.start_web(
-            WEB_CONCURRENCY="1",
-            WEB_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
-            WEB_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
-            WEB_REQUEST_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
-        )
-        with stack.logs_on_failure():
-            api.sign_up()
-            yield stack, api
-            stack.assert_no_server_errors()
+    with one_web_process(
+        servers,
+        worker_id,
+        workdir,
+        "slow",
+        WEB_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
+        WEB_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
+        WEB_REQUEST_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+    ) as running:
+        yield running
 
 
 def _connect(api: Api) -> socket.socket:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Servers
 from tests.helpers import poll
-from tests.stack import Api, stack_on
+from tests.stack import Api, one_web_process
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +30,10 @@ def api(
     servers: Servers, worker_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
     workdir: Path = tmp_path_factory.mktemp("e2e-waiting")
-    with stack_on(servers, worker_id, workdir, "waiting") as scenario:
-        stack = scenario.stack
-        api = stack.start_web(WEB_CONCURRENCY="1", MAX_WAITING_REQUESTS=str(SLOTS))
-        with stack.logs_on_failure():
-            api.sign_up()
-            yield api
-            stack.assert_no_server_errors()
+    with one_web_process(
+        servers, worker_id, workdir, "waiting", MAX_WAITING_REQUESTS=str(SLOTS)
+    ) as (_, api):
+        yield api
 
 
 def _open(api: Api, path: str, accept: str) -> socket.socket:
