@@ -17,6 +17,8 @@ refreshes with one token cannot both rotate it. The presented token is
   same successor is signed again (same id, same expiry): a client whose answer was lost,
   or two refreshes racing, end on one chain, not two. Once the successor has been used it
   is no longer `previous`: no grace for a token whose successor has been seen;
+- already rotated by this very refresh (Redis ran the script, its reply was lost, and
+  redis-py sent it again): the first run's answer, whatever the grace;
 - anything else: **reused** (a retired token came back, from the thief or the owner, the
   second of them): the family is revoked (api/gate.py), its refresh and access tokens alike.
 
@@ -51,6 +53,12 @@ end
 local now = redis.call("TIME")
 local record = redis.call("HMGET", KEYS[1], "current", "previous", "rotated_s", "rotated_us",
                           "iat", "exp")
+if record[1] == ARGV[3] and record[2] == ARGV[1] then
+  -- This very call has rotated it already: the client library sent the script again after
+  -- losing its reply (redis-py retries once). ARGV[3] is new to each call, so no other
+  -- refresh can match; without this, a grace of 0 took the retry for a reuse.
+  return {"rotated", record[1], record[5], record[6]}
+end
 if record[1] and record[1] ~= ARGV[1] then
   local grace = tonumber(ARGV[2])
   if record[2] == ARGV[1] and grace > 0 then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,6 +12,7 @@ import redis
 
 from api.gate import is_revoked, revoke
 from api.refresh_tokens import RefreshTokens, Retired, Successor
+from workers.redis_clients import make_redis
 
 RACERS = 8
 
@@ -80,3 +82,64 @@ def test_a_token_on_the_blocklist_is_refused_without_revoking_its_family(client)
         tokens.rotate(_payload(first))
     assert not refused.value.reused
     assert not is_revoked(client, "any-token", first.family)
+
+
+class _ReplyDropper:
+    """A TCP relay in front of Redis that, once armed, passes the next EVALSHA on to Redis
+    and then closes the client's connection instead of passing the reply back: the script
+    has run, and the client saw its connection die, as when a reply is lost on the network.
+    The relay handles one command at a time, which is how a plain (unpipelined) client
+    talks."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.armed = False
+        self.dropped = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self.upstream) as server:
+            while command := client.recv(65536):
+                server.sendall(command)
+                reply = server.recv(65536)
+                if self.armed and b"EVALSHA" in command.upper():
+                    self.armed = False
+                    self.dropped += 1
+                    return  # closes the client's side with the reply unsent
+                client.sendall(reply)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_refresh_whose_reply_was_lost_is_not_taken_for_a_reuse(redis_url):
+    """redis-py sends the script again when the connection dies before its reply (the
+    application's clients retry once): the second run must answer what the first did.
+    Without a grace, it found its own rotation and revoked the family: the user was
+    logged out by a network hiccup."""
+    url = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs
+    relay = _ReplyDropper((url.get("host", "127.0.0.1"), url.get("port", 6379)))
+    relayed = make_redis(f"redis://127.0.0.1:{relay.port}/{url.get('db', 0)}", timeout_s=5)
+    try:
+        tokens = RefreshTokens(relayed, ttl_s=3600, reuse_grace_s=0)
+        tokens.rotate(_payload(tokens.first()))  # Redis has the script: one EVALSHA a refresh
+        first = tokens.first()
+        relay.armed = True
+        successor = tokens.rotate(_payload(first))
+        assert relay.dropped == 1
+        assert successor.family == first.family
+        assert not is_revoked(relayed, "any-token", first.family)
+        assert tokens.rotate(_payload(successor)).family == first.family  # the chain goes on
+    finally:
+        relayed.close()
+        relay.close()
