@@ -81,7 +81,7 @@ def classify(error: Exception, provider: str) -> Exception:
         return TransientAgentError(f"the {provider} provider could not be reached")
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
-        if status == 429 or status >= 500 or status == 408:
+        if status in _TRANSIENT_STATUSES or status >= 500:
             return TransientAgentError(
                 f"the {provider} provider answered {status}; will retry",
                 retry_after_s=_retry_after(error),
@@ -110,6 +110,10 @@ def malformed(provider: str, what: str) -> TransientAgentError:
     words stay out (of the job's error and of the log): they may echo what we sent."""
     return TransientAgentError(f"the {provider} provider {what}")
 
+
+# Asked again, these succeed: a timeout, a conflict (OpenAI documents 409 for a request
+# that clashed with another one of the same resource), too many requests.
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
 
 _PERMANENT_REASONS = {
     400: "rejected the request as invalid",

@@ -296,8 +296,11 @@ def test_a_broken_answer_is_the_providers_fault_and_retried(alice, fake, run, ra
     assert "sk-secret" not in str(events(alice, job["id"]))
 
 
-def test_rate_limit_is_retried_after_retry_after(alice, fake, run, session_factory):
-    fake.then(Turn(status=429, headers={"Retry-After": "7"}))
+@pytest.mark.parametrize("status", [429, 409], ids=["rate limited", "conflict"])
+def test_rate_limit_is_retried_after_retry_after(alice, fake, run, session_factory, status):
+    """OpenAI answers 409 to a request that clashed with another one and succeeds when
+    sent again; it failed the job at once, as a request of ours the provider refused."""
+    fake.then(Turn(status=status, headers={"Retry-After": "7"}))
     job = alice.submit(agent(alice)["id"])
     assert run(job["id"]) == "queued"
     scheduled = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"]
