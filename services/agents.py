@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from models import Agent
 from services import preconditions
-from services.errors import NotFound
+from services.errors import FieldProblem, InvalidInput, NotFound
 from services.pagination import ByteBound, Page, newest_first
 from services.preconditions import VersionCondition
 
@@ -19,6 +19,7 @@ CONFIG_FIELDS = ("provider", "model", "instructions", "params", "tools", "max_st
 
 
 def create(session: Session, *, owner_id: uuid.UUID, fields: dict[str, Any]) -> Agent:
+    _check_runnable(fields)
     agent = Agent(owner_id=owner_id, version=1, **fields)
     session.add(agent)
     session.flush()
@@ -53,6 +54,7 @@ def update(
 ) -> Agent:
     """Apply a partial update and bump the version; `condition` (If-Match) guards lost updates."""
     agent = _lock(session, owner_id=owner_id, agent_id=agent_id, condition=condition)
+    _check_runnable({name: getattr(agent, name) for name in CONFIG_FIELDS} | fields)
     for name, value in fields.items():
         setattr(agent, name, value)
     agent.version += 1
@@ -73,6 +75,22 @@ def delete(
     agent = _lock(session, owner_id=owner_id, agent_id=agent_id, condition=condition)
     agent.deleted_at = func.now()
     session.flush()
+
+
+def _check_runnable(config: dict[str, Any]) -> None:
+    """`InvalidInput` naming what makes an agent configuration wrong for every job: a chat
+    provider without a model (each job failed at its run, "names no model"), or one tool
+    listed twice (each request to the model described that function twice). Checked on
+    the agent as a change leaves it, so a PATCH cannot take the model away either."""
+    problems = []
+    if config["provider"] != "echo" and not (config.get("model") or "").strip():
+        problems.append(FieldProblem("model", f"a {config['provider']} agent needs a model"))
+    tools = config.get("tools") or []
+    repeated = sorted({tool for tool in tools if tools.count(tool) > 1})
+    if repeated:
+        problems.append(FieldProblem("tools", f"lists {', '.join(repeated)} more than once"))
+    if problems:
+        raise InvalidInput(problems=problems)
 
 
 def _lock(

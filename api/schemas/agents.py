@@ -13,13 +13,17 @@ ToolName = Literal["documents.search", "documents.read", "documents.write", "eve
 Provider = Literal["echo", "openai"]
 
 
+MODEL = "the provider's name of the model; required unless the provider is echo"
+TOOLS = "each at most once"
+
+
 class AgentIn(Input):
     name: Name
     provider: Provider
-    model: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, max_length=200, description=MODEL)
     instructions: str | None = Field(default=None, max_length=100_000)
     params: SmallObject = Field(default_factory=dict)
-    tools: list[ToolName] = Field(default_factory=list, max_length=16)
+    tools: list[ToolName] = Field(default_factory=list, max_length=16, description=TOOLS)
     max_steps: StrictInt = Field(default=8, ge=1, le=100)
     timeout_s: StrictInt | None = Field(default=None, ge=1, le=3600)
 
@@ -27,10 +31,10 @@ class AgentIn(Input):
 class AgentPatch(Input):
     name: Name | None = None
     provider: Provider | None = None
-    model: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, max_length=200, description=MODEL)
     instructions: str | None = Field(default=None, max_length=100_000)
     params: SmallObject | None = None
-    tools: list[ToolName] | None = Field(default=None, max_length=16)
+    tools: list[ToolName] | None = Field(default=None, max_length=16, description=TOOLS)
     max_steps: StrictInt | None = Field(default=None, ge=1, le=100)
     timeout_s: StrictInt | None = Field(default=None, ge=1, le=3600)
 

@@ -99,3 +99,40 @@ def test_an_agents_counts_must_be_json_integers(alice, field, value):
     patched = alice.patch(f"/v1/agents/{agent['id']}", json={field: value})
     assert patched.status_code == 422, patched.json
     assert alice.get(f"/v1/agents/{agent['id']}").json["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"provider": "openai"}, "model"),
+        ({"provider": "openai", "model": " "}, "model"),
+        ({"tools": ["documents.read", "documents.search", "documents.read"]}, "tools"),
+    ],
+    ids=["no model", "blank model", "a tool twice"],
+)
+def test_an_agent_no_job_could_run_is_refused_naming_the_field(alice, fields, field):
+    """Both were registered: every job of an openai agent without a model failed at its
+    run, and a tool listed twice was described twice to the model in every request."""
+    created = alice.post("/v1/agents", json={"name": "x", "provider": "echo", **fields})
+    assert created.status_code == 422, created.json
+    assert [e["field"] for e in created.json["errors"]] == [field]
+    assert alice.get("/v1/agents").json["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("start", "change", "field"),
+    [
+        ({"provider": "openai", "model": "m"}, {"model": None}, "model"),
+        ({}, {"provider": "openai"}, "model"),
+        ({}, {"tools": ["events.append", "events.append"]}, "tools"),
+    ],
+    ids=["model removed", "provider without model", "a tool twice"],
+)
+def test_a_change_leaving_an_agent_no_job_could_run_is_refused(alice, start, change, field):
+    agent = alice.create_agent(**start)
+    patched = alice.patch(f"/v1/agents/{agent['id']}", json=change)
+    assert patched.status_code == 422, patched.json
+    assert [e["field"] for e in patched.json["errors"]] == [field]
+    assert alice.get(f"/v1/agents/{agent['id']}").json == agent
+    model_added = alice.patch(f"/v1/agents/{agent['id']}", json={**change, "model": "m"})
+    assert model_added.status_code == (200 if field == "model" else 422)
