@@ -160,7 +160,13 @@ class ChatRunner:
                 finished["tool_calls_not_run"] = len(not_run)
             control.emit("job.step.finished", {**finished, "usage": usage.as_dict()})
             if not result.tool_calls:
-                return {"text": result.text, "usage": usage.as_dict(), "steps": step}
+                return {
+                    "text": result.text,
+                    "usage": usage.as_dict(),
+                    "steps": step,
+                    # Why the model stopped: "length" is an answer cut at max_tokens.
+                    "finish_reason": result.finish_reason,
+                }
             messages.append(
                 {
                     "role": "assistant",
@@ -181,6 +187,7 @@ class ChatRunner:
             "usage": usage.as_dict(),
             "steps": config.get("max_steps"),
             "stopped": "max_steps",
+            "finish_reason": result.finish_reason,
         }
 
     def _first_messages(

@@ -31,6 +31,7 @@ class Turn:
     chunk_delay_s: float = 0.0  # between streamed chunks
     chunk_size: int = 3  # characters per streamed text chunk
     usage: tuple[int, int] = (11, 7)
+    finish_reason: str | None = None  # default: "tool_calls" when it has some, else "stop"
     # The ids of calls by their position (default: fresh random ones).
     tool_call_ids: dict[int, str] | None = None
     # A broken provider: these bytes as the whole answer (of `status`), with this type.
@@ -176,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
                 half = len(text) // 2
                 for piece in (text[:half], text[half:]):
                     send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-            send({}, "tool_calls" if turn.tool_calls else "stop")
+            send({}, _finish_reason(turn))
             prompt, completion = turn.usage
             usage = {
                 "prompt_tokens": prompt,
@@ -190,6 +191,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client closed the stream (cancelled or timed out)
+
+
+def _finish_reason(turn: Turn) -> str:
+    return turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
 
 
 def _completion(request: dict[str, Any], turn: Turn) -> dict[str, Any]:
@@ -213,7 +218,7 @@ def _completion(request: dict[str, Any], turn: Turn) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
-                "finish_reason": "tool_calls" if turn.tool_calls else "stop",
+                "finish_reason": _finish_reason(turn),
             }
         ],
         "usage": {

@@ -69,7 +69,9 @@ class JobOut(Output):
     agent_version: int
     status: JobStatus
     input: dict[str, Any]
-    output: dict[str, Any] | None
+    output: dict[str, Any] | None = Field(
+        description="the agent's result; a model's has text, usage, steps and finish_reason"
+    )
     error: dict[str, Any] | None
     attempt: int
     max_attempts: int

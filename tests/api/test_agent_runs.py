@@ -215,6 +215,18 @@ def test_stops_at_max_steps(alice, fake, run):
     assert run(job["id"]) == "succeeded"
     output = alice.get(f"/v1/jobs/{job['id']}").json["output"]
     assert output["stopped"] == "max_steps" and len(fake.requests) == 2
+    assert output["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("reason", ["stop", "length", "content_filter"])
+def test_the_output_says_why_the_model_stopped(alice, fake, run, reason):
+    """An answer cut at max_tokens ("length") looked like a whole one: only the
+    `job.step.finished` events said why the model stopped."""
+    fake.then(Turn(text="an answer", finish_reason=reason))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "succeeded"
+    output = alice.get(f"/v1/jobs/{job['id']}").json["output"]
+    assert output["text"] == "an answer" and output["finish_reason"] == reason
 
 
 @pytest.mark.parametrize(
