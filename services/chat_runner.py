@@ -254,6 +254,11 @@ class ChatRunner:
             # A 200 that held no answer: an HTML page, a JSON document that is not a
             # stream, chunks without choices. It used to end the job `succeeded`, empty.
             raise malformed(provider, "sent an answer with nothing in it")
+        if result.finish_reason is None:
+            # The connection closed before the model finished: the text so far is a part,
+            # and the last tool call's arguments may be cut. It used to end the job
+            # `succeeded` with the part, or run the calls.
+            raise malformed(provider, "ended its answer before it was finished")
         buffer.flush()
         result.tool_calls = _with_unique_ids([calls[i].call() for i in sorted(calls)])
         return result

@@ -32,6 +32,8 @@ class Turn:
     chunk_size: int = 3  # characters per streamed text chunk
     usage: tuple[int, int] = (11, 7)
     finish_reason: str | None = None  # default: "tool_calls" when it has some, else "stop"
+    # The connection closes after the text and tool calls, before the finish reason.
+    ends_early: bool = False
     # The ids of calls by their position (default: fresh random ones).
     tool_call_ids: dict[int, str] | None = None
     # A broken provider: these bytes as the whole answer (of `status`), with this type.
@@ -177,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
                 half = len(text) // 2
                 for piece in (text[:half], text[half:]):
                     send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+            if turn.ends_early:
+                return
             send({}, _finish_reason(turn))
             prompt, completion = turn.usage
             usage = {

@@ -308,6 +308,27 @@ def test_a_broken_answer_is_the_providers_fault_and_retried(alice, fake, run, ra
     assert "sk-secret" not in str(events(alice, job["id"]))
 
 
+@pytest.mark.parametrize(
+    "cut",
+    [
+        Turn(text="The answer is fourt", ends_early=True),
+        Turn(tool_calls=[("documents.search", {"query": "cut short"})], ends_early=True),
+    ],
+    ids=["text", "tool calls"],
+)
+def test_an_answer_cut_before_its_finish_reason_is_retried(alice, fake, run, cut):
+    """A connection closed early ended the job `succeeded` with part of an answer, or ran
+    tool calls whose last arguments may have been cut."""
+    fake.then(cut)
+    job = alice.submit(agent(alice, tools=["documents.search"])["id"])
+    assert run(job["id"]) == "queued"
+    stream = events(alice, job["id"])
+    (scheduled,) = [e["data"] for e in stream if e["type"] == "job.retry_scheduled"]
+    assert scheduled["error"]["type"] == "transient"
+    assert "before it was finished" in scheduled["error"]["message"]
+    assert not [e for e in stream if e["type"] == "job.tool_call"]
+
+
 @pytest.mark.parametrize("status", [429, 409], ids=["rate limited", "conflict"])
 def test_rate_limit_is_retried_after_retry_after(alice, fake, run, session_factory, status):
     """OpenAI answers 409 to a request that clashed with another one and succeeds when
