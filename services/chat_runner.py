@@ -23,7 +23,7 @@ from services.agent_runner import RunControl
 from services.agent_tools import JobScope, ToolBox
 from services.inputs import storable_text
 from services.llm import Providers, classify, malformed
-from services.llm_http import AnswerTooLarge
+from services.llm_http import BadAnswer
 
 # Emit buffered text when this much has gathered or this long has passed; but not more
 # often than every DELTA_MIN_INTERVAL_S unless DELTA_MAX_CHARS have gathered. Each event is
@@ -235,7 +235,7 @@ class ChatRunner:
             request["tools"] = self._tools.specs(tool_names)
         try:
             stream = client.chat.completions.create(**request)
-        except (openai.OpenAIError, AnswerTooLarge) as error:
+        except (openai.OpenAIError, BadAnswer) as error:
             control.checkpoint()  # no answer by the deadline: timed out, not failed
             raise classify(error, provider) from None
         control.on_stop(stream.close)
@@ -296,7 +296,7 @@ class ChatRunner:
 def _chunks(stream: Any, provider: str, control: RunControl) -> Iterator[Any]:
     try:
         yield from stream
-    except (openai.OpenAIError, AnswerTooLarge) as error:
+    except (openai.OpenAIError, BadAnswer) as error:
         control.checkpoint()  # a stream closed by a cancel or timeout is a stop, not an error
         raise classify(error, provider) from None
     except ValueError:  # a chunk that is not JSON

@@ -12,7 +12,7 @@ import openai
 from services import retry_after
 from services.agent_errors import PermanentAgentError, TransientAgentError
 from services.errors import in_chain
-from services.llm_http import AnswerTooLarge, BoundedClient
+from services.llm_http import AnswerTooLarge, BoundedClient, UnreadableAnswer
 
 DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
@@ -75,6 +75,9 @@ def classify(error: Exception, provider: str) -> Exception:
     too_large = in_chain(error, AnswerTooLarge)  # raised as it is, or wrapped by the SDK
     if too_large is not None:
         return too_large_error(too_large, provider)
+    unreadable = in_chain(error, UnreadableAnswer)
+    if unreadable is not None:
+        return malformed(provider, unreadable.what)
     if isinstance(error, openai.APITimeoutError):
         return TransientAgentError(f"the {provider} provider did not answer in time")
     if isinstance(error, openai.APIConnectionError):

@@ -4,10 +4,17 @@ of an answer is read.
 Nothing else bounded it: the SDK reads a streamed answer for as long as the provider sends,
 and its event decoder keeps an unfinished line in memory whole. A provider that sent one
 endless line grew a pool process past 1.7 GB before the job's timeout ended it. So the
-answer's bytes are counted as they arrive, before any decoding, and reading stops at
-`max_bytes` in all or `max_line_bytes` without a line break (an event of the stream is a
-line; a chunk of a chat answer is a few hundred bytes, a tool call's arguments at most
-some kilobytes at once).
+answer's bytes are counted as they arrive, before the SDK decodes anything, and reading
+stops at `max_bytes` in all or `max_line_bytes` without a line break (an event of the
+stream is a line; a chunk of a chat answer is a few hundred bytes, a tool call's arguments
+at most some kilobytes at once).
+
+The bytes counted are the answer's own, decompressed: a gzip answer of 64 KB on the wire
+can hold 64 MB, and counted on the wire it passed a bound of 32 MiB at 32 GB. The bound
+inflates a compressed answer itself, at most `INFLATE_PIECE_BYTES` at a time, so it stops
+at its limit with no more than that piece beyond it in memory; it offers the provider only
+the encodings it can inflate so (gzip, deflate), and hands the SDK the answer as plain
+bytes.
 
 The bound wraps the response's byte stream in `send`, rather than the transport, so the
 client keeps everything else of the SDK's (its connection limits, redirects, the
@@ -28,16 +35,26 @@ import contextlib
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx2
 import openai
 
 MAX_LINE_BYTES = 1024 * 1024
+INFLATE_PIECE_BYTES = 64 * 1024
+# Content-Encoding: the zlib window bits that inflate it (RFC 9110: deflate is the zlib
+# format).
+_INFLATABLE = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"
 
 
-class AnswerTooLarge(Exception):
+class BadAnswer(Exception):
+    """An answer the bound stopped reading."""
+
+
+class AnswerTooLarge(BadAnswer):
     """The provider's answer passed a bound. `whole`: the answer as a whole (a true answer
     that long will be as long when asked again), else one line of it (a broken stream)."""
 
@@ -47,15 +64,25 @@ class AnswerTooLarge(Exception):
         self.whole = whole
 
 
+class UnreadableAnswer(BadAnswer):
+    """An answer in an encoding we did not offer, or compressed data that does not
+    inflate. `what` says which, in words for the job's owner."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
 class _BoundedStream(httpx2.SyncByteStream):
-    def __init__(self, inner: Any, max_bytes: int, max_line_bytes: int) -> None:
+    def __init__(self, inner: Any, encoding: str, max_bytes: int, max_line_bytes: int) -> None:
         self._inner = inner
+        self._encoding = encoding
         self._max_bytes = max_bytes
         self._max_line_bytes = max_line_bytes
 
     def __iter__(self) -> Iterator[bytes]:
         total = line = 0
-        for chunk in self._inner:
+        for chunk in _decoded(self._inner, self._encoding):
             total += len(chunk)
             if total > self._max_bytes:
                 raise AnswerTooLarge(self._max_bytes, whole=True)
@@ -68,6 +95,29 @@ class _BoundedStream(httpx2.SyncByteStream):
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _decoded(chunks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """The answer's own bytes, of a body in `encoding` (its Content-Encoding)."""
+    if encoding in ("", "identity"):
+        return iter(chunks)
+    if encoding not in _INFLATABLE:
+        raise UnreadableAnswer("sent its answer in an encoding it was not offered")
+    return _inflated(chunks, _INFLATABLE[encoding])
+
+
+def _inflated(chunks: Iterable[bytes], wbits: int) -> Iterator[bytes]:
+    """The inflated bytes of `chunks`, in pieces of at most INFLATE_PIECE_BYTES."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                yield inflater.decompress(data, INFLATE_PIECE_BYTES)
+                data = inflater.unconsumed_tail
+        yield inflater.flush()
+    except zlib.error:
+        raise UnreadableAnswer("sent a compressed answer that does not inflate") from None
 
 
 class _Sockets:
@@ -122,12 +172,16 @@ class BoundedClient(openai.DefaultHttpxClient):
         self, request: httpx2.Request, *, stream: bool = False, **kwargs: Any
     ) -> httpx2.Response:
         request.extensions["trace"] = _chained(self._sockets.trace, request.extensions.get("trace"))
+        request.headers["Accept-Encoding"] = ACCEPT_ENCODING
         # Always streamed here, so that an answer the caller wants whole is read through
         # the bound too.
         response = super().send(request, stream=True, **kwargs)
+        encoding = response.headers.get("content-encoding", "").strip().lower()
         response.stream = _BoundedStream(
-            response.stream, self._max_answer_bytes, self._max_line_bytes
+            response.stream, encoding, self._max_answer_bytes, self._max_line_bytes
         )
+        # The bound hands on the answer inflated: httpx must not inflate it again.
+        response.headers.pop("content-encoding", None)
         if not stream:
             try:
                 response.read()

@@ -98,6 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         request = json.loads(self.rfile.read(length) or b"{}")
         request["_authorization"] = self.headers.get("Authorization")
+        request["_accept_encoding"] = self.headers.get("Accept-Encoding")
         if not self.path.endswith("/chat/completions"):
             return self._send_json(
                 404, {"error": {"message": "not found", "type": "invalid_request_error"}}
@@ -118,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(turn.status)
         self.send_header("Content-Type", turn.raw_type)
         self.send_header("Content-Length", str(len(turn.raw or b"")))
+        for name, value in turn.headers.items():  # a Content-Encoding of the raw bytes
+            self.send_header(name, value)
         self.end_headers()
         # The client may stop reading (an answer past its bound).
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):

@@ -4,6 +4,7 @@ The watch thread is told to stay away from the database (long poll intervals): t
 share one connection, and only the runner thread may use it.
 """
 
+import gzip
 import json
 import uuid
 
@@ -421,6 +422,49 @@ def test_an_error_answer_past_its_bound_fails_the_job_too(alice, fake, small_ans
     job = alice.submit(agent(alice)["id"])
     assert small_answers_run(job["id"]) == "failed"
     assert "65536 bytes" in alice.get(f"/v1/jobs/{job['id']}").json["error"]["message"]
+
+
+def _chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    return b"data: " + json.dumps({**chunk, "choices": [choice]}).encode() + b"\n\n"
+
+
+def test_a_compressed_answer_is_read(alice, fake, run):
+    stream = _chunk({"content": "zipped"}) + _chunk({}, "stop") + b"data: [DONE]\n\n"
+    fake.then(Turn(raw=gzip.compress(stream), headers={"Content-Encoding": "gzip"}))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "succeeded"
+    assert alice.get(f"/v1/jobs/{job['id']}").json["output"]["text"] == "zipped"
+
+
+def test_a_compressed_answer_past_its_bound_fails_the_job(alice, fake, small_answers_run):
+    """Counted on the wire, 45 KB of gzip holding 16 MB passed a bound of 64 KiB."""
+    stream = _chunk({"content": "x" * 1000}) * 15_000 + _chunk({}, "stop")
+    body = gzip.compress(stream)
+    assert len(body) < 64 * 1024
+    fake.then(Turn(raw=body, headers={"Content-Encoding": "gzip"}))
+    job = alice.submit(agent(alice)["id"])
+    assert small_answers_run(job["id"]) == "failed"
+    failed = alice.get(f"/v1/jobs/{job['id']}").json
+    assert failed["error"]["type"] == "permanent" and "65536 bytes" in failed["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "said"),
+    [("br", b"\x0b\x00\x80", "not offered"), ("gzip", b"not gzip", "does not inflate")],
+)
+def test_an_answer_that_does_not_inflate_is_broken_and_retried(
+    alice, fake, run, encoding, body, said
+):
+    """Both were retried as a provider that "could not be reached"."""
+    fake.then(Turn(raw=body, headers={"Content-Encoding": encoding}))
+    job = alice.submit(agent(alice)["id"])
+    assert run(job["id"]) == "queued"
+    (scheduled,) = [
+        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
+    ]
+    assert scheduled["error"]["type"] == "transient" and said in scheduled["error"]["message"]
 
 
 def test_a_line_without_end_is_a_broken_answer_and_retried(alice, fake, run):

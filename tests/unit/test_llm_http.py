@@ -1,8 +1,11 @@
 """Cutting a model request from another thread, against a real (fake) provider server: a
 cancel or a deadline must not wait for a provider that has not answered yet."""
 
+import gzip
 import threading
 import time
+import tracemalloc
+import zlib
 
 import httpx2
 import pytest
@@ -12,7 +15,7 @@ from services.agent_runner import FreeRun, Stopped
 from services.agent_tools import ToolBox
 from services.chat_runner import ChatRunner
 from services.llm import ProviderConfig, Providers
-from services.llm_http import BoundedClient
+from services.llm_http import AnswerTooLarge, BoundedClient
 from tests.fake_openai import FakeOpenAI, Turn
 from tests.helpers import poll
 
@@ -122,3 +125,59 @@ def remember_port(event: str, info: dict, ports: list) -> None:
     """A trace of the caller's own, which the client must keep calling beside its own."""
     if event == "connection.connect_tcp.complete":
         ports.append(info["return_value"].get_extra_info("client_addr")[1])
+
+
+# An answer of 32 MiB, some 32 KB compressed: comment lines of a stream.
+INFLATED_BYTES = 32 * 1024 * 1024
+BOUND = 64 * 1024
+COMPRESS = {"gzip": gzip.compress, "deflate": zlib.compress}
+
+
+@pytest.fixture(scope="module")
+def comment_lines() -> bytes:
+    return b": keep-alive\n" * (INFLATED_BYTES // 13)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "whole"])
+def test_a_compressed_answer_is_cut_at_its_inflated_size(fake, comment_lines, encoding, streamed):
+    """The bound counted bytes on the wire: 32 MiB arrived as 32 KB and passed a bound of
+    64 KiB; at the default bound (32 MiB) an answer could hold 32 GB. Now it is cut at
+    the bound, without inflating the rest."""
+    body = COMPRESS[encoding](comment_lines)
+    assert len(body) < BOUND
+    fake.then(Turn(raw=body, headers={"Content-Encoding": encoding}))
+    url = f"{fake.base_url}/chat/completions"
+    request = {"model": "m", "messages": []}
+    tracemalloc.start()
+    try:
+        with (
+            BoundedClient(max_answer_bytes=BOUND, timeout=10) as client,
+            pytest.raises(AnswerTooLarge) as cut,
+        ):
+            if streamed:
+                with client.stream("POST", url, json=request) as response:
+                    for _ in response.iter_bytes():
+                        pass
+            else:
+                client.post(url, json=request)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cut.value.whole and cut.value.limit == BOUND
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes held while reading"
+
+
+def test_a_compressed_answer_within_its_bound_reads_whole(fake):
+    answer = b'{"text": "' + b"y" * 100_000 + b'"}'
+    fake.then(
+        Turn(
+            raw=gzip.compress(answer),
+            raw_type="application/json",
+            headers={"Content-Encoding": "gzip"},
+        )
+    )
+    with BoundedClient(max_answer_bytes=2 * len(answer), timeout=10) as client:
+        response = client.post(f"{fake.base_url}/chat/completions", json={})
+    assert response.content == answer and "content-encoding" not in response.headers
+    assert fake.requests[0]["_accept_encoding"] == "gzip, deflate"
