@@ -121,8 +121,9 @@ class Settings(BaseSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str | None = None
     llm_request_timeout_s: float = Field(default=120.0, gt=0)
-    # The most of one model answer (one step's stream) a worker reads: past it the job
-    # fails (services/llm_http.py).
+    # The most of one model conversation a worker holds: a request, which carries every
+    # turn before it, and its answer (one step's stream); past it the job fails
+    # (services/llm_http.py).
     llm_max_answer_bytes: int = Field(default=DEFAULT_MAX_ANSWER_BYTES, ge=64 * 1024)
 
     # Webhook deliveries (services/webhook_policy.py says what each one does).

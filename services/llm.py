@@ -22,7 +22,8 @@ class ProviderConfig:
     base_url: str
     api_key: str | None
     request_timeout_s: float = 60.0
-    # The most of one answer (one step's stream, with its framing) read from the provider.
+    # The most of one conversation held: a request (every turn before it) and its answer
+    # (one step's stream, with its framing), as read from the provider.
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
 
 
@@ -97,13 +98,15 @@ def classify(error: Exception, provider: str) -> Exception:
 
 
 def too_large_error(error: AnswerTooLarge, provider: str) -> Exception:
-    """An answer past its bound. Too long as a whole is permanent: asked again, the model
-    would answer at the same length, at the same cost. A line without end is a broken
-    stream, the provider's fault like any malformed answer."""
+    """An answer past its bound. Too long as a whole (with the turns before it) is
+    permanent: asked again, the model would answer at the same length, at the same cost.
+    A line without end is a broken stream, the provider's fault like any malformed
+    answer."""
     if error.whole:
         return PermanentAgentError(
-            f"the {provider} provider's answer passed {error.limit} bytes, the most read"
-            " of one answer; ask for a shorter one (max_tokens)"
+            f"the conversation with the {provider} provider passed {error.limit} bytes,"
+            " the most held of one job's turns (answers, tool calls and results); ask for"
+            " shorter answers (max_tokens) or fewer steps"
         )
     return malformed(provider, f"sent a line of its answer longer than {error.limit} bytes")
 

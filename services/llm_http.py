@@ -9,6 +9,12 @@ stops at `max_bytes` in all or `max_line_bytes` without a line break (an event o
 stream is a line; a chunk of a chat answer is a few hundred bytes, a tool call's arguments
 at most some kilobytes at once).
 
+A conversation, not only its answer, is held to `max_bytes`: each request carries every
+turn before it (the job's input, the model's answers and tool calls, the tools' results),
+so the answer to a request is read up to what the request left of the bound, and a
+request that alone passes it is not sent. One answer under the bound each, steps of a
+job grew the request past it (at 32 MiB an answer, eight steps held 256 MiB).
+
 The bytes counted are the answer's own, decompressed: a gzip answer of 64 KB on the wire
 can hold 64 MB, and counted on the wire it passed a bound of 32 MiB at 32 GB. The bound
 inflates a compressed answer itself, at most `INFLATE_PIECE_BYTES` at a time, so it stops
@@ -55,8 +61,9 @@ class BadAnswer(Exception):
 
 
 class AnswerTooLarge(BadAnswer):
-    """The provider's answer passed a bound. `whole`: the answer as a whole (a true answer
-    that long will be as long when asked again), else one line of it (a broken stream)."""
+    """The provider's answer passed a bound. `whole`: the conversation, the request and its
+    answer together (a true answer that long will be as long when asked again), else one
+    line of the answer (a broken stream)."""
 
     def __init__(self, limit: int, *, whole: bool) -> None:
         super().__init__(limit, whole)
@@ -74,18 +81,24 @@ class UnreadableAnswer(BadAnswer):
 
 
 class _BoundedStream(httpx2.SyncByteStream):
-    def __init__(self, inner: Any, encoding: str, max_bytes: int, max_line_bytes: int) -> None:
+    """An answer read up to `left` bytes, what its request left of the conversation's
+    bound `limit`, and `max_line_bytes` without a line break."""
+
+    def __init__(
+        self, inner: Any, encoding: str, left: int, limit: int, max_line_bytes: int
+    ) -> None:
         self._inner = inner
         self._encoding = encoding
-        self._max_bytes = max_bytes
+        self._left = left
+        self._limit = limit
         self._max_line_bytes = max_line_bytes
 
     def __iter__(self) -> Iterator[bytes]:
         total = line = 0
         for chunk in _decoded(self._inner, self._encoding):
             total += len(chunk)
-            if total > self._max_bytes:
-                raise AnswerTooLarge(self._max_bytes, whole=True)
+            if total > self._left:
+                raise AnswerTooLarge(self._limit, whole=True)
             # Server-sent events end a line with \n, \r\n or \r.
             end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
             line = line + len(chunk) if end < 0 else len(chunk) - end - 1
@@ -173,12 +186,15 @@ class BoundedClient(openai.DefaultHttpxClient):
     ) -> httpx2.Response:
         request.extensions["trace"] = _chained(self._sockets.trace, request.extensions.get("trace"))
         request.headers["Accept-Encoding"] = ACCEPT_ENCODING
+        left = self._max_answer_bytes - len(request.read())  # the conversation so far
+        if left < 0:
+            raise AnswerTooLarge(self._max_answer_bytes, whole=True)
         # Always streamed here, so that an answer the caller wants whole is read through
         # the bound too.
         response = super().send(request, stream=True, **kwargs)
         encoding = response.headers.get("content-encoding", "").strip().lower()
         response.stream = _BoundedStream(
-            response.stream, encoding, self._max_answer_bytes, self._max_line_bytes
+            response.stream, encoding, left, self._max_answer_bytes, self._max_line_bytes
         )
         # The bound hands on the answer inflated: httpx must not inflate it again.
         response.headers.pop("content-encoding", None)

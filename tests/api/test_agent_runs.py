@@ -507,6 +507,20 @@ def test_tool_calls_past_the_cap_are_answered_not_run(alice, fake, run):
     assert [a["content"].startswith("not run") for a in answers].count(True) == 3
 
 
+def test_a_conversation_past_the_answer_bound_fails_the_job(alice, fake, small_answers_run):
+    """Each answer was bounded, not the turns together: every request carries all of
+    them, and steps of 25 KB each grew it past the bound of 64 KiB."""
+    step = Turn(tool_calls=[("documents.search", {"query": "q" * 25_000})])
+    fake.then(step, step, step, Turn(text="done"))
+    job = alice.submit(agent(alice, tools=["documents.search"])["id"])
+    assert small_answers_run(job["id"]) == "failed"
+    failed = alice.get(f"/v1/jobs/{job['id']}").json
+    assert failed["error"]["type"] == "permanent" and failed["attempt"] == 1
+    assert "conversation" in failed["error"]["message"]
+    assert "65536 bytes" in failed["error"]["message"]
+    assert len(fake.requests) == 3
+
+
 def test_two_tool_calls_with_one_id_get_two_ids(alice, fake, run):
     """Both results answered the same id, which the provider refuses."""
     calls = [("documents.search", {"query": "a"}), ("documents.search", {"query": "b"})]

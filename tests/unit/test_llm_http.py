@@ -181,3 +181,14 @@ def test_a_compressed_answer_within_its_bound_reads_whole(fake):
         response = client.post(f"{fake.base_url}/chat/completions", json={})
     assert response.content == answer and "content-encoding" not in response.headers
     assert fake.requests[0]["_accept_encoding"] == "gzip, deflate"
+
+
+def test_a_request_that_alone_passes_the_bound_is_not_sent(fake):
+    """A request carries the conversation so far: past the bound, it ends the job as a
+    conversation too long, before the provider sees (and bills) it."""
+    with (
+        BoundedClient(max_answer_bytes=BOUND, timeout=10) as client,
+        pytest.raises(AnswerTooLarge) as cut,
+    ):
+        client.post(f"{fake.base_url}/chat/completions", content=b"x" * (BOUND + 1))
+    assert cut.value.whole and fake.requests == []
