@@ -35,6 +35,9 @@ DELTA_MIN_INTERVAL_S = 0.05
 DELTA_MAX_CHARS = 16_384
 # Tool calls run per step; the model hears that the rest were not run.
 MAX_TOOL_CALLS_PER_STEP = 32
+# Tool calls one answer may hold: past it the job fails (each call, run or not, is a
+# message of the conversation and an answer the provider wants).
+MAX_TOOL_CALLS_PER_ANSWER = 64
 TOO_MANY_TOOL_CALLS = (
     f"not run: at most {MAX_TOOL_CALLS_PER_STEP} tool calls are run per step; ask again"
     " for the rest"
@@ -364,6 +367,11 @@ def _merge_tool_call(calls: dict[int, _CallParts], piece: Any) -> None:
     arguments in pieces."""
     if not isinstance(piece.index, int):
         raise TypeError("a tool call without an index")
+    if piece.index not in calls and len(calls) == MAX_TOOL_CALLS_PER_ANSWER:
+        raise PermanentAgentError(
+            f"the model asked for more than {MAX_TOOL_CALLS_PER_ANSWER} tool calls in one"
+            " answer, the most taken"
+        )
     call = calls.setdefault(piece.index, _CallParts(id=f"call_{piece.index}"))
     if piece.id:
         call.id = _text(piece.id)

@@ -507,6 +507,20 @@ def test_tool_calls_past_the_cap_are_answered_not_run(alice, fake, run):
     assert [a["content"].startswith("not run") for a in answers].count(True) == 3
 
 
+def test_an_answer_with_more_tool_calls_than_taken_fails_the_job(alice, fake, run):
+    """Nothing bounded their number but the answer's bytes: some 100,000 calls fit in
+    32 MiB, each a message of the conversation and an answer the provider wants."""
+    calls = [("documents.search", {"query": "q"})] * 65
+    fake.then(Turn(tool_calls=calls), Turn(text="done"))
+    job = alice.submit(agent(alice, tools=["documents.search"])["id"])
+    assert run(job["id"]) == "failed"
+    failed = alice.get(f"/v1/jobs/{job['id']}").json
+    assert failed["error"]["type"] == "permanent" and failed["attempt"] == 1
+    assert "more than 64 tool calls" in failed["error"]["message"]
+    assert not [e for e in events(alice, job["id"]) if e["type"] == "job.tool_call"]
+    assert len(fake.requests) == 1
+
+
 def test_a_conversation_past_the_answer_bound_fails_the_job(alice, fake, small_answers_run):
     """Each answer was bounded, not the turns together: every request carries all of
     them, and steps of 25 KB each grew it past the bound of 64 KiB."""
