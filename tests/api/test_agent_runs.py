@@ -508,7 +508,7 @@ def test_tool_calls_past_the_cap_are_answered_not_run(alice, fake, run):
 
 
 def test_an_answer_with_more_tool_calls_than_taken_fails_the_job(alice, fake, run):
-    """Nothing bounded their number but the answer's bytes: some 100,000 calls fit in
+    """Nothing bounded their number but the answer's bytes: over 100,000 small calls fit in
     32 MiB, each a message of the conversation and an answer the provider wants."""
     calls = [("documents.search", {"query": "q"})] * 65
     fake.then(Turn(tool_calls=calls), Turn(text="done"))
