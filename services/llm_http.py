@@ -12,11 +12,11 @@ at most some kilobytes at once).
 A conversation, not only its answer, is held to `max_bytes`: each request carries every
 turn before it (the job's input, the model's answers and tool calls, the tools' results),
 so the answer to a request is read up to what the request left of the bound, and a
-request that alone passes it is not sent. One answer under the bound each, steps of a
-job grew the request past it (at 32 MiB an answer, eight steps held 256 MiB).
+request that alone passes it is not sent. With each answer under the bound, the steps of
+a job could grow its request past it (eight answers of 32 MiB: 256 MiB).
 
-The bytes counted are the answer's own, decompressed: a gzip answer of 64 KB on the wire
-can hold 64 MB, and counted on the wire it passed a bound of 32 MiB at 32 GB. The bound
+The bytes counted are the answer's own, decompressed: counted on the wire, 65 KB of gzip
+holding 32 MiB passed a bound of 64 KiB, and 32 MiB of it could hold 32 GB. The bound
 inflates a compressed answer itself, at most `INFLATE_PIECE_BYTES` at a time, so it stops
 at its limit with no more than that piece beyond it in memory; it offers the provider only
 the encodings it can inflate so (gzip, deflate), and hands the SDK the answer as plain
