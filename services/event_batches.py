@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Event, EventBatch
+from models import EventBatch
 from models.ids import new_id_text
 from services import event_store
 from services.after_commit import SendTask, defer
@@ -123,7 +123,9 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
                 _rejection(event_id, f"this event_id was appended to stream {earlier.stream!r}")
             )
             rejected = True
-        elif earlier is not None and not _same_body(earlier, event):
+        elif earlier is not None and not event_store.same_body(
+            earlier, event["type"], event["data"], event["metadata"]
+        ):
             # As a single append's replay check (event_store._same_events): the id alone
             # made it a duplicate, and the new body was thrown away unsaid.
             results.append(
@@ -214,14 +216,6 @@ def _close(session: Session, batch: EventBatch, status: str, results: list[dict[
     batch.updated_at = func.now()
     session.flush()
     return status
-
-
-def _same_body(earlier: Event, event: dict[str, Any]) -> bool:
-    return bool(
-        earlier.type == event["type"]
-        and earlier.data == event["data"]
-        and earlier.metadata_ == event["metadata"]
-    )
 
 
 def _result(event_id: str, status: str, stream: str, version: int) -> dict[str, Any]:

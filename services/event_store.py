@@ -416,11 +416,38 @@ def _same_events(earlier: list[Event], stream: str, events: Sequence[NewEvent]) 
     return all(
         row.stream == stream
         and row.version == first + offset
-        and row.type == str(event.type)
-        and row.data == dict(event.data)
-        and row.metadata_ == dict(event.metadata)
+        and same_body(row, str(event.type), event.data, event.metadata)
         for offset, (row, event) in enumerate(zip(earlier, events, strict=True))
     )
+
+
+def same_body(
+    earlier: Event, type_: str, data: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> bool:
+    """The stored event has this type, data and metadata, as JSON sees them."""
+    return (
+        earlier.type == type_
+        and same_json(earlier.data, data)
+        and same_json(earlier.metadata_, metadata)
+    )
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values. Python's `==` takes `true` for 1 and `false` for 0 (a bool is
+    an int), which JSON does not: a retry that sent `true` for `1` was taken for the same
+    event and its body dropped unsaid. Numbers compare by value (`1.0` is `1`), as
+    PostgreSQL's jsonb equality has them."""
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, Mapping)
+            and a.keys() == b.keys()
+            and all(same_json(value, b[key]) for key, value in a.items())
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(same_json, a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return bool(a == b)
 
 
 def _row(stream: str, version: int, event: NewEvent) -> dict[str, Any]:

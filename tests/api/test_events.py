@@ -362,3 +362,32 @@ def test_expected_version_is_a_number_any_or_no_stream_and_nothing_else(alice, e
     assert answer.status_code == 422, answer.json
     assert answer.json["errors"][0]["field"].startswith("expected_version")
     assert len(alice.get(url).json["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("stored", "sent"),
+    [({"flag": 1}, {"flag": True}), ({"n": [0]}, {"n": [False]}), ({"f": True}, {"f": 1.0})],
+    ids=str,
+)
+@pytest.mark.parametrize("field", ["data", "metadata"])
+def test_a_retry_with_a_boolean_where_a_number_was_is_a_conflict(
+    alice, session, field, stored, sent
+):
+    """The replay check compared bodies with Python's `==`, where `True == 1` and
+    `False == 0.0`: a retry that sent `true` for `1` was taken for the same event, answered
+    as the first request, and its body thrown away unsaid. A batch made it a `duplicate`."""
+    url = f"/v1/streams/bools-{field}/events"
+    original = {"type": "t", "data": {}, "event_id": str(uuid.uuid4()), field: stored}
+    assert alice.post(url, json={"events": [original]}).status_code == 201
+    retry = {**original, field: sent}
+    answer = alice.post(url, json={"events": [retry]})
+    assert answer.status_code == 409, answer.json
+    assert answer.json["type"] == "/problems/duplicate-event-ids"
+    batch = {"events": [{"stream": f"bools-{field}", **retry}]}
+    results = persisted_results(alice, session, batch, "rejected")
+    assert "another type, data or metadata" in results[0]["reason"]
+    assert [e[field] for e in alice.get(url).json["items"]] == [stored]
+    # A number written another way is still the same number: 1.0 is 1 in JSON.
+    if stored == {"flag": 1}:
+        same = {**original, field: {"flag": 1.0}}
+        assert alice.post(url, json={"events": [same]}).status_code == 201
