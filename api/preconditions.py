@@ -20,12 +20,14 @@ def version_condition() -> VersionCondition | None:
     (nginx's gzip does), and the version is the same."""
     if_match = _versions("If-Match", request.if_match)
     if_none_match = _versions("If-None-Match", request.if_none_match)
-    if if_match is None and if_none_match is None and not request.if_none_match.star_tag:
+    stars = (request.if_none_match.star_tag, request.if_match.star_tag)
+    if if_match is None and if_none_match is None and not any(stars):
         return None
     return VersionCondition(
         any_of=if_match,
         none_of=if_none_match or frozenset(),
         nothing_there=request.if_none_match.star_tag,
+        something_there=request.if_match.star_tag,
     )
 
 

@@ -149,6 +149,20 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         f"new id, so there is nothing to create only if absent); tags hold. {_CONDITION}",
         _STRING,
     ),
+    "If-Match-Append": _request_header(
+        "If-Match",
+        "Append only while the stream's ETag (its version, as `GET /v1/streams/<stream>` "
+        "sends it) is one of these, else 412; `*` only to a stream that has events. "
+        "Checked before `expected_version`; a retry of events appended before (same "
+        f"`event_id`s) gets its first answer. {_CONDITION}",
+        _STRING,
+    ),
+    "If-None-Match-Append": _request_header(
+        "If-None-Match",
+        "Append only while the stream's ETag is none of these, else 412; `*` only to a "
+        f"stream that has no event yet (creating it). {_CONDITION}",
+        _STRING,
+    ),
     "If-Match-Read": _request_header(
         "If-Match",
         f"Answer only if the version answered is one of these ETags, else 412. {_CONDITION}",

@@ -35,6 +35,7 @@ from services import metrics
 from services.after_commit import Announce, defer, events_key
 from services.errors import Conflict, FieldProblem, InvalidInput
 from services.pagination import ByteBound, bounded_rows
+from services.preconditions import VersionCondition
 
 ExpectedVersion = int | Literal["any", "no_stream"]
 
@@ -114,11 +115,14 @@ def check_distinct_ids(events: Sequence[NewEvent]) -> None:
         raise InvalidInput(problems=problems)
 
 
-def appends_in_one_statement(events: Sequence[NewEvent]) -> bool:
+def appends_in_one_statement(
+    events: Sequence[NewEvent], condition: VersionCondition | None = None
+) -> bool:
     """Whether `append` writes these events with one statement (a request may then run it
     in autocommit): events without ids cannot have been appended before, so no replay
-    check has to read first."""
-    return all(e.event_id is None for e in events)
+    check has to read first. A `condition` is checked on the version read under the
+    stream's lock, in a transaction."""
+    return condition is None and all(e.event_id is None for e in events)
 
 
 def append(
@@ -128,6 +132,7 @@ def append(
     stream: str,
     events: Sequence[NewEvent],
     expected_version: ExpectedVersion = "any",
+    condition: VersionCondition | None = None,
 ) -> AppendResult:
     """Add events at the end of a stream, atomically with the caller's transaction.
 
@@ -135,9 +140,13 @@ def append(
     first answer is returned and nothing is written. Events without ids (the server makes
     them) cannot have been appended before, and take one statement (`_append_new`), which
     a request may run in autocommit (`models.db.OneStatement`).
+
+    `condition` (HTTP's `If-Match` / `If-None-Match`) is checked against the stream's
+    version, its ETag, before `expected_version`: 412 when it fails. A stream without
+    events does not exist: no `If-Match` holds for it, and `If-None-Match: *` does.
     """
     check_distinct_ids(events)
-    if appends_in_one_statement(events):
+    if appends_in_one_statement(events, condition):
         return _append_new(session, owner_id, stream, events, expected_version)
     if not isinstance(session, Session):  # a caller's mistake, not the client's
         raise RuntimeError("events with ids need a transaction: the replay check reads first")
@@ -145,6 +154,11 @@ def append(
     replay = _replay(session, owner_id, stream, events)
     if replay is not None:
         return replay
+    if condition is not None:
+        if current:
+            condition.check("stream", current)
+        else:
+            condition.check_missing("stream")
     _check_expected(current, expected_version)
     rows = [_row(stream, current + offset, event) for offset, event in enumerate(events, start=1)]
     positions = insert_rows(session, owner_id, rows, versions={stream: current + len(rows)})

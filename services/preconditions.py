@@ -13,11 +13,13 @@ from services.errors import PreconditionFailed
 class VersionCondition:
     """The change goes ahead only at one of `any_of` (None: at any version), and at none of
     `none_of`; `nothing_there` (`If-None-Match: *`) holds only where nothing exists, so
-    never for a change of something that does."""
+    never for a change of something that does, and `something_there` (`If-Match: *`) only
+    where something does."""
 
     any_of: frozenset[int] | None = None
     none_of: frozenset[int] = frozenset()
     nothing_there: bool = False
+    something_there: bool = False
 
     @classmethod
     def at(cls, version: int | None) -> VersionCondition | None:
@@ -33,6 +35,13 @@ class VersionCondition:
             self._refuse(f"the {what} exists (If-None-Match: *)", current)
         if current in self.none_of:
             self._refuse(f"the {what} is at version {current} (If-None-Match)", current)
+
+    def check_missing(self, what: str) -> None:
+        """The same where nothing exists yet, which a change may create (a stream without
+        events): it has no version, so `If-Match` fails, with tags or `*` (RFC 9110,
+        13.1.1), and `If-None-Match` holds."""
+        if self.any_of is not None or self.something_there:
+            raise PreconditionFailed(f"the {what} does not exist yet (If-Match)")
 
     def check_unversioned(self, what: str = "the resource") -> None:
         """The same for something that exists but has no version (no ETag): no version the

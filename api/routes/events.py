@@ -13,6 +13,7 @@ from api import live, sse
 from api.auth import current_principal, require_access_token
 from api.json_provider import dumps_bytes
 from api.openapi import declares
+from api.preconditions import check_on_create, version_condition
 from api.representations import event_json, receipt_json
 from api.request_context import db, end_session, single_statement_db
 from api.runtime import live_page_max_bytes, page_max_bytes
@@ -27,6 +28,7 @@ from api.schemas.events import (
     ReceiptOut,
     StreamQuery,
 )
+from api.spec_parts import CREATE_CONDITIONS
 from api.stream_names import check_stream, stream_problem
 from models import Event
 from services import event_batches, event_store
@@ -50,14 +52,19 @@ def _runtime():  # type: ignore[no-untyped-def]
     summary="Append events to a stream",
     description="`expected_version` (a version, `any` or `no_stream`) guards against "
     "concurrent writers: 409 with `current_version` when it does not match. Sending the same "
-    "events (same `event_id`s) again writes nothing and answers as the first time.",
-    responses=[201, 409, 422],
+    "events (same `event_id`s) again writes nothing and answers as the first time. "
+    "`If-Match` / `If-None-Match` are checked against the stream's ETag, its version, as "
+    "`GET /v1/streams/<stream>` sends it (412 with `current_version`); a stream without "
+    "events has none, so `If-None-Match: *` appends only to a new stream.",
+    responses=[201, 409, 412, 422],
 )
+@declares(request_headers=["If-Match-Append", "If-None-Match-Append"])
 def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
     check_stream(stream, writing=True)
     _check_sizes(body.events)
+    condition = version_condition()
     events = [_new_event(e) for e in body.events]
-    one_statement = event_store.appends_in_one_statement(events)
+    one_statement = event_store.appends_in_one_statement(events, condition)
     unit = single_statement_db() if one_statement else db()
     result = event_store.append(
         unit,
@@ -65,6 +72,7 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
         stream=stream,
         events=events,
         expected_version=body.expected_version,
+        condition=condition,
     )
     return (
         {
@@ -152,11 +160,14 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     "positions) or `rejected` (with a reason per event). A batch is persisted whole or not "
     "at all. Events are idempotent by `event_id`: one appended before to the same stream "
     "with the same type, data and metadata is a `duplicate`; with anything else, or to "
-    "another stream, it is `rejected`.",
-    responses=[202, 422],
+    "another stream, it is `rejected`. `If-Match` and `If-None-Match` are evaluated against "
+    "the collection of batches, which has no ETag (as on every create): a stream's version "
+    "is no tag of it.",
+    responses=[202, 412, 422],
 )
-@declares(headers={202: ["Location"]})
+@declares(headers={202: ["Location"]}, request_headers=CREATE_CONDITIONS)
 def batch(body: BatchIn):  # type: ignore[no-untyped-def]
+    check_on_create("/v1/events/batch", "batch")
     # Every wrong event at once, as the schema's own errors come.
     problems = [
         problem
