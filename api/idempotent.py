@@ -2,9 +2,10 @@
 transaction, and a retry of the same request gets it again, byte for byte, and makes
 nothing (services/idempotency.py).
 
-Jobs, agents and documents take the header. API keys and webhook endpoints refuse it: their
-answer holds a secret shown once (the key, the signing secret) that is stored nowhere in
-the clear, and a stored answer would keep it in the database for a day.
+Jobs, agents, documents, appends of events and batches take the header. API keys and
+webhook endpoints refuse it: their answer holds a secret shown once (the key, the signing
+secret) that is stored nowhere in the clear, and a stored answer would keep it in the
+database for a day.
 """
 
 from __future__ import annotations

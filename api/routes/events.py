@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api import live, sse
 from api.auth import current_principal, require_access_token
+from api.idempotent import idempotent
 from api.json_provider import dumps_bytes
 from api.openapi import declares
 from api.preconditions import check_on_create, version_condition
@@ -47,6 +48,7 @@ def _runtime():  # type: ignore[no-untyped-def]
 
 @bp.post("/streams/<stream>/events")
 @bp.input(AppendIn, arg_name="body")
+@idempotent
 @bp.output(AppendOut, status_code=201)
 @bp.doc(
     summary="Append events to a stream",
@@ -55,16 +57,23 @@ def _runtime():  # type: ignore[no-untyped-def]
     "events (same `event_id`s) again writes nothing and answers as the first time. "
     "`If-Match` / `If-None-Match` are checked against the stream's ETag, its version, as "
     "`GET /v1/streams/<stream>` sends it (412 with `current_version`); a stream without "
-    "events has none, so `If-None-Match: *` appends only to a new stream.",
+    "events has none, so `If-None-Match: *` appends only to a new stream. With an "
+    "`Idempotency-Key`, a retry of the same request within 24 h gets the first answer "
+    "again and appends nothing, events without ids too.",
     responses=[201, 409, 412, 422],
 )
-@declares(request_headers=["If-Match-Append", "If-None-Match-Append"])
+@declares(
+    headers={201: ["Idempotent-Replayed"]},
+    request_headers=["Idempotency-Key", "If-Match-Append", "If-None-Match-Append"],
+)
 def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
     check_stream(stream, writing=True)
     _check_sizes(body.events)
     condition = version_condition()
     events = [_new_event(e) for e in body.events]
     one_statement = event_store.appends_in_one_statement(events, condition)
+    # With an Idempotency-Key, its session is open: the statement runs in its transaction,
+    # and the key is stored with the events (api/idempotent.py).
     unit = single_statement_db() if one_statement else db()
     result = event_store.append(
         unit,
@@ -153,6 +162,7 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
 
 @bp.post("/events/batch")
 @bp.input(BatchIn, arg_name="body")
+@idempotent
 @bp.output(ReceiptOut, status_code=202)
 @bp.doc(
     summary="Accept up to 1000 events for several streams; workers persist them",
@@ -162,10 +172,14 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     "with the same type, data and metadata is a `duplicate`; with anything else, or to "
     "another stream, it is `rejected`. `If-Match` and `If-None-Match` are evaluated against "
     "the collection of batches, which has no ETag (as on every create): a stream's version "
-    "is no tag of it.",
-    responses=[202, 412, 422],
+    "is no tag of it. With an `Idempotency-Key`, a retry of the same request within 24 h "
+    "gets the first receipt again (as it was then) and accepts nothing.",
+    responses=[202, 409, 412, 422],
 )
-@declares(headers={202: ["Location"]}, request_headers=CREATE_CONDITIONS)
+@declares(
+    headers={202: ["Location", "Idempotent-Replayed"]},
+    request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
+)
 def batch(body: BatchIn):  # type: ignore[no-untyped-def]
     check_on_create("/v1/events/batch", "batch")
     # Every wrong event at once, as the schema's own errors come.
