@@ -13,6 +13,7 @@ from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.documents import Limits as DocumentLimits
+from services.event_store import MAX_DATA_BYTES as MAX_EVENT_DATA_BYTES
 from services.inputs import JsonLimits
 from services.job_policy import JobPolicy
 from services.llm import DEFAULT_MAX_ANSWER_BYTES, ProviderConfig
@@ -94,7 +95,7 @@ class Settings(BaseSettings):
     # gunicorn's threads per worker so short requests always find a thread.
     max_waiting_requests: int = Field(default=24, ge=1)
     max_stream_s: float = Field(default=300.0, gt=0)
-    event_max_data_bytes: int = Field(default=64 * 1024, ge=1024)
+    event_max_data_bytes: int = Field(default=MAX_EVENT_DATA_BYTES, ge=1024)
 
     # Job execution.
     job_default_timeout_s: int = Field(default=300, ge=1)

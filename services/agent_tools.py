@@ -146,9 +146,12 @@ class ToolBox:
         session_factory: sessionmaker[Session],
         limits: documents.Limits | None = None,
         json_limits: JsonLimits | None = None,
+        event_max_data_bytes: int = event_store.MAX_DATA_BYTES,
     ) -> None:
         self._factory = session_factory
         self._limits = limits or documents.Limits()
+        # The API's limit on an event's data: an agent appends nothing a client could not.
+        self._event_max_data_bytes = event_max_data_bytes
         # The shape a request body may have: what an agent writes, a client reads and may
         # send back as it is (a document's metadata, an event's data).
         self._json_limits = json_limits or JsonLimits()
@@ -356,6 +359,7 @@ class ToolBox:
             stream=args.stream,
             events=[NewEvent(e.type, e.data, e.metadata, e.event_id) for e in args.events],
             expected_version=args.expected_version,
+            max_data_bytes=self._event_max_data_bytes,
         )
         return {
             "first_version": result.first_version,

@@ -39,7 +39,7 @@ def accept(
     correlation_id: str | None = None,
 ) -> EventBatch:
     """Store a validated batch of (stream, event) and ask a worker to persist it."""
-    event_store.check_distinct_ids([event for _, event in events])
+    event_store.check_events([event for _, event in events])
     stored = [
         {
             "stream": stream,

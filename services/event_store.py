@@ -38,6 +38,8 @@ from services.pagination import ByteBound, bounded_rows
 from services.preconditions import VersionCondition
 
 ExpectedVersion = int | Literal["any", "no_stream"]
+# The largest `data` of a client's or an agent's event, as JSON (EVENT_MAX_DATA_BYTES).
+MAX_DATA_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,13 @@ def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str])
     return dict(execute_on_driver(session, _LOCK_STREAMS, params).fetchall())
 
 
-def check_distinct_ids(events: Sequence[NewEvent]) -> None:
-    """No event id twice in one request (422): the second copy could only collide with the
-    first, and the replay check, which reads stored events, would not see it coming."""
+def check_events(events: Sequence[NewEvent], *, max_data_bytes: int | None = None) -> None:
+    """What a request's events must be beyond their schema, every problem in one 422. No
+    event id twice: the second copy could only collide with the first, and the replay
+    check, which reads stored events, would not see it coming. With `max_data_bytes`, no
+    data larger than that (`size_problems`)."""
     seen: set[uuid.UUID] = set()
-    problems = []
+    problems = [] if max_data_bytes is None else size_problems(events, max_data_bytes)
     for i, event in enumerate(events):
         if event.event_id is None:
             continue
@@ -113,6 +117,15 @@ def check_distinct_ids(events: Sequence[NewEvent]) -> None:
         seen.add(event.event_id)
     if problems:
         raise InvalidInput(problems=problems)
+
+
+def size_problems(events: Sequence[NewEvent], max_data_bytes: int) -> list[FieldProblem]:
+    """The events whose `data` is larger than `max_data_bytes` as JSON."""
+    return [
+        FieldProblem(f"events.{i}.data", f"must be at most {max_data_bytes} bytes as JSON")
+        for i, event in enumerate(events)
+        if len(orjson.dumps(event.data)) > max_data_bytes
+    ]
 
 
 def appends_in_one_statement(
@@ -133,6 +146,7 @@ def append(
     events: Sequence[NewEvent],
     expected_version: ExpectedVersion = "any",
     condition: VersionCondition | None = None,
+    max_data_bytes: int | None = None,
 ) -> AppendResult:
     """Add events at the end of a stream, atomically with the caller's transaction.
 
@@ -144,8 +158,11 @@ def append(
     `condition` (HTTP's `If-Match` / `If-None-Match`) is checked against the stream's
     version, its ETag, before `expected_version`: 412 when it fails. A stream without
     events does not exist: no `If-Match` holds for it, and `If-None-Match: *` does.
+
+    `max_data_bytes` bounds each event's data, for events of clients and agents (422); the
+    server's own (a document's) are bounded by what they record.
     """
-    check_distinct_ids(events)
+    check_events(events, max_data_bytes=max_data_bytes)
     if appends_in_one_statement(events, condition):
         return _append_new(session, owner_id, stream, events, expected_version)
     if not isinstance(session, Session):  # a caller's mistake, not the client's

@@ -53,7 +53,12 @@ def _build_deps() -> TaskDeps:
         make_redis(settings.redis_url, timeout_s=REDIS_TIMEOUT_S),
         fault_injection=settings.fault_injection,
     )
-    tools = ToolBox(session_factory, settings.document_limits(), settings.json_limits())
+    tools = ToolBox(
+        session_factory,
+        settings.document_limits(),
+        settings.json_limits(),
+        event_max_data_bytes=settings.event_max_data_bytes,
+    )
     runner = AgentRunner(ChatRunner(Providers(settings.llm_providers()), tools))
     return TaskDeps(
         session_factory=session_factory,

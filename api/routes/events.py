@@ -22,7 +22,6 @@ from api.schemas.common import PageOut
 from api.schemas.events import (
     AppendIn,
     AppendOut,
-    BatchEventIn,
     BatchIn,
     EventIn,
     FeedQuery,
@@ -34,7 +33,7 @@ from api.stream_names import check_stream, stream_problem
 from models import Event
 from services import event_batches, event_store
 from services.after_commit import events_key
-from services.errors import FieldProblem, InvalidInput
+from services.errors import InvalidInput
 from services.event_store import NewEvent
 from services.inputs import MAX_POSITION, MAX_VERSION
 
@@ -68,7 +67,6 @@ def _runtime():  # type: ignore[no-untyped-def]
 )
 def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
     check_stream(stream, writing=True)
-    _check_sizes(body.events)
     condition = version_condition()
     events = [_new_event(e) for e in body.events]
     one_statement = event_store.appends_in_one_statement(events, condition)
@@ -82,6 +80,7 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
         events=events,
         expected_version=body.expected_version,
         condition=condition,
+        max_data_bytes=_runtime().settings.event_max_data_bytes,
     )
     return (
         {
@@ -188,13 +187,15 @@ def batch(body: BatchIn):  # type: ignore[no-untyped-def]
         for i, event in enumerate(body.events)
         if (problem := stream_problem(event.stream, writing=True, field=f"events.{i}.stream"))
     ]
-    problems += _size_problems(body.events)
+    events = [(e.stream, _new_event(e)) for e in body.events]
+    limit = _runtime().settings.event_max_data_bytes
+    problems += event_store.size_problems([event for _, event in events], limit)
     if problems:
         raise InvalidInput(problems=problems)
     accepted = event_batches.accept(
         db(),
         owner_id=current_principal().user_id,
-        events=[(e.stream, _new_event(e)) for e in body.events],
+        events=events,
         correlation_id=g.request_id,
     )
     db().flush()
@@ -271,21 +272,6 @@ def _tail(
         after=after,
         max_s=runtime.settings.max_stream_s,
     )
-
-
-def _check_sizes(events: list[EventIn]) -> None:
-    problems = _size_problems(events)
-    if problems:
-        raise InvalidInput(problems=problems)
-
-
-def _size_problems(events: list[EventIn] | list[BatchEventIn]) -> list[FieldProblem]:
-    limit = _runtime().settings.event_max_data_bytes
-    return [
-        FieldProblem(f"events.{i}.data", f"must be at most {limit} bytes as JSON")
-        for i, event in enumerate(events)
-        if len(dumps_bytes(event.data)) > limit
-    ]
 
 
 def _types(raw: str | None) -> list[str]:

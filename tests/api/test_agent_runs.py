@@ -178,6 +178,38 @@ def test_an_event_id_twice_in_one_tool_call_is_refused_to_the_model(alice, fake,
     assert alice.get("/v1/streams/notes/events").json["items"] == []
 
 
+def test_an_event_larger_than_the_api_takes_is_refused_to_the_model(alice, fake, run, app):
+    """The limit on an event's data (EVENT_MAX_DATA_BYTES) was checked by the HTTP route
+    only: an agent's `events.append` stored events a client could not append."""
+    limit = app.extensions["conveyor"].settings.event_max_data_bytes
+    big = {"type": "note", "data": {"blob": "x" * limit}}
+    append = {"stream": "notes", "events": [{"type": "note", "data": {}}, big]}
+    fake.then(Turn(tool_calls=[("events.append", append)]), Turn(text="done"))
+    job = alice.submit(agent(alice, tools=["events.append"])["id"])
+    assert run(job["id"]) == "succeeded"
+    results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert [r["ok"] for r in results] == [False]
+    assert f"events.1.data: must be at most {limit} bytes as JSON" in results[0]["result"]
+    assert alice.get("/v1/streams/notes/events").json["items"] == []
+    refused = alice.post("/v1/streams/notes/events", json={"events": append["events"]})
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json["errors"]] == ["events.1.data"]
+
+
+def test_the_tools_take_the_deployments_event_limit(alice, fake, session_factory):
+    """The worker builds its ToolBox with EVENT_MAX_DATA_BYTES, not the default."""
+    providers = Providers({"openai": ProviderConfig(fake.base_url, API_KEY, 10.0)})
+    tools = ToolBox(session_factory, event_max_data_bytes=2048)
+    runner = AgentRunner(ChatRunner(providers, tools))
+    append = {"stream": "small", "events": [{"type": "note", "data": {"blob": "x" * 2048}}]}
+    fake.then(Turn(tool_calls=[("events.append", append)]), Turn(text="done"))
+    job = alice.submit(agent(alice, tools=["events.append"])["id"])
+    job_execution.execute(session_factory, uuid.UUID(job["id"]), policy=POLICY, runner=runner)
+    results = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.tool_result"]
+    assert "events.0.data: must be at most 2048 bytes as JSON" in results[0]["result"]
+    assert alice.get("/v1/streams/small/events").json["items"] == []
+
+
 def test_versions_past_the_columns_are_refused_to_the_model(alice, fake, run):
     document = alice.post("/v1/documents", json={"title": "t", "content": "c"}).json
     append = {"stream": "notes", "events": [{"type": "note", "data": {}}]}
