@@ -36,11 +36,13 @@ def last_event_id(maximum: int) -> int:
     return after
 
 
-def check_sent(after: int, last: int) -> None:
-    """A `Last-Event-ID` past the `last` event there is was never sent from here (another
-    stream's id, a client's own count): the tail would have waited for the event after it
-    and skipped, unsaid, every one up to it. A 422, as for any id we did not send."""
-    if after > last:
+def check_sent(sent: bool) -> None:
+    """A 422, as for any id we did not send, unless the caller found that this tail could
+    have sent the `Last-Event-ID`. One past the last event of a stream (another stream's
+    id, a client's own count) made the tail wait for the event after it and skip, unsaid,
+    every one up to it; a feed's position of no event of the owner's was named as the
+    query's `after`, which the client had not sent."""
+    if not sent:
         raise _not_sent()
 
 

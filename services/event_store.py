@@ -612,15 +612,27 @@ def _feed_query(
         Event.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
     )
     if after:
+        check_feed_position(session, owner_id=owner_id, after=after)
         # The cursor's transaction id stays in SQL: it is compared, never sent back.
-        cursor = select(Event.tx_id, Event.position).where(
-            Event.owner_id == owner_id, Event.position == after
-        )
-        if session.scalar(select(cursor.exists())) is False:
-            raise InvalidInput(
-                problems=[FieldProblem("after", "not a position of your feed", "query")]
-            )
-        query = query.where(tuple_(Event.tx_id, Event.position) > cursor.scalar_subquery())
+        cursor = _feed_cursor(owner_id, after).scalar_subquery()
+        query = query.where(tuple_(Event.tx_id, Event.position) > cursor)
     if types:
         query = query.where(Event.type.in_(types))
     return query
+
+
+def check_feed_position(session: Session, *, owner_id: uuid.UUID, after: int) -> None:
+    """`after` must be a position of the owner's feed (422 on the query's `after`)."""
+    if not is_feed_position(session, owner_id=owner_id, position=after):
+        raise InvalidInput(problems=[FieldProblem("after", "not a position of your feed", "query")])
+
+
+def is_feed_position(session: Session, *, owner_id: uuid.UUID, position: int) -> bool:
+    """Whether an event of the owner's is at `position` (another owner's is none)."""
+    return bool(session.scalar(select(_feed_cursor(owner_id, position).exists())))
+
+
+def _feed_cursor(owner_id: uuid.UUID, position: int) -> Select[tuple[Any, int]]:
+    return select(Event.tx_id, Event.position).where(
+        Event.owner_id == owner_id, Event.position == position
+    )

@@ -109,7 +109,7 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
         after = sse.last_event_id(MAX_VERSION)
         if after:
             last = event_store.last_version(db(), owner_id=owner_id, stream=stream)
-            sse.check_sent(after, last)
+            sse.check_sent(after <= last)
         return _tail_stream(owner_id, stream, after or query.from_version - 1)
     rows, more = event_store.stream_page(
         db(),
@@ -143,7 +143,12 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     types = _types(query.type)
     if sse.wants_stream():
-        return _tail_feed(owner_id, types, sse.last_event_id(MAX_POSITION) or query.after)
+        after = sse.last_event_id(MAX_POSITION)
+        if after:
+            sse.check_sent(event_store.is_feed_position(db(), owner_id=owner_id, position=after))
+        elif query.after:
+            event_store.check_feed_position(db(), owner_id=owner_id, after=query.after)
+        return _tail_feed(owner_id, types, after or query.after)
     # A feed page's cursor is its last event, whether or not more follow.
     rows, _ = event_store.feed_page(
         db(),
@@ -230,8 +235,6 @@ def _tail_stream(owner_id: uuid.UUID, stream: str, after: int) -> Response:
 
 
 def _tail_feed(owner_id: uuid.UUID, types: list[str], after: int) -> Response:
-    if after:
-        event_store.read_feed(db(), owner_id=owner_id, after=after, limit=1)  # 422 on a bad cursor
     max_bytes = live_page_max_bytes()
 
     def fetch(session: Session, after_position: int, limit: int) -> tuple[list[Event], bool]:

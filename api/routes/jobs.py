@@ -179,7 +179,7 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
     if after:
         stream = event_types.job_stream(job_id)
         last = event_store.last_version(db(), owner_id=owner_id, stream=stream)
-        sse.check_sent(after, last)
+        sse.check_sent(after <= last)
     end_session()
     return live.open_tail(
         runtime.notifier,

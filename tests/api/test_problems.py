@@ -221,12 +221,21 @@ def test_an_if_match_that_is_no_version_is_422_and_changes_nothing(alice, target
         ("/v1/streams/s/events", "2"),
         ("/v1/streams/never-written/events", "1"),
         ("/v1/jobs/{job}/events", "2"),
+        # Not a position of the owner's feed: the problem named the query's `after`.
+        ("/v1/events", str(INT8_PAST - 1)),
+        *[
+            (url, value)
+            for url in ("/v1/events", "/v1/streams/s/events", "/v1/jobs/{job}/events")
+            for value in ("abc", "-1", "1.0", "0x1", "1 2")
+        ],
     ],
 )
 def test_a_last_event_id_we_never_sent_is_422_before_the_stream(alice, targets, url, last_event_id):
     headers = {"Accept": "text/event-stream", "Last-Event-ID": last_event_id}
     body = assert_problem(alice.get(url.format(**targets), headers=headers), 422)
-    assert body["errors"][0]["field"] == "Last-Event-ID"
+    assert body["errors"] == [
+        {"location": "header", "field": "Last-Event-ID", "detail": "expected an event id we sent"}
+    ]
 
 
 def test_an_answer_without_a_body_has_no_content_type(alice):
@@ -234,3 +243,16 @@ def test_an_answer_without_a_body_has_no_content_type(alice):
     agent = alice.create_agent()
     deleted = alice.delete(f"/v1/agents/{agent['id']}")
     assert deleted.status_code == 204 and "Content-Type" not in deleted.headers
+
+
+def test_a_feed_tail_names_the_cursor_the_client_sent(alice, bob, targets):
+    """A `Last-Event-ID` that is no position of the caller's feed (another owner's, here)
+    was refused as the query's `after`, which the client had not sent; a bad `after`
+    itself still is."""
+    theirs = bob.post("/v1/streams/b/events", json={"events": [{"type": "t", "data": {}}]})
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(theirs.json["positions"][0])}
+    body = assert_problem(alice.get("/v1/events", headers=headers), 422)
+    assert [(e["location"], e["field"]) for e in body["errors"]] == [("header", "Last-Event-ID")]
+    stream = {"Accept": "text/event-stream"}
+    body = assert_problem(alice.get(f"/v1/events?after={INT8_PAST - 1}", headers=stream), 422)
+    assert [(e["location"], e["field"]) for e in body["errors"]] == [("query", "after")]
