@@ -183,6 +183,18 @@ class AuthClient:
         return response.json
 
 
+def sent_twice(client: Any, url: str, body: Any, headers: dict[str, str], status: int) -> Any:
+    """POST the same request twice with its `Idempotency-Key` (in `headers`): both answer
+    `status`, the second the first's bytes, marked replayed. The two responses."""
+    first = client.post(url, json=body, headers=headers)
+    second = client.post(url, json=body, headers=headers)
+    assert first.status_code == second.status_code == status, first.json
+    assert second.get_data() == first.get_data()
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    return first, second
+
+
 def every_item(client: Any, url: str, *, limit: int) -> list[dict[str, Any]]:
     """All items of a list, walked `limit` at a time by each page's `next_cursor`."""
     items: list[dict[str, Any]] = []
