@@ -35,6 +35,7 @@ from services.inputs import (
     Title,
     Version,
     is_reserved_stream,
+    same_json,
     shape_problem,
     unstorable,
 )
@@ -397,7 +398,7 @@ class _ToolRefused(ServiceError):
 def _holds(document: Document, fields: dict[str, Any]) -> bool:
     """Whether `document` already holds exactly these fields' values."""
     return all(
-        getattr(document, "metadata_" if name == "metadata" else name) == value
+        same_json(getattr(document, "metadata_" if name == "metadata" else name), value)
         for name, value in fields.items()
     )
 

@@ -34,6 +34,7 @@ from models.ids import new_id
 from services import metrics
 from services.after_commit import Announce, defer, events_key
 from services.errors import Conflict, FieldProblem, InvalidInput
+from services.inputs import same_json
 from services.pagination import ByteBound, bounded_rows
 from services.preconditions import VersionCondition
 
@@ -461,24 +462,6 @@ def same_body(
         and same_json(earlier.data, data)
         and same_json(earlier.metadata_, metadata)
     )
-
-
-def same_json(a: Any, b: Any) -> bool:
-    """Equal as JSON values. Python's `==` takes `true` for 1 and `false` for 0 (a bool is
-    an int), which JSON does not: a retry that sent `true` for `1` was taken for the same
-    event and its body dropped unsaid. Numbers compare by value (`1.0` is `1`), as
-    PostgreSQL's jsonb equality has them."""
-    if isinstance(a, Mapping):
-        return (
-            isinstance(b, Mapping)
-            and a.keys() == b.keys()
-            and all(same_json(value, b[key]) for key, value in a.items())
-        )
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(same_json, a, b))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return bool(a == b)
 
 
 def _row(stream: str, version: int, event: NewEvent) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -69,6 +70,24 @@ def unstorable(value: Any) -> str | None:
         elif isinstance(node, list):
             stack.extend(node)
     return None
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values. Python's `==` takes `true` for 1 and `false` for 0 (a bool is
+    an int), which JSON does not: a retry that sent `true` for `1` was taken for what was
+    stored (an event, a document an earlier attempt wrote) and dropped unsaid. Numbers
+    compare by value (`1.0` is `1`), as PostgreSQL's jsonb equality has them."""
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, Mapping)
+            and a.keys() == b.keys()
+            and all(same_json(value, b[key]) for key, value in a.items())
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(same_json, a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return bool(a == b)
 
 
 # PostgreSQL stores no NUL, and JSON (orjson) no lone surrogate.

@@ -759,6 +759,25 @@ def test_a_retry_creates_anew_a_document_deleted_since(alice, fake, run, session
     assert [d["id"] for d in alice.get("/v1/documents").json["items"]] == [second]
 
 
+def test_a_retry_writing_true_where_1_was_writes_the_document_again(
+    alice, fake, run, session_factory
+):
+    """The retried create compared the document with Python's `==`, where `True == 1`: a
+    retry that wrote `true` found the document "as it was", and kept the earlier `1`."""
+    write = {"title": "Report", "content": "c", "metadata": {"flag": 1}}
+    fake.then(Turn(tool_calls=[("documents.write", write)]), Turn(status=503))
+    job = alice.submit(agent(alice, tools=["documents.write"])["id"])
+    assert run(job["id"]) == "queued"
+    (written,) = _written_ids(alice, job["id"])
+
+    again = {**write, "metadata": {"flag": True}}
+    fake.then(Turn(tool_calls=[("documents.write", again)]), Turn(text="done"))
+    _retry_now(session_factory)
+    assert run(job["id"]) == "succeeded"
+    document = alice.get(f"/v1/documents/{written}").json
+    assert (document["metadata"], document["version"]) == ({"flag": True}, 2)
+
+
 def test_two_jobs_create_their_own_documents(alice, fake, run):
     write = ("documents.write", {"title": "Report", "content": "draft"})
     agent_id = agent(alice, tools=["documents.write"])["id"]
