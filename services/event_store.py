@@ -167,7 +167,7 @@ def append(
     if appends_in_one_statement(events, condition):
         return _append_new(session, owner_id, stream, events, expected_version)
     if not isinstance(session, Session):  # a caller's mistake, not the client's
-        raise RuntimeError("events with ids need a transaction: the replay check reads first")
+        raise RuntimeError("events with ids or a condition need a transaction: they read first")
     current = lock_streams(session, owner_id=owner_id, names=[stream])[stream]
     replay = _replay(session, owner_id, stream, events)
     if replay is not None:
