@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, defer
 
 from models import Document, Event
-from models.db import UnitOfWork, execute_on_driver
+from models.db import UnitOfWork, fetch_all_on_driver
 from services import event_store, preconditions
 from services.cache import VersionedCache
 from services.errors import FieldProblem, InvalidInput, NotFound, ServiceError
@@ -136,9 +136,9 @@ _LIVE_AMONG = """
 def absent(unit: UnitOfWork, *, owner_id: uuid.UUID, document_ids: Sequence[str]) -> list[int]:
     """The indexes of `document_ids` (canonical UUID text) that name no live document of
     the owner's: deleted, someone else's, or never made. One statement, on either unit."""
-    live = {row[0] for row in execute_on_driver(
+    live = {row[0] for row in fetch_all_on_driver(
         unit, _LIVE_AMONG, {"owner_id": owner_id, "ids": list(document_ids)}
-    ).fetchall()}  # fmt: skip
+    )}  # fmt: skip
     return [i for i, document_id in enumerate(document_ids) if document_id not in live]
 
 

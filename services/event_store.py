@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import Event
-from models.db import UnitOfWork, execute_on_driver
+from models.db import UnitOfWork, fetch_all_on_driver, fetch_one_on_driver
 from models.ids import new_id
 from services import metrics
 from services.after_commit import Announce, defer, events_key
@@ -83,7 +83,7 @@ _TAKEN_ID = re.compile(r"=\([0-9a-f-]{36}, ([0-9a-f-]{36})\)")
 
 # Rows inserted in name order, so locks are taken in that order; one statement for any
 # number of streams (a VALUES list per call was compiled anew for every batch size).
-# In psycopg's style, on the driver (models.db.execute_on_driver), as the inserts below:
+# In psycopg's style, on the driver (models.db.fetch_all_on_driver), as the inserts below:
 # SQLAlchemy's execution of a text() statement cost more than the statement itself.
 _LOCK_STREAMS = """
     INSERT INTO streams (owner_id, name, version)
@@ -100,7 +100,7 @@ def lock_streams(session: Session, *, owner_id: uuid.UUID, names: Sequence[str])
     versions. Locking in sorted order keeps two batches that share streams from deadlocking;
     `DO UPDATE` with the same value is the no-op write that takes the row lock."""
     params = {"owner_id": owner_id, "names": sorted(set(names))}
-    return dict(execute_on_driver(session, _LOCK_STREAMS, params).fetchall())
+    return dict(fetch_all_on_driver(session, _LOCK_STREAMS, params))
 
 
 def check_events(events: Sequence[NewEvent], *, max_data_bytes: int | None = None) -> None:
@@ -188,7 +188,7 @@ def append(
 # One statement for any number of events: the rows travel as one JSON document that the
 # server unpacks. Binding parameters per row (or per-row array elements) cost the client
 # far more than the insert costs the server, and dominated batch ingestion.
-# In psycopg's parameter style: it runs on the driver (models.db.execute_on_driver), and
+# In psycopg's parameter style: it runs on the driver (models.db.fetch_all_on_driver), and
 # the ids come back as text, so a thousand rows cost one fetch of plain tuples, not a
 # thousand of SQLAlchemy's rows and UUID objects made only to be printed back.
 # The streams' new versions are written in the same statement: one round trip fewer per
@@ -279,7 +279,7 @@ def _append_new(
         "new_ok": wanted is None or wanted == 0,
         "rows": orjson.dumps(rows).decode(),
     }
-    written = sorted(execute_on_driver(unit, _APPEND_NEW, params).fetchall())
+    written = sorted(fetch_all_on_driver(unit, _APPEND_NEW, params))
     if not written:  # the stream was not at the expected version
         current = stream_version(unit, owner_id=owner_id, stream=stream)
         raise _wrong_version(current, expected_version)
@@ -331,7 +331,7 @@ def append_serialized(
     It skips the `streams` row that client streams use; reserved streams are never written
     by clients, so nothing else relies on that row for them. Returns the position.
     """
-    row = execute_on_driver(
+    row = fetch_one_on_driver(
         session,
         _APPEND_SERIALIZED,
         {
@@ -342,7 +342,8 @@ def append_serialized(
             "data": orjson.dumps(dict(event.data), default=str).decode(),
             "metadata": orjson.dumps(dict(event.metadata), default=str).decode(),
         },
-    ).fetchone()
+    )
+    assert row is not None  # an INSERT of one row returns it, or raises
     position: int = row[0]
     appended(session, owner_id, 1)
     return position
@@ -379,7 +380,7 @@ def insert_rows(
         "versions": list(versions.values()),
     }
     try:
-        cursor = execute_on_driver(
+        positions = fetch_all_on_driver(
             session,
             _INSERT_ROWS_IN_ID_ORDER_SETTING_VERSIONS
             if client_ids and len(rows) > 1
@@ -395,7 +396,7 @@ def insert_rows(
             "some of these event ids were appended meanwhile, by another request",
             extra={"event_ids": taken},
         ) from None
-    position_of: dict[str, int] = dict(cursor.fetchall())
+    position_of: dict[str, int] = dict(positions)
     appended(session, owner_id, len(rows))
     return [position_of[str(row["event_id"])] for row in rows]
 
@@ -498,7 +499,7 @@ _STREAM_VERSION = "SELECT version FROM streams WHERE owner_id = %(owner_id)s AND
 def stream_version(unit: UnitOfWork, *, owner_id: uuid.UUID, stream: str) -> int:
     """The version of the last event in the stream; 0 when the stream has none."""
     params = {"owner_id": owner_id, "stream": stream}
-    row = execute_on_driver(unit, _STREAM_VERSION, params).fetchone()
+    row = fetch_one_on_driver(unit, _STREAM_VERSION, params)
     return row[0] if row else 0
 
 
@@ -511,7 +512,8 @@ def last_version(unit: UnitOfWork, *, owner_id: uuid.UUID, stream: str) -> int:
     """The version of the stream's last event, read from the events themselves (0: none):
     server-written streams keep no `streams` row, so `stream_version` knows nothing of them."""
     params = {"owner_id": owner_id, "stream": stream}
-    last: int | None = execute_on_driver(unit, _LAST_VERSION, params).fetchone()[0]
+    row = fetch_one_on_driver(unit, _LAST_VERSION, params)
+    last: int | None = row[0] if row else None
     return last or 0
 
 

@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from models import Job
-from models.db import UnitOfWork, execute_on_driver
+from models.db import UnitOfWork, fetch_one_on_driver
 from models.ids import new_id
 from services import event_store, job_events, metrics, webhooks
 from services.event_types import EventType, job_stream
@@ -89,7 +89,7 @@ def waits_anew(runnable_at: Any) -> dict[str, Any]:
 
 _JOBS = cast(Table, Job.__table__)
 # The claim and its `job.started` event in one statement, psycopg's parameter style (it goes
-# to the driver as written: models.db.execute_on_driver), so that a worker can run it in
+# to the driver as written: models.db.fetch_one_on_driver), so that a worker can run it in
 # autocommit: one round trip where BEGIN, UPDATE, INSERT and COMMIT were four. Should
 # another transaction append to the stream and commit while the UPDATE waits for the row,
 # the insert collides on the stream's unique version and the statement changes nothing
@@ -185,7 +185,7 @@ _FINISH = (
 
 def claim(unit: UnitOfWork, *, job_id: uuid.UUID, policy: JobPolicy) -> Claim | None:
     """Take a due queued job for its next attempt; None when there is nothing to take."""
-    row = execute_on_driver(
+    row = fetch_one_on_driver(
         unit,
         _CLAIM,
         {
@@ -195,7 +195,7 @@ def claim(unit: UnitOfWork, *, job_id: uuid.UUID, policy: JobPolicy) -> Claim | 
             "stream": job_stream(job_id),
             "event_type": str(EventType.JOB_STARTED),
         },
-    ).fetchone()
+    )
     if row is None:
         return None
     taken = Claim(job_id, *row)
@@ -262,7 +262,7 @@ def finish_untold(
     holds it): `finish` then decides, in a transaction."""
     event_type = str(_END_EVENTS[status])
     data = {"job_id": str(claim.job_id), **_end_data(claim.attempt, output, error, None)}
-    row = execute_on_driver(
+    row = fetch_one_on_driver(
         unit,
         _FINISH_UNTOLD,
         {
@@ -278,7 +278,7 @@ def finish_untold(
             "end_event": [event_type],
             "data": orjson.dumps(data, default=str).decode(),
         },
-    ).fetchone()
+    )
     if row is None:
         return False
     job_events.announce(unit, owner_id=claim.owner_id, job_id=claim.job_id, status=status)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, Agent, Event, Job
-from models.db import UnitOfWork, execute_on_driver
+from models.db import UnitOfWork, fetch_one_on_driver
 from models.ids import new_id
 from services import agents, documents, event_store, job_events, job_view, metrics, ssrf
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
@@ -28,7 +28,7 @@ RETRYABLE_STATUSES = ("failed", "cancelled", "timed_out")
 
 _AGENT_CONFIG = ", ".join(f"'{name}', a.{name}" for name in agents.CONFIG_FIELDS)
 # Only constants are formatted into this statement; every value is a bound parameter, in
-# psycopg's style: it goes to the driver as written (models.db.execute_on_driver).
+# psycopg's style: it goes to the driver as written (models.db.fetch_one_on_driver).
 _SUBMIT = f"""
     WITH job AS (
         INSERT INTO jobs (
@@ -86,7 +86,7 @@ def submit(
     job_id = new_id()
     # The hot path: one round trip reads the agent, inserts the job with a copy of the
     # agent's configuration, and appends `job.queued` as version 1 of the new job's stream.
-    row = execute_on_driver(
+    row = fetch_one_on_driver(
         session,
         _SUBMIT,
         {
@@ -107,7 +107,7 @@ def submit(
                 {"correlation_id": correlation_id} if correlation_id else {}
             ).decode(),
         },
-    ).fetchone()
+    )
     if row is None:
         raise InvalidInput(problems=[FieldProblem("agent_id", "no agent with this id")])
     job = job_view.JobRow._make(row)
@@ -120,10 +120,8 @@ def submit(
 def view(session: UnitOfWork, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
     """The job as clients see it (job_view.job_json), read without the ORM: `GET
     /v1/jobs/<id>` and every long-poll wake-up come here, straight to the driver
-    (models.db.execute_on_driver)."""
-    row = execute_on_driver(
-        session, job_view.VIEW, {"job_id": job_id, "owner_id": owner_id}
-    ).fetchone()
+    (models.db.fetch_one_on_driver)."""
+    row = fetch_one_on_driver(session, job_view.VIEW, {"job_id": job_id, "owner_id": owner_id})
     if row is None:
         raise NotFound("no job with this id")
     return job_view.job_json(job_view.JobRow._make(row))

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Select, select, text, true
 from sqlalchemy.orm import Session
 
 from models import Event, Stream
-from models.db import UnitOfWork, execute_on_driver
+from models.db import UnitOfWork, fetch_one_on_driver
 from models.events import CLIENT_STREAM_NAMES
 from services.errors import FieldProblem, InvalidInput, NotFound
 from services.inputs import RESERVED_STREAM_PREFIXES, is_reserved_stream
@@ -51,7 +51,7 @@ _INFO = """
 def get(unit: UnitOfWork, *, owner_id: uuid.UUID, stream: str) -> StreamInfo:
     """The stream's version and times; NotFound when the owner has no event in it."""
     params = {"owner_id": owner_id, "stream": stream}
-    row = execute_on_driver(unit, _INFO, params).fetchone()
+    row = fetch_one_on_driver(unit, _INFO, params)
     if row is None:
         raise NotFound(f"no stream {stream!r}")
     version, created_at, updated_at = row

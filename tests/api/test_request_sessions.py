@@ -31,7 +31,7 @@ def one_connection_app(settings: Settings):  # type: ignore[no-untyped-def]
 
 def _driver_connection(unit):  # type: ignore[no-untyped-def]
     if isinstance(unit, OneStatement):
-        return unit.driver()
+        return OneStatement.driver_of(unit.pooled())
     return unit.connection().connection.driver_connection
 
 
@@ -97,6 +97,27 @@ def test_a_statement_on_a_dead_connection_fails_as_sqlalchemys_and_the_pool_heal
         with pytest.raises(NotFound):
             view()  # on a new connection
         assert _driver_connection(single_statement_db()).info.backend_pid != backend
+
+
+def test_a_statement_reuses_its_connections_cursor_across_requests(one_connection_app):
+    """The hot statements run on one cursor per statement per connection (models.db), not
+    on a new one per call; each request takes its rows before the next run reuses it."""
+    import uuid
+
+    from services import jobs
+    from services.errors import NotFound
+
+    cursors = []
+    for _ in range(2):
+        with one_connection_app.test_request_context():
+            unit = single_statement_db()
+            with pytest.raises(NotFound):
+                jobs.view(unit, owner_id=uuid.uuid4(), job_id=uuid.uuid4())
+            assert isinstance(unit, OneStatement)
+            (cursor,) = unit.pooled().info["conveyor.cursors"].values()
+            cursors.append(cursor)
+            end_session()
+    assert cursors[0] is cursors[1]
 
 
 def test_work_a_single_statement_deferred_is_sent_after_its_commit_and_never_after_rollback(
