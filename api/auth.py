@@ -16,6 +16,7 @@ answers 401 (or 503) for what `identify` and the gate found.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ def _authenticate() -> Principal:
     if key is None:
         payload = _access_claims()
         g.claims, g.unchecked_jti = payload, payload["jti"]
-        return Principal(uuid.UUID(payload["sub"]), payload.get("role", "user"))
+        return _bearer_principal(payload["sub"], payload.get("role", "user"))
     if "Authorization" in request.headers:
         raise Unauthorized(f"send Authorization or {API_KEY_HEADER}, not both")
     # Its own short transaction: the time of use is kept even when the request fails.
@@ -171,6 +172,18 @@ def _authenticate() -> Principal:
     if owner is None:
         raise Unauthorized("the API key is invalid or revoked")
     return Principal(owner.user_id, owner.role, api_key_id=owner.key_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _bearer_principal(user_id: str, role: str) -> Principal:
+    """The principal a valid access token's claims name, made once per user and role and
+    then shared by every request that presents such a token (a UUID parsed and an object
+    built per request before). Only derived values are kept: it is reached after
+    `AccessTokens.claims` accepted the token on this very use (`exp` and `nbf` checked
+    now), and the token's revocation is still the gate's to check, so no token lives a
+    moment longer for it. An API key's principal is never kept: its revocation takes
+    effect at the next request because each one reads the key."""
+    return Principal(uuid.UUID(user_id), role)
 
 
 def _bearer_token() -> str | None:

@@ -295,3 +295,19 @@ def test_a_wrong_password_is_a_401_with_a_challenge_too(client, alice):
     response = client.post("/v1/auth/login", json={"email": alice.email, "password": "x" * 12})
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == CHALLENGE
+
+
+def test_requests_with_one_token_share_its_principal(app, alice):
+    """A bearer token's principal is made once (a UUID parsed, an object built) and shared
+    by the token's requests; revocation is still checked per request
+    (test_logout_revokes_access_and_refresh)."""
+    from flask import g
+
+    from api.auth import identify
+
+    principals = []
+    for _ in range(2):
+        with app.test_request_context("/v1/jobs", headers=alice.headers):
+            identify()
+            principals.append(g.principal)
+    assert principals[0] is principals[1]
