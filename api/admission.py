@@ -23,6 +23,7 @@ readiness and metrics are never held back: a probe must not read overload as dea
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -66,7 +67,11 @@ class Admission:
     def __init__(
         self, *, slots: int, max_wait_s: float, behind_wait_s: float, behind_queue: int
     ) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
+        # The free slots, as tokens in a queue: C code, where a semaphore's acquire and
+        # release go through a Python Condition (every request takes and gives back one).
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(slots):
+            self._slots.put(None)
         self._behind_queue = behind_queue
         self._waiting = 0  # requests in threads, waiting for a slot
         self._lock = threading.Lock()
@@ -102,7 +107,7 @@ class Admission:
     def release_unclaimed(self) -> None:
         if getattr(_arrival, "slot", None) is self:
             _arrival.slot = None
-            self._slots.release()
+            self._slots.put(None)
 
     def _take(self) -> bool:
         waited = time.monotonic() - _arrived_at()
@@ -110,12 +115,18 @@ class Admission:
         return left > 0 and self._acquire(left)
 
     def _acquire(self, timeout_s: float) -> bool:
-        if self._slots.acquire(blocking=False):
+        try:
+            self._slots.get_nowait()
             return True
+        except queue.Empty:
+            pass
         with self._lock:
             self._waiting += 1
         try:
-            return self._slots.acquire(timeout=timeout_s)
+            self._slots.get(timeout=timeout_s)
+            return True
+        except queue.Empty:
+            return False
         finally:
             with self._lock:
                 self._waiting -= 1
@@ -125,7 +136,7 @@ class Admission:
         """Give this request's slot back (idempotent)."""
         admission: Admission | None = g.pop("admission_slot", None)
         if admission is not None:
-            admission._slots.release()
+            admission._slots.put(None)
 
 
 def install(
