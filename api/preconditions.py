@@ -18,6 +18,9 @@ def version_condition() -> VersionCondition | None:
     None when it sent neither. Each takes a list of tags (any one of them matches) or `*`.
     A weak tag counts as its version: a compressing proxy weakens the tags it passes on
     (nginx's gzip does), and the version is the same."""
+    headers = request.headers
+    if "If-Match" not in headers and "If-None-Match" not in headers:
+        return None  # the common case (every plain submit): nothing to parse
     if_match = _versions("If-Match", request.if_match)
     if_none_match = _versions("If-None-Match", request.if_none_match)
     stars = (request.if_none_match.star_tag, request.if_match.star_tag)
