@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 import structlog
-from flask import Flask, current_app, g, request
+from flask import Flask, Request, current_app, g, request
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -96,18 +96,25 @@ def current_principal() -> Principal:
     return principal
 
 
+# The hooks below run for every `/v1` request: each takes the request and `g` out of
+# their proxies once and hands them on (a werkzeug LocalProxy lookup per attribute: twenty
+# a job read in this module and the gate's hook before).
+
+
 def identify() -> None:
     """Find the caller of a `/v1` request that presents a credential, before rate limits;
     a failure is kept for `require_access_token` to raise, so nobody is refused here."""
-    if not request.path.startswith("/v1/") or "principal" in g:
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    if not req.path.startswith("/v1/") or "principal" in ctx:
         return
-    headers = request.headers
+    headers = req.headers
     if "Authorization" not in headers and API_KEY_HEADER not in headers:
         return
     try:
-        g.principal = _authenticate()
+        ctx.principal = _authenticate(req, ctx)
     except (Unauthorized, Overloaded) as error:
-        g.auth_error = error
+        ctx.auth_error = error
 
 
 def settle_revocation(revoked: bool | None) -> None:
@@ -125,32 +132,32 @@ def settle_revocation(revoked: bool | None) -> None:
     )
 
 
-def unchecked_jti() -> str | None:
-    """The id of the token `identify` accepted whose revocation is still to be checked."""
-    jti: str | None = g.get("unchecked_jti")
-    return jti
-
-
-def token_family() -> str | None:
-    """The family of the access token `identify` accepted (None: none, or one signed
-    before families), whose revocation the gate checks with the token's own."""
-    claims: dict[str, Any] | None = g.get("claims")
-    return access_family(claims) if claims is not None else None
+def identified() -> tuple[Principal | None, str | None, str | None]:
+    """What `identify` found: the principal (None: nobody), the id of its token whose
+    revocation is still to be checked (None: none is), and that token's family (None: no
+    token, or one signed before families), which is checked with the token's own."""
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    jti: str | None = ctx.get("unchecked_jti")
+    claims: dict[str, Any] | None = ctx.get("claims")
+    family = access_family(claims) if claims is not None else None
+    return ctx.get("principal"), jti, family
 
 
 def require_access_token() -> None:
     """Authenticate the request or raise a 401 (503 when revocation cannot be checked);
     sets `g.principal`."""
-    if "principal" not in g and "auth_error" not in g:
-        g.principal = _authenticate()  # `identify` did not run: no credential, or not /v1
-    jti = unchecked_jti()
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    if "principal" not in ctx and "auth_error" not in ctx:
+        # `identify` did not run: no credential, or not /v1
+        ctx.principal = _authenticate(request._get_current_object(), ctx)  # type: ignore[attr-defined]
+    _, jti, family = identified()
     if jti is not None:  # no gate ran for this token: ask Redis here
         try:
-            settle_revocation(is_revoked(jti, token_family()))
+            settle_revocation(is_revoked(jti, family))
         except redis.RedisError:
             settle_revocation(None)
-    if "principal" not in g:
-        error: Unauthorized | Overloaded = g.auth_error
+    if "principal" not in ctx:
+        error: Unauthorized | Overloaded = ctx.auth_error
         raise error
 
 
@@ -162,15 +169,15 @@ def require_bearer_token() -> None:
         raise Unauthorized("this route takes Authorization: Bearer <access token>, not an API key")
 
 
-def _authenticate() -> Principal:
-    """The caller's principal. A bearer token's revocation is left to the gate: its id
-    waits in `g.unchecked_jti`."""
-    key = request.headers.get(API_KEY_HEADER)
+def _authenticate(req: Request, ctx: Any) -> Principal:
+    """The caller of `req` (`ctx`: its `g`). A bearer token's revocation is left to the
+    gate: its id waits in `g.unchecked_jti`."""
+    key = req.headers.get(API_KEY_HEADER)
     if key is None:
-        payload = _access_claims()
-        g.claims, g.unchecked_jti = payload, payload["jti"]
+        payload = _access_claims(req)
+        ctx.claims, ctx.unchecked_jti = payload, payload["jti"]
         return _bearer_principal(payload["sub"], payload.get("role", "user"))
-    if "Authorization" in request.headers:
+    if "Authorization" in req.headers:
         raise Unauthorized(f"send Authorization or {API_KEY_HEADER}, not both")
     # Its own short transaction: the time of use is kept even when the request fails.
     with current_app.extensions["conveyor"].session_factory() as session:
@@ -193,16 +200,16 @@ def _bearer_principal(user_id: str, role: str) -> Principal:
     return Principal(uuid.UUID(user_id), role)
 
 
-def _bearer_token() -> str | None:
+def _bearer_token(req: Request) -> str | None:
     """The token of `Authorization: Bearer <token>`; the scheme in any case (RFC 9110,
     11.1: `bearer` and `BEARER` were refused)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, token = req.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _access_claims() -> dict[str, Any]:
-    token = _bearer_token()
+def _access_claims(req: Request) -> dict[str, Any]:
+    token = _bearer_token(req)
     if token is None:
         raise Unauthorized(_missing_or_invalid())
     tokens: AccessTokens = current_app.extensions["conveyor.access_tokens"]
@@ -232,7 +239,7 @@ def rotate_refresh_token() -> tuple[dict[str, Any], Successor]:
 
 def _refresh_claims() -> dict[str, Any]:
     """A refresh token's verified claims; its revocation is the rotation's to check."""
-    token = _bearer_token()
+    token = _bearer_token(request)
     if token is None:
         raise Unauthorized(_missing_or_invalid())
     try:

@@ -156,9 +156,9 @@ def install(app: Flask, settings: Settings, client: redis.Redis) -> None:
         if not req.path.startswith(LIMITED_PATHS):
             return
         gate: Gate = current_app.extensions["conveyor"].gate
-        principal, jti = g.get("principal"), auth.unchecked_jti()
+        principal, jti, family = auth.identified()
         key = principal.rate_limit_key if principal is not None else ip_key()
-        verdict = gate.check(key, jti=jti, family=auth.token_family())
+        verdict = gate.check(key, jti=jti, family=family)
         if jti is not None:
             auth.settle_revocation(verdict.revoked)
             if verdict.revoked is not False:  # not this user after all: count the address
