@@ -8,9 +8,9 @@ every `CHECK_S` while they wait (one `poll` each) and give up when it is closed.
 
 A connection counts as closed once the client's end of it is: a client that half-closes
 after sending its request (rare in HTTP) would lose its answer. A connection that vanished
-without a FIN or a reset cannot be seen this way until the kernel gives it up: the next
-event or keepalive goes unacknowledged, and after `WEB_SEND_TIMEOUT_S` the connection's
-TCP_USER_TIMEOUT (api/send_bounds.py) ends it, which this check then sees.
+without a FIN or a reset cannot be seen this way: a tail's next event or keepalive goes
+unacknowledged, and after `WEB_SEND_TIMEOUT_S` its progress check (api/send_bounds.py)
+ends it; a long-poll's answer is dropped by the kernel after TCP_USER_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -29,10 +29,16 @@ CHECK_S = 1.0
 Gone = Callable[[], bool]
 
 
+def client_socket() -> socket.socket | None:
+    """The current request's connection; None from servers that do not hand the
+    application their socket (the test client, the dev server)."""
+    return request.environ.get("gunicorn.socket")
+
+
 def watcher() -> Gone:
-    """For the current request: whether its client has closed the connection. Servers that
-    do not hand the application their socket (the test client, the dev server): never."""
-    sock = request.environ.get("gunicorn.socket")
+    """For the current request: whether its client has closed the connection. Without its
+    socket: never."""
+    sock = client_socket()
     return partial(_closed, sock) if sock is not None else _never
 
 

@@ -17,7 +17,8 @@ import structlog
 from flask import Response
 from sqlalchemy.exc import DBAPIError
 
-from api.disconnect import Gone, wait_while_connected, watcher
+from api import send_bounds
+from api.disconnect import Gone, client_socket, wait_while_connected, watcher
 from api.notifier import Busy, Notifier
 from api.sse import KEEPALIVE, OPEN, frame, streaming_response
 from services.errors import Overloaded
@@ -120,9 +121,18 @@ def tail(
             yield KEEPALIVE
 
 
-def open_tail(notifier: Notifier, key: str, read: Reader, *, after: int, max_s: float) -> Response:
+def open_tail(
+    notifier: Notifier,
+    key: str,
+    read: Reader,
+    *,
+    after: int,
+    max_s: float,
+    send_timeout_s: float,
+) -> Response:
     """An SSE response tailing `key`, holding one of the process's waiting slots until the
-    client goes away; 503 when every slot is taken."""
+    client goes away, or acknowledges none of what it was sent for `send_timeout_s`
+    (api/send_bounds.py, `follow`); 503 when every slot is taken."""
     slot = ExitStack()
     try:
         changed = slot.enter_context(notifier.watch(key))
@@ -133,19 +143,19 @@ def open_tail(notifier: Notifier, key: str, read: Reader, *, after: int, max_s: 
         # (the first read used to fail inside the body, a 500 logged as a 200).
         changed.clear()
         first = read(after, PAGE_ROWS)
+        check_taken = slot.enter_context(send_bounds.following(client_socket(), send_timeout_s))
     except BaseException:
         slot.close()
         raise
     client_gone = watcher()
-    stream = tail(
-        read,
-        changed,
-        notifier.connected,
-        lambda: STOPPING.is_set() or client_gone(),
-        after=after,
-        max_s=max_s,
-        first=first,
-    )
+
+    def gone() -> bool:
+        # Between events too: a client that stopped reading (or vanished) while its bytes
+        # fitted in the buffers leaves this tail waiting, not blocked in a send.
+        check_taken()  # raises send_bounds.Stalled, which the server ends as a send timeout
+        return STOPPING.is_set() or client_gone()
+
+    stream = tail(read, changed, notifier.connected, gone, after=after, max_s=max_s, first=first)
     response = streaming_response(stream)
     response.call_on_close(slot.close)
     return response

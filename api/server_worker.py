@@ -250,9 +250,10 @@ class AdmissionThreadWorker(ThreadWorker):  # type: ignore[misc]
         try:
             return self._admitted(req, conn)
         except (BlockingIOError, TimeoutError):
-            # SO_SNDTIMEO, a chunk's deadline, or TCP_USER_TIMEOUT (ETIMEDOUT is a
-            # TimeoutError too): the client has not taken our bytes for that long, or is
-            # gone. The answer cannot be finished, so the connection is reset: the kernel
+            # SO_SNDTIMEO, a chunk's deadline, TCP_USER_TIMEOUT (ETIMEDOUT is a
+            # TimeoutError too), or a live tail's client that acknowledged nothing
+            # (send_bounds.Stalled): the client has not taken our bytes for that long, or
+            # is gone. The answer cannot be finished, so the connection is reset: the kernel
             # drops what it still held to send (megabytes, for a large page), and
             # gunicorn's graceful close, which waits up to 2 s on the main loop for the
             # client, finds the reading side shut.

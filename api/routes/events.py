@@ -274,6 +274,7 @@ def _tail(
         read,
         after=after,
         max_s=runtime.settings.max_stream_s,
+        send_timeout_s=runtime.settings.web_send_timeout_s,
     )
 
 

@@ -192,4 +192,5 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
         ),
         after=after,
         max_s=runtime.settings.max_stream_s,
+        send_timeout_s=runtime.settings.web_send_timeout_s,
     )

@@ -274,45 +274,6 @@ def _waiting(api: Api) -> float:
     return prom.value(prom.parse(metrics), "conveyor_waiting_requests")
 
 
-def test_a_live_tail_read_too_slowly_ends_within_the_send_timeout(
-    running: tuple[Stack, Api],
-) -> None:
-    """A client that takes 8 KB every 0.1 s, slower than the tail sends: the kernel wakes a
-    blocked send only once a third of its send buffer (megabytes on loopback) is free, so
-    one chunk waits longer than the send timeout, but each partial send began SO_SNDTIMEO
-    again, and the tail held its thread and waiting slot until MAX_STREAM_S (still sending
-    after 20 s here; it ends in ~2 s now). Each chunk has the send timeout for all of it;
-    the client resumes from its `Last-Event-ID`."""
-    stack, api = running
-    big = {"events": [{"type": "big", "data": {"x": "z" * 60_000}} for _ in range(30)]}
-    for _ in range(4):  # 7 MB: more than the loopback buffers hold and the client takes
-        assert api.post("/v1/streams/trickled/events", big).status == 201
-    ended_before = stack.log_count("web*", "response.send_timed_out")
-    sock = _connect(api)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.sendall(
-        f"GET /v1/streams/trickled/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream"
-        f"\r\nAuthorization: Bearer {api.token}\r\n\r\n".encode()
-    )
-    started = time.monotonic()
-    ended = False
-    try:
-        # Without the deadline this went on for as long as the test let it.
-        while not ended and time.monotonic() - started < 20:
-            try:
-                ended = not sock.recv(8192)
-            except OSError:  # reset: the server gave the answer up
-                ended = True
-            time.sleep(0.1)  # the client's pace, not a wait for the server
-        took = time.monotonic() - started
-    finally:
-        sock.close()
-    assert ended, "the tail was still sending after 20 s"
-    assert took < 10 * SEND_TIMEOUT_S
-    assert stack.log_count("web*", "response.send_timed_out") > ended_before
-    poll(lambda: _waiting(api) == 0, timeout=5)
-
-
 def _tail_request(api: Api, stream: str) -> bytes:
     return (
         f"GET /v1/streams/{stream}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream"
@@ -320,25 +281,94 @@ def _tail_request(api: Api, stream: str) -> bytes:
     ).encode()
 
 
+def _big_stream(api: Api, stream: str) -> None:
+    """7 MB of events: more than the loopback buffers hold and a slow client takes."""
+    big = {"events": [{"type": "big", "data": {"x": "z" * 60_000}} for _ in range(30)]}
+    for _ in range(4):
+        assert api.post(f"/v1/streams/{stream}/events", big).status == 201
+
+
+def _open_tail(api: Api, stream: str) -> socket.socket:
+    """A tail's connection whose client's receive buffer is small (set before connecting,
+    so the window is scaled for it): its window closes after a few KB, so the server
+    waits on what the client reads."""
+    host, port = api.base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    sock.sendall(_tail_request(api, stream))
+    return sock
+
+
+def test_a_live_tail_read_slowly_is_kept_past_the_send_timeout(
+    running: tuple[Stack, Api],
+) -> None:
+    """A client that takes 2 KB every 0.1 s, slower than the tail sends but steadily: each
+    chunk (an event of 60 KB) takes it 3 s, and a deadline per chunk cut it every send
+    timeout (it reconnected and was cut again, for ever). It acknowledges bytes every
+    ~0.3 s, so it keeps its tail."""
+    stack, api = running
+    poll(lambda: _waiting(api) == 0, timeout=10)
+    _big_stream(api, "read-slowly")
+    cut_before = stack.log_count("web*", "response.send_timed_out")
+    sock = _open_tail(api, "read-slowly")
+    received = 0
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 4 * SEND_TIMEOUT_S:
+            data = sock.recv(2048)
+            assert data, f"the tail was cut after {time.monotonic() - started:.1f} s"
+            received += len(data)
+            time.sleep(0.1)  # the client's pace, not a wait for the server
+        assert _waiting(api) == 1
+    finally:
+        sock.close()
+    assert received < 200_000  # the tail was slowed by the client, all along
+    assert stack.log_count("web*", "response.send_timed_out") == cut_before
+    poll(lambda: _waiting(api) == 0, timeout=5)
+
+
+def test_a_live_tail_not_read_is_cut_after_the_send_timeout(
+    running: tuple[Stack, Api],
+) -> None:
+    """The same tail, its client reading nothing: it acknowledges nothing past the first
+    few KB, and the tail gives its slot back once the send timeout has passed so."""
+    stack, api = running
+    poll(lambda: _waiting(api) == 0, timeout=10)
+    _big_stream(api, "unread")
+    cut_before = stack.log_count("web*", "response.send_timed_out")
+    started = time.monotonic()
+    sock = _open_tail(api, "unread")
+    try:
+        poll(lambda: stack.log_count("web*", "response.send_timed_out") > cut_before, timeout=20)
+        took = time.monotonic() - started
+        poll(lambda: _closed_by_the_server(sock), timeout=5)
+    finally:
+        sock.close()
+    assert SEND_TIMEOUT_S <= took < 3 * SEND_TIMEOUT_S + 2, took
+    poll(lambda: _waiting(api) == 0, timeout=5)
+
+
 def test_a_tail_whose_client_stopped_reading_ends_while_it_waits_for_events(
     running: tuple[Stack, Api],
 ) -> None:
-    """240 KB fit in the kernel's buffers, so the tail is not blocked in a send: it waits
-    for the next event, and its client, alive, advertises a zero window. Nothing ended it
-    before MAX_STREAM_S (300 s; a keepalive of 14 bytes a quarter-minute fits too).
-    TCP_USER_TIMEOUT (the send timeout) lets the kernel drop it."""
-    _, api = running
+    """120 KB fit in the kernel's buffers (under TCP_NOTSENT_LOWAT), so the tail is not
+    blocked in a send: it waits for the next event, and its client, alive, advertises a
+    zero window. Nothing ended it before MAX_STREAM_S (300 s; a keepalive of 14 bytes a
+    quarter-minute fits too). Its wait now looks at what the client acknowledged too."""
+    stack, api = running
     poll(lambda: _waiting(api) == 0, timeout=10)
-    events = {"events": [{"type": "big", "data": {"x": "s" * 60_000}} for _ in range(4)]}
+    events = {"events": [{"type": "big", "data": {"x": "s" * 60_000}} for _ in range(2)]}
     assert api.post("/v1/streams/stalled/events", events).status == 201
-    sock = _connect(api)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    cut_before = stack.log_count("web*", "response.send_timed_out")
+    sock = _open_tail(api, "stalled")
     try:
-        sock.sendall(_tail_request(api, "stalled"))
         poll(lambda: _waiting(api) == 1, timeout=5)
         poll(lambda: _waiting(api) == 0, timeout=5 + 4 * SEND_TIMEOUT_S)
     finally:
         sock.close()
+    assert stack.log_count("web*", "response.send_timed_out") > cut_before
 
 
 @pytest.mark.skipif(available() is not None, reason=str(available()))
