@@ -165,7 +165,8 @@ class Settings(BaseSettings):
     # Slow clients, which hold a gunicorn thread each (api/server_worker.py): the most a
     # request's line and headers may take to arrive; the most its body may take, from
     # its head on (408 past it; MAX_BODY_BYTES in 30 s is 70 KB/s); and the most one send
-    # of an answer may wait for a client that does not read.
+    # of an answer may wait for a client that does not read (for a live tail on Linux: the
+    # most its client may go without acknowledging any byte, api/send_bounds.py).
     web_request_head_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     web_request_body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     web_send_timeout_s: float = Field(default=30.0, gt=0, le=3600)
