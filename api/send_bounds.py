@@ -151,6 +151,10 @@ class ChunkSender:
         else:
             sock.sendall(data)
 
+    def write_chunk(self, sock: socket.socket, data: bytes) -> None:
+        """gunicorn's `util.write_chunk`, which sends a stream's last (empty) chunk."""
+        self.write(sock, data, chunked=True)
+
 
 def _send_within(sock: socket.socket, data: bytes, seconds: float) -> None:
     blocking = sock.gettimeout()
@@ -177,8 +181,13 @@ def _send_while_taken(sock: socket.socket, data: bytes, progress: Progress) -> N
 
 
 def install_chunk_deadline(seconds: float) -> None:
-    """gunicorn's responses look `util.write` up on each write: from now on they use ours."""
-    gunicorn_util.write = ChunkSender(seconds).write
+    """gunicorn's responses look `util.write` up on each write, and `util.write_chunk` for
+    a stream's last chunk: from now on they use ours. A tail that ended (`MAX_STREAM_S`)
+    to a slow reader sent its last chunk with `SO_SNDTIMEO` alone, and was reset when the
+    kernel took the 5 bytes only after its unsent bytes fell under TCP_NOTSENT_LOWAT."""
+    sender = ChunkSender(seconds)
+    gunicorn_util.write = sender.write
+    gunicorn_util.write_chunk = sender.write_chunk
 
 
 def _set_user_timeout(sock: socket.socket, seconds: float) -> None:

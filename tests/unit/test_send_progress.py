@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from gunicorn import util as gunicorn_util
 
 from api import send_bounds, tcp_info
 from tests.helpers import poll
@@ -135,6 +136,22 @@ def test_a_send_to_a_client_taking_a_little_at_a_time_goes_on_past_the_timeout(
     with SlowReader(client):
         while time.monotonic() - started < 4 * SECONDS:
             write(server, CHUNK, chunked=True)
+
+
+def test_a_streams_last_chunk_waits_for_a_slow_client_too(connection, monkeypatch) -> None:
+    """gunicorn sends a stream's last chunk itself (`util.write_chunk`), past `util.write`:
+    behind a full buffer its 5 bytes wait for the unsent bytes to fall under
+    TCP_NOTSENT_LOWAT, longer than SO_SNDTIMEO when the client reads slowly."""
+    server, client = connection
+    send_bounds.follow(server, SECONDS)
+    for name in ("write", "write_chunk"):  # given back after the test
+        monkeypatch.setattr(gunicorn_util, name, getattr(gunicorn_util, name))
+    send_bounds.install_chunk_deadline(SECONDS)
+    _fill(server)
+    with SlowReader(client):
+        started = time.monotonic()
+        gunicorn_util.write_chunk(server, b"")
+    assert time.monotonic() - started > SECONDS  # it did wait on the client
 
 
 def test_a_send_to_a_client_taking_nothing_is_cut_after_the_timeout(connection) -> None:
