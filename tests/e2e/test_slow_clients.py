@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from tests import prom
 from tests.conftest import Servers
-from tests.helpers import poll
+from tests.helpers import Paced, poll
 from tests.stack import Api, Stack, one_web_process
 from tests.vanishing_peer import available, vanishing_peer
 
@@ -134,32 +133,25 @@ def test_a_client_that_does_not_read_its_answer_frees_the_thread(
     assert _answers_within(api, 10) < 1.0
 
 
-class Trickle:
+class Trickle(Paced):
     """Sends one more byte of each connection's body every TRICKLE_EVERY_S, in a thread,
     for as long as the connection takes them: a client on a very slow link, or one that
     means to hold the server."""
 
+    every_s = TRICKLE_EVERY_S
+
     def __init__(self, sockets: list[socket.socket], next_byte: bytes) -> None:
+        super().__init__()
         self.live = list(sockets)
         self.next_byte = next_byte
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Trickle:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(TRICKLE_EVERY_S):
-            for sock in list(self.live):
-                try:
-                    sock.send(self.next_byte)
-                except OSError:  # closed by the server
-                    self.live.remove(sock)
+    def step(self) -> bool:
+        for sock in list(self.live):
+            try:
+                sock.send(self.next_byte)
+            except OSError:  # closed by the server
+                self.live.remove(sock)
+        return True
 
 
 def _slow_bodies(api: Api, count: int, *, chunked: bool) -> list[socket.socket]:

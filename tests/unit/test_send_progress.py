@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -15,7 +14,7 @@ import pytest
 from gunicorn import util as gunicorn_util
 
 from api import send_bounds, tcp_info
-from tests.helpers import poll
+from tests.helpers import Paced, poll
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
 
@@ -68,26 +67,17 @@ def _fill(sock: socket.socket) -> int:
         sock.setblocking(True)
 
 
-class SlowReader:
+class SlowReader(Paced):
     """Takes TAKE_BYTES every TAKE_EVERY_S from the client's end, in a thread."""
 
+    every_s = TAKE_EVERY_S
+
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
         self.sock = sock
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> SlowReader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(TAKE_EVERY_S):  # the client's pace, not a wait for us
-            if not self.sock.recv(TAKE_BYTES):
-                return
+    def step(self) -> bool:
+        return bool(self.sock.recv(TAKE_BYTES))
 
 
 def test_the_kernel_tells_what_the_client_acknowledged(connection) -> None:
