@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -84,8 +83,8 @@ class Progress:
             raise Stalled(f"the client took nothing for {now - self._since:.1f} s")
 
 
+# Each of its operations is one dict operation, atomic under the GIL: no lock needed.
 _followed: weakref.WeakKeyDictionary[socket.socket, Progress] = weakref.WeakKeyDictionary()
-_followed_lock = threading.Lock()
 
 
 def follow(sock: socket.socket, seconds: float) -> Progress | None:
@@ -97,15 +96,13 @@ def follow(sock: socket.socket, seconds: float) -> Progress | None:
     progress = Progress(sock, seconds, first)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
     _set_user_timeout(sock, 0)  # 0: the kernel's default, no such bound
-    with _followed_lock:
-        _followed[sock] = progress
+    _followed[sock] = progress
     return progress
 
 
 def unfollow(sock: socket.socket) -> None:
     """Back to the connection's usual bounds (a keep-alive connection serves on)."""
-    with _followed_lock:
-        progress = _followed.pop(sock, None)
+    progress = _followed.pop(sock, None)
     if progress is None:
         return
     with contextlib.suppress(OSError):  # a connection already reset
@@ -140,16 +137,15 @@ class ChunkSender:
         self.seconds = seconds
 
     def write(self, sock: socket.socket, data: bytes, chunked: bool = False) -> None:
-        if chunked:
-            data = b"%X\r\n%s\r\n" % (len(data), data)
-        with _followed_lock:
-            progress = _followed.get(sock)
-        if progress is not None:
-            _send_while_taken(sock, data, progress)
-        elif chunked:
-            _send_within(sock, data, self.seconds)
-        else:
+        if not chunked:  # every plain answer: nothing to look up (tails are chunked)
             sock.sendall(data)
+            return
+        framed = b"%X\r\n%s\r\n" % (len(data), data)
+        progress = _followed.get(sock)
+        if progress is not None:
+            _send_while_taken(sock, framed, progress)
+        else:
+            _send_within(sock, framed, self.seconds)
 
     def write_chunk(self, sock: socket.socket, data: bytes) -> None:
         """gunicorn's `util.write_chunk`, which sends a stream's last (empty) chunk."""
