@@ -88,10 +88,25 @@ def install() -> metrics.Sink:
     return metrics.install(_record)
 
 
+# Both HTTP metrics' labelled children, per (method, route, status): prometheus_client's
+# `labels()` converts and checks the values and takes a lock on every call, twice a request.
+# The same children it hands out (it keeps them too); a bounded set, as the series are:
+# methods are folded (api.metrics.method_label), routes are URL rules, statuses ours.
+_request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    labels = (method, route, str(status))
-    HTTP_REQUESTS.labels(*labels).inc()
-    HTTP_DURATION.labels(*labels).observe(seconds)
+    key = (method, route, status)
+    children = _request_children.get(key)
+    if children is None:
+        labels = (method, route, str(status))
+        children = _request_children[key] = (
+            HTTP_REQUESTS.labels(*labels),
+            HTTP_DURATION.labels(*labels),
+        )
+    counter, duration = children
+    counter.inc()
+    duration.observe(seconds)
 
 
 def multiprocess() -> bool:
