@@ -21,14 +21,10 @@ def version_condition() -> VersionCondition | None:
     headers = request.headers
     if "If-Match" not in headers and "If-None-Match" not in headers:
         return None  # the common case (every plain submit): nothing to parse
-    if_match = _versions("If-Match", request.if_match)
-    if_none_match = _versions("If-None-Match", request.if_none_match)
-    stars = (request.if_none_match.star_tag, request.if_match.star_tag)
-    if if_match is None and if_none_match is None and not any(stars):
-        return None
+    # Either header, sent, is `*`, lists versions, or is a 422 (`_versions`): a condition.
     return VersionCondition(
-        any_of=if_match,
-        none_of=if_none_match or frozenset(),
+        any_of=_versions("If-Match", request.if_match),
+        none_of=_versions("If-None-Match", request.if_none_match) or frozenset(),
         nothing_there=request.if_none_match.star_tag,
         something_there=request.if_match.star_tag,
     )

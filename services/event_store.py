@@ -555,22 +555,6 @@ def _bound(max_bytes: int) -> ByteBound:
     return ByteBound(Event, [Event.data, Event.metadata_], max_bytes)
 
 
-def read_feed(
-    session: Session,
-    *,
-    owner_id: uuid.UUID,
-    after: int = 0,
-    types: Sequence[str] = (),
-    limit: int = 100,
-) -> list[Event]:
-    """The owner's events after position `after` (0: from the start), in commit-safe order.
-
-    `after` must be a position this owner's feed returned; see the module docstring.
-    """
-    query = _feed_query(session, owner_id, after, types)
-    return list(session.scalars(query.order_by(*_FEED_ORDER).limit(limit)))
-
-
 def feed_page(
     session: Session,
     *,
@@ -580,8 +564,12 @@ def feed_page(
     limit: int,
     max_bytes: int,
 ) -> tuple[list[Event], bool]:
-    """`read_feed`, bounded by `max_bytes` of data and metadata as well (a page ends after
-    the event that reaches it); and whether more events follow the page."""
+    """The owner's events after position `after` (0: from the start), in commit-safe
+    order, at most `limit` and `max_bytes` of data and metadata (a page ends after the
+    event that reaches it); and whether more events follow the page.
+
+    `after` must be a position this owner's feed returned; see the module docstring.
+    """
     query = _feed_query(session, owner_id, after, types)
     return bounded_rows(session, query, _FEED_ORDER, _bound(max_bytes), limit=limit)
 
