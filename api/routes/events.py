@@ -142,13 +142,15 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
 def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     types = _types(query.type)
-    if sse.wants_stream():
-        after = sse.last_event_id(MAX_POSITION)
-        if after:
-            sse.check_sent(event_store.is_feed_position(db(), owner_id=owner_id, position=after))
-        elif query.after:
-            event_store.check_feed_position(db(), owner_id=owner_id, after=query.after)
-        return _tail_feed(owner_id, types, after or query.after)
+    live = sse.wants_stream()
+    # The client's cursor is checked once, here: a tail goes on from the feed's own.
+    resumed = sse.last_event_id(MAX_POSITION) if live else 0
+    if resumed:
+        sse.check_sent(event_store.is_feed_position(db(), owner_id=owner_id, position=resumed))
+    elif query.after:
+        event_store.check_feed_position(db(), owner_id=owner_id, after=query.after)
+    if live:
+        return _tail_feed(owner_id, types, resumed or query.after)
     # A feed page's cursor is its last event, whether or not more follow.
     rows, _ = event_store.feed_page(
         db(),

@@ -140,6 +140,38 @@ def test_live_feed_delivers_new_events_and_resumes(carol):
     assert [f["event"] for f in frames(resumed, 2)] == ["after", "third"]
 
 
+def test_a_live_feed_checks_the_cursor_it_was_given_once(carol, committed_app):
+    """The position a tail starts from is the client's, and must be one of its feed's (a
+    422 otherwise); the positions it goes on from are the feed's own. Every read of the
+    tail, one per announcement, asked the database again whether its cursor was one."""
+    checks = []
+
+    def note_check(conn, cursor, statement, *_):
+        if "EXISTS" in statement and "events.position =" in statement:
+            checks.append(statement)
+
+    engine = committed_app.extensions["conveyor"].engine
+    sqlalchemy.event.listen(engine, "before_cursor_execute", note_check)
+    append(carol, "checked", "first")
+    (first,) = feed_shows(carol, 1)
+    for resume in ({"Last-Event-ID": str(first["position"])}, {}):
+        checks.clear()
+        query = "" if resume else f"?after={first['position']}"
+        response = carol.client.get(
+            f"/v1/events{query}",
+            headers={**carol.headers, "Accept": "text/event-stream", **resume},
+            buffered=False,
+        )
+        writer = threading.Timer(
+            0.3, lambda: (append(carol, "checked", "more"), append(carol, "checked", "more"))
+        )
+        writer.start()
+        got = frames(response, 2)
+        writer.join()
+        assert [f["event"] for f in got] == ["more", "more"]
+        assert len(checks) == 1, checks
+
+
 def test_live_stream_tail_follows_one_stream(carol):
     append(carol, "one", "x.1")
     append(carol, "two", "y.1")
