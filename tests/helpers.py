@@ -210,6 +210,11 @@ class AuthClient:
         return response.json
 
 
+def stream_versions(client: Any, stream: str) -> list[int]:
+    """The versions of a stream's events, as its first page lists them."""
+    return [e["version"] for e in client.get(f"/v1/streams/{stream}/events").json["items"]]
+
+
 def sent_twice(client: Any, url: str, body: Any, headers: dict[str, str], status: int) -> Any:
     """POST the same request twice with its `Idempotency-Key` (in `headers`): both answer
     `status`, the second the first's bytes, marked replayed. The two responses."""

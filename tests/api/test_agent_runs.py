@@ -57,6 +57,24 @@ def events(client, job_id):
     return client.get(f"/v1/jobs/{job_id}/events?limit=1000").json["items"]
 
 
+def retry_scheduled(client, run, job_id):
+    """Run the job's attempt, which must fail as transient and schedule a retry: the data
+    of its `job.retry_scheduled`."""
+    assert run(job_id) == "queued"
+    (scheduled,) = [e["data"] for e in events(client, job_id) if e["type"] == "job.retry_scheduled"]
+    assert scheduled["error"]["type"] == "transient"
+    return scheduled
+
+
+def failed_at_once(client, run, job_id):
+    """Run the job's attempt, which must fail it as permanent, its first and last: the
+    error's message."""
+    assert run(job_id) == "failed"
+    failed = client.get(f"/v1/jobs/{job_id}").json
+    assert failed["error"]["type"] == "permanent" and failed["attempt"] == 1
+    return failed["error"]["message"]
+
+
 def test_plain_answer_streams_coalesced_deltas(alice, fake, run):
     text = "The quick brown fox jumps over the lazy dog. " * 20
     fake.then(Turn(text=text, chunk_size=4))
@@ -271,12 +289,8 @@ def test_an_odd_retry_after_still_schedules_a_retry(alice, fake, run, retry_afte
     date was ignored. What cannot be read is ignored; at most an hour is waited."""
     fake.then(Turn(status=429, headers={"Retry-After": retry_after}))
     job = alice.submit(agent(alice)["id"])
-    assert run(job["id"]) == "queued"
-    (scheduled,) = [
-        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
-    ]
+    scheduled = retry_scheduled(alice, run, job["id"])
     assert at_least_s <= scheduled["retry_in_s"] <= 3600
-    assert scheduled["error"]["type"] == "transient"
 
 
 @pytest.mark.parametrize(
@@ -333,11 +347,8 @@ def test_a_broken_answer_is_the_providers_fault_and_retried(alice, fake, run, ra
     """Each ended `succeeded` with no text, or `failed` as our own bug (`internal`)."""
     fake.then(Turn(raw=raw, raw_type=raw_type))
     job = alice.submit(agent(alice)["id"])
-    assert run(job["id"]) == "queued"
-    (scheduled,) = [
-        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
-    ]
-    assert scheduled["error"]["type"] == "transient" and said in scheduled["error"]["message"]
+    scheduled = retry_scheduled(alice, run, job["id"])
+    assert said in scheduled["error"]["message"]
     assert "sk-secret" not in str(events(alice, job["id"]))
 
 
@@ -354,12 +365,9 @@ def test_an_answer_cut_before_its_finish_reason_is_retried(alice, fake, run, cut
     tool calls whose last arguments may have been cut."""
     fake.then(cut)
     job = alice.submit(agent(alice, tools=["documents.search"])["id"])
-    assert run(job["id"]) == "queued"
-    stream = events(alice, job["id"])
-    (scheduled,) = [e["data"] for e in stream if e["type"] == "job.retry_scheduled"]
-    assert scheduled["error"]["type"] == "transient"
+    scheduled = retry_scheduled(alice, run, job["id"])
     assert "before it was finished" in scheduled["error"]["message"]
-    assert not [e for e in stream if e["type"] == "job.tool_call"]
+    assert not [e for e in events(alice, job["id"]) if e["type"] == "job.tool_call"]
 
 
 @pytest.mark.parametrize("status", [429, 409], ids=["rate limited", "conflict"])
@@ -368,10 +376,7 @@ def test_rate_limit_is_retried_after_retry_after(alice, fake, run, session_facto
     sent again; it failed the job at once, as a request of ours the provider refused."""
     fake.then(Turn(status=status, headers={"Retry-After": "7"}))
     job = alice.submit(agent(alice)["id"])
-    assert run(job["id"]) == "queued"
-    scheduled = [e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"]
-    assert scheduled[0]["retry_in_s"] >= 7
-    assert scheduled[0]["error"]["type"] == "transient"
+    assert retry_scheduled(alice, run, job["id"])["retry_in_s"] >= 7
     with session_factory.begin() as session:  # the backoff has passed
         from models import Job
 
@@ -443,10 +448,8 @@ def test_an_answer_past_its_bound_fails_the_job_at_once(alice, fake, small_answe
     """Nothing bounded an answer: the whole stream was read, however long."""
     fake.then(Turn(text="x" * 100_000, chunk_size=500))
     job = alice.submit(agent(alice)["id"])
-    assert small_answers_run(job["id"]) == "failed"
-    failed = alice.get(f"/v1/jobs/{job['id']}").json
-    assert failed["error"]["type"] == "permanent" and failed["attempt"] == 1
-    assert "65536 bytes" in failed["error"]["message"]
+    message = failed_at_once(alice, small_answers_run, job["id"])
+    assert "65536 bytes" in message
 
 
 def test_an_error_answer_past_its_bound_fails_the_job_too(alice, fake, small_answers_run):
@@ -477,9 +480,8 @@ def test_a_compressed_answer_past_its_bound_fails_the_job(alice, fake, small_ans
     assert len(body) < 64 * 1024
     fake.then(Turn(raw=body, headers={"Content-Encoding": "gzip"}))
     job = alice.submit(agent(alice)["id"])
-    assert small_answers_run(job["id"]) == "failed"
-    failed = alice.get(f"/v1/jobs/{job['id']}").json
-    assert failed["error"]["type"] == "permanent" and "65536 bytes" in failed["error"]["message"]
+    message = failed_at_once(alice, small_answers_run, job["id"])
+    assert "65536 bytes" in message
 
 
 @pytest.mark.parametrize(
@@ -492,22 +494,15 @@ def test_an_answer_that_does_not_inflate_is_broken_and_retried(
     """Both were retried as a provider that "could not be reached"."""
     fake.then(Turn(raw=body, headers={"Content-Encoding": encoding}))
     job = alice.submit(agent(alice)["id"])
-    assert run(job["id"]) == "queued"
-    (scheduled,) = [
-        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
-    ]
-    assert scheduled["error"]["type"] == "transient" and said in scheduled["error"]["message"]
+    scheduled = retry_scheduled(alice, run, job["id"])
+    assert said in scheduled["error"]["message"]
 
 
 def test_a_line_without_end_is_a_broken_answer_and_retried(alice, fake, run):
     """One endless line grew a pool process past 1.7 GB before the job's timeout."""
     fake.then(Turn(raw=b"data: " + b"x" * (1024 * 1024 + 1)))
     job = alice.submit(agent(alice)["id"])
-    assert run(job["id"]) == "queued"
-    (scheduled,) = [
-        e["data"] for e in events(alice, job["id"]) if e["type"] == "job.retry_scheduled"
-    ]
-    assert scheduled["error"]["type"] == "transient"
+    scheduled = retry_scheduled(alice, run, job["id"])
     assert "longer than 1048576 bytes" in scheduled["error"]["message"]
 
 
@@ -545,10 +540,8 @@ def test_an_answer_with_more_tool_calls_than_taken_fails_the_job(alice, fake, ru
     calls = [("documents.search", {"query": "q"})] * 65
     fake.then(Turn(tool_calls=calls), Turn(text="done"))
     job = alice.submit(agent(alice, tools=["documents.search"])["id"])
-    assert run(job["id"]) == "failed"
-    failed = alice.get(f"/v1/jobs/{job['id']}").json
-    assert failed["error"]["type"] == "permanent" and failed["attempt"] == 1
-    assert "more than 64 tool calls" in failed["error"]["message"]
+    message = failed_at_once(alice, run, job["id"])
+    assert "more than 64 tool calls" in message
     assert not [e for e in events(alice, job["id"]) if e["type"] == "job.tool_call"]
     assert len(fake.requests) == 1
 
@@ -559,11 +552,9 @@ def test_a_conversation_past_the_answer_bound_fails_the_job(alice, fake, small_a
     step = Turn(tool_calls=[("documents.search", {"query": "q" * 25_000})])
     fake.then(step, step, step, Turn(text="done"))
     job = alice.submit(agent(alice, tools=["documents.search"])["id"])
-    assert small_answers_run(job["id"]) == "failed"
-    failed = alice.get(f"/v1/jobs/{job['id']}").json
-    assert failed["error"]["type"] == "permanent" and failed["attempt"] == 1
-    assert "conversation" in failed["error"]["message"]
-    assert "65536 bytes" in failed["error"]["message"]
+    message = failed_at_once(alice, small_answers_run, job["id"])
+    assert "conversation" in message
+    assert "65536 bytes" in message
     assert len(fake.requests) == 3
 
 

@@ -7,16 +7,14 @@ import uuid
 
 import pytest
 
+from tests.helpers import stream_versions
+
 
 def post(client, stream, status, *, ids=False, **headers):
     events = [{"type": "t", "data": {}, **({"event_id": str(uuid.uuid4())} if ids else {})}]
     response = client.post(f"/v1/streams/{stream}/events", json={"events": events}, headers=headers)
     assert response.status_code == status, response.json
     return response
-
-
-def versions(client, stream):
-    return [e["version"] for e in client.get(f"/v1/streams/{stream}/events").json["items"]]
 
 
 @pytest.mark.parametrize("ids", [False, True], ids=["server ids", "client ids"])
@@ -29,12 +27,12 @@ def test_if_match_appends_only_at_the_streams_etag(alice, ids):
     assert refused.mimetype == "application/problem+json"
     assert refused.json["type"] == "/problems/precondition-failed"
     assert refused.json["current_version"] == 2
-    assert versions(alice, "matched") == [1, 2]
+    assert stream_versions(alice, "matched") == [1, 2]
     assert post(alice, "matched", 201, ids=ids, **{"If-Match": tag}).json["first_version"] == 3
     # Any tag of a list, a weak one too (a compressing proxy weakens the tags it passes).
     post(alice, "matched", 201, ids=ids, **{"If-Match": '"1", W/"3"'})
     post(alice, "matched", 201, ids=ids, **{"If-Match": "*"})
-    assert versions(alice, "matched") == [1, 2, 3, 4, 5]
+    assert stream_versions(alice, "matched") == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("ids", [False, True], ids=["server ids", "client ids"])
@@ -51,7 +49,7 @@ def test_if_none_match_star_appends_only_to_a_stream_that_does_not_exist(alice, 
     assert created.json["first_version"] == 1
     refused = post(alice, "fresh", 412, ids=ids, **{"If-None-Match": "*"})
     assert refused.json["current_version"] == 1
-    assert versions(alice, "fresh") == [1]
+    assert stream_versions(alice, "fresh") == [1]
 
 
 def test_a_stream_left_at_version_0_by_a_refused_append_does_not_exist(alice):
@@ -79,7 +77,7 @@ def test_conditions_and_expected_version_must_both_hold(alice):
     # The precondition is evaluated first (RFC 9110, 13.2.2): 412, not the 409.
     assert alice.post(url, json=body, headers={"If-Match": '"2"'}).status_code == 412
     assert alice.post(url, json=body, headers={"If-Match": '"1"'}).status_code == 409
-    assert versions(alice, "both") == [1]
+    assert stream_versions(alice, "both") == [1]
 
 
 def test_a_retry_of_an_append_with_ids_gets_its_first_answer_whatever_its_condition(alice):
@@ -90,7 +88,7 @@ def test_a_retry_of_an_append_with_ids_gets_its_first_answer_whatever_its_condit
     assert first.status_code == 201
     again = alice.post(url, json={"events": events}, headers={"If-None-Match": "*"})
     assert again.status_code == 201 and again.json == first.json
-    assert versions(alice, "retried") == [1]
+    assert stream_versions(alice, "retried") == [1]
 
 
 @pytest.mark.parametrize("tag", ['"x"', '"02"', "nonsense", '""'])

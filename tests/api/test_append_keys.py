@@ -4,19 +4,15 @@ was ignored: a client retrying an append of events without ids, whose answer it 
 appended them twice, and a retried batch was a second batch."""
 
 from tests.api.test_problems import assert_problem
-from tests.helpers import sent_twice
+from tests.helpers import sent_twice, stream_versions
 
 EVENTS = {"events": [{"type": "order.placed", "data": {"total": 12}}]}
-
-
-def versions(client, stream):
-    return [e["version"] for e in client.get(f"/v1/streams/{stream}/events").json["items"]]
 
 
 def test_an_append_with_a_key_is_made_once_and_replayed(alice):
     url, headers = "/v1/streams/keyed/events", {"Idempotency-Key": "append-1"}
     sent_twice(alice, url, EVENTS, headers, 201)
-    assert versions(alice, "keyed") == [1]
+    assert stream_versions(alice, "keyed") == [1]
 
     other = alice.post(url, json={**EVENTS, "expected_version": 1}, headers=headers)
     assert_problem(other, 422)
@@ -24,7 +20,7 @@ def test_an_append_with_a_key_is_made_once_and_replayed(alice):
     # The same body to another stream is another request.
     elsewhere = alice.post("/v1/streams/keyed-2/events", json=EVENTS, headers=headers)
     assert_problem(elsewhere, 422)
-    assert versions(alice, "keyed") == [1] and versions(alice, "keyed-2") == []
+    assert stream_versions(alice, "keyed") == [1] and stream_versions(alice, "keyed-2") == []
 
 
 def test_a_refused_append_with_a_key_stores_nothing(alice):
@@ -34,7 +30,7 @@ def test_a_refused_append_with_a_key_stores_nothing(alice):
     alice.post(url, json=EVENTS)
     made = alice.post(url, json=body, headers=headers)
     assert made.status_code == 201 and "Idempotent-Replayed" not in made.headers
-    assert versions(alice, "later") == [1, 2]
+    assert stream_versions(alice, "later") == [1, 2]
 
 
 def test_a_keyed_retry_of_a_conditional_append_gets_its_first_answer(alice):
@@ -42,7 +38,7 @@ def test_a_keyed_retry_of_a_conditional_append_gets_its_first_answer(alice):
     url = "/v1/streams/only-once/events"
     headers = {"Idempotency-Key": "append-3", "If-None-Match": "*"}
     sent_twice(alice, url, EVENTS, headers, 201)
-    assert versions(alice, "only-once") == [1]
+    assert stream_versions(alice, "only-once") == [1]
 
 
 def test_a_batch_with_a_key_is_accepted_once_and_replayed(alice):

@@ -115,19 +115,23 @@ def frames(response, count, timeout=10.0):
     return got
 
 
+def tail_while(client, url, count, write, **headers):
+    """Open a live tail of `url`, have a thread `write` 0.3 s later, and read `count` frames."""
+    response = client.client.get(
+        url, headers={**client.headers, "Accept": "text/event-stream", **headers}, buffered=False
+    )
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    writer = threading.Timer(0.3, write)
+    writer.start()
+    got = frames(response, count)
+    writer.join()
+    return got
+
+
 def test_live_feed_delivers_new_events_and_resumes(carol):
     append(carol, "live", "before")
     feed_shows(carol, 1)
-    response = carol.client.get(
-        "/v1/events",
-        headers={**carol.headers, "Accept": "text/event-stream"},
-        buffered=False,
-    )
-    assert response.status_code == 200 and response.mimetype == "text/event-stream"
-    writer = threading.Timer(0.3, append, args=(carol, "live", "after"))
-    writer.start()
-    got = frames(response, 2)
-    writer.join()
+    got = tail_while(carol, "/v1/events", 2, lambda: append(carol, "live", "after"))
     assert [f["event"] for f in got] == ["before", "after"]
     assert json.loads(got[1]["data"])["stream"] == "live"
 
@@ -157,17 +161,13 @@ def test_a_live_feed_checks_the_cursor_it_was_given_once(carol, committed_app):
     for resume in ({"Last-Event-ID": str(first["position"])}, {}):
         checks.clear()
         query = "" if resume else f"?after={first['position']}"
-        response = carol.client.get(
+        got = tail_while(
+            carol,
             f"/v1/events{query}",
-            headers={**carol.headers, "Accept": "text/event-stream", **resume},
-            buffered=False,
+            2,
+            lambda: append(carol, "checked", "more", "more"),
+            **resume,
         )
-        writer = threading.Timer(
-            0.3, lambda: (append(carol, "checked", "more"), append(carol, "checked", "more"))
-        )
-        writer.start()
-        got = frames(response, 2)
-        writer.join()
         assert [f["event"] for f in got] == ["more", "more"]
         assert len(checks) == 1, checks
 
@@ -175,17 +175,12 @@ def test_a_live_feed_checks_the_cursor_it_was_given_once(carol, committed_app):
 def test_live_stream_tail_follows_one_stream(carol):
     append(carol, "one", "x.1")
     append(carol, "two", "y.1")
-    response = carol.client.get(
+    got = tail_while(
+        carol,
         "/v1/streams/one/events",
-        headers={**carol.headers, "Accept": "text/event-stream"},
-        buffered=False,
+        2,
+        lambda: (append(carol, "two", "y.2"), append(carol, "one", "x.2")),
     )
-    writer = threading.Timer(
-        0.3, lambda: (append(carol, "two", "y.2"), append(carol, "one", "x.2"))
-    )
-    writer.start()
-    got = frames(response, 2)
-    writer.join()
     assert [(f["id"], f["event"]) for f in got] == [("1", "x.1"), ("2", "x.2")]
 
 
