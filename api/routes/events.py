@@ -55,8 +55,9 @@ def _runtime():  # type: ignore[no-untyped-def]
     "concurrent writers: 409 with `current_version` when it does not match. Sending the same "
     "events (same `event_id`s) again writes nothing and answers as the first time. "
     "`If-Match` / `If-None-Match` are checked against the stream's ETag, its version, as "
-    "`GET /v1/streams/<stream>` sends it (412 with `current_version`); a stream without "
-    "events has none, so `If-None-Match: *` appends only to a new stream. With an "
+    "`GET /v1/streams/<stream>` sends it (412, with `current_version` when the stream has "
+    "events); a stream without events has none, so no `If-Match` holds for it and "
+    "`If-None-Match: *` appends only to a new stream. With an "
     "`Idempotency-Key`, a retry of the same request within 24 h gets the first answer "
     "again and appends nothing, events without ids too.",
     responses=[201, 409, 412, 422],
