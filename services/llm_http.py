@@ -19,8 +19,8 @@ The bytes counted are the answer's own, decompressed: counted on the wire, 65 KB
 holding 32 MiB passed a bound of 64 KiB, and 32 MiB of it could hold 32 GB. The bound
 inflates a compressed answer itself, at most `INFLATE_PIECE_BYTES` at a time, so it stops
 at its limit with no more than that piece beyond it in memory; it offers the provider only
-the encodings it can inflate so (gzip, deflate), and hands the SDK the answer as plain
-bytes.
+the encodings it can inflate so (gzip, deflate, the latter wrapped or raw as httpx took
+it), and hands the SDK the answer as plain bytes.
 
 The bound wraps the response's byte stream in `send`, rather than the transport, so the
 client keeps everything else of the SDK's (its connection limits, redirects, the
@@ -50,9 +50,10 @@ import openai
 
 MAX_LINE_BYTES = 1024 * 1024
 INFLATE_PIECE_BYTES = 64 * 1024
-# Content-Encoding: the zlib window bits that inflate it (RFC 9110: deflate is the zlib
-# format).
-_INFLATABLE = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# Content-Encoding: the zlib window bits that may inflate it, tried in turn on its first
+# bytes. RFC 9110's deflate is the zlib format, but some servers send it raw, without the
+# wrapping, and httpx reads both: so does the bound.
+_INFLATABLE = {"gzip": (16 + zlib.MAX_WBITS,), "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS)}
 ACCEPT_ENCODING = "gzip, deflate"
 
 
@@ -119,14 +120,26 @@ def _decoded(chunks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
     return _inflated(chunks, _INFLATABLE[encoding])
 
 
-def _inflated(chunks: Iterable[bytes], wbits: int) -> Iterator[bytes]:
-    """The inflated bytes of `chunks`, in pieces of at most INFLATE_PIECE_BYTES."""
-    inflater = zlib.decompressobj(wbits)
+def _inflated(chunks: Iterable[bytes], formats: tuple[int, ...]) -> Iterator[bytes]:
+    """The inflated bytes of `chunks`, in pieces of at most INFLATE_PIECE_BYTES, in the
+    first of `formats` (window bits) that reads their first bytes."""
+    untried = iter(formats)
+    inflater = zlib.decompressobj(next(untried))
+    started = False
     try:
         for chunk in chunks:
             data = chunk
             while data:
-                yield inflater.decompress(data, INFLATE_PIECE_BYTES)
+                try:
+                    piece = inflater.decompress(data, INFLATE_PIECE_BYTES)
+                except zlib.error:
+                    wbits = None if started else next(untried, None)
+                    if wbits is None:
+                        raise
+                    inflater = zlib.decompressobj(wbits)
+                    continue
+                started = True
+                yield piece
                 data = inflater.unconsumed_tail
         yield inflater.flush()
     except zlib.error:

@@ -183,6 +183,33 @@ def test_a_compressed_answer_within_its_bound_reads_whole(fake):
     assert fake.requests[0]["_accept_encoding"] == "gzip, deflate"
 
 
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def test_a_raw_deflate_answer_is_read_as_httpx_read_it(fake, comment_lines):
+    """Some servers send `deflate` without its zlib wrapping; httpx reads both, and the
+    bound, which inflates answers itself now, answered "does not inflate" to this one."""
+    answer = b'{"text": "' + b"z" * 100_000 + b'"}'
+    fake.then(
+        Turn(
+            raw=raw_deflate(answer),
+            raw_type="application/json",
+            headers={"Content-Encoding": "deflate"},
+        )
+    )
+    with BoundedClient(max_answer_bytes=2 * len(answer), timeout=10) as client:
+        assert client.post(f"{fake.base_url}/chat/completions", json={}).content == answer
+    # And it is cut at its inflated size as the wrapped one is.
+    fake.then(Turn(raw=raw_deflate(comment_lines), headers={"Content-Encoding": "deflate"}))
+    with (
+        BoundedClient(max_answer_bytes=BOUND, timeout=10) as client,
+        pytest.raises(AnswerTooLarge),
+    ):
+        client.post(f"{fake.base_url}/chat/completions", json={})
+
+
 def test_a_request_that_alone_passes_the_bound_is_not_sent(fake):
     """A request carries the conversation so far: past the bound, it ends the job as a
     conversation too long, before the provider sees (and bills) it."""
