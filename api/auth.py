@@ -52,13 +52,6 @@ class Principal:
     role: str
     api_key_id: uuid.UUID | None = None  # set when the caller presented an API key
 
-    @functools.cached_property
-    def rate_limit_key(self) -> str:
-        """What its requests count under at the gate (api/rate_limits.py): its user, so that
-        tokens and keys share one budget. Made once per principal, and a bearer token's
-        principal serves all the token's requests (`_bearer_principal`)."""
-        return f"user:{self.user_id}"
-
 
 def install(
     app: Flask,

@@ -157,7 +157,7 @@ def install(app: Flask, settings: Settings, client: redis.Redis) -> None:
             return
         gate: Gate = current_app.extensions["conveyor"].gate
         principal, jti, family = auth.identified()
-        key = principal.rate_limit_key if principal is not None else ip_key()
+        key = f"user:{principal.user_id}" if principal is not None else ip_key()
         verdict = gate.check(key, jti=jti, family=family)
         if jti is not None:
             auth.settle_revocation(verdict.revoked)
