@@ -72,7 +72,7 @@ def test_a_request_that_opened_a_transaction_keeps_it(one_connection_app):
 def test_a_statement_on_a_dead_connection_fails_as_sqlalchemys_and_the_pool_heals(
     one_connection_app, database_url
 ):
-    """The hot statements skip SQLAlchemy's execution layer (models.db.execute_on_driver);
+    """The hot statements skip SQLAlchemy's execution layer (models.db.fetch_one_on_driver);
     a connection the server dropped must still raise SQLAlchemy's OperationalError (a 503)
     and leave the pool, so the next request gets a new one."""
     import uuid
