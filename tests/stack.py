@@ -173,9 +173,21 @@ def procfile_command(name: str) -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))  # gunicorn binds 0.0.0.0:$PORT, so the port must be free there
-        return int(sock.getsockname()[1])
+    (port,) = free_ports(1)
+    return port
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports free now. All are held until the last is chosen: ports asked
+    for one after the other can be the same one (the kernel handed a worker's metrics
+    server and Flower one port, and Flower failed to bind)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("", 0))  # gunicorn binds 0.0.0.0:$PORT, so the port must be free there
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def group_members(pgid: int) -> list[psutil.Process]:

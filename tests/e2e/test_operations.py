@@ -29,7 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from tests import prom
 from tests.conftest import Servers
 from tests.helpers import POST_DOCUMENT, ROOT, answer, post_document_body
-from tests.stack import Api, Stack, free_port, procfile_command, stack_on
+from tests.stack import Api, Stack, free_port, free_ports, procfile_command, stack_on
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,7 @@ def ops(
     web_metrics_dir = workdir / "web-metrics"
     web_metrics_dir.mkdir()
     (web_metrics_dir / "counter_4242.db").write_bytes(b"from an earlier run")
-    worker_metrics_port, flower_port = free_port(), free_port()
+    worker_metrics_port, flower_port = free_ports(2)
     with stack_on(servers, worker_id, workdir, "ops") as scenario:
         stack = scenario.stack
         api = stack.start_web(PROMETHEUS_MULTIPROC_DIR=str(web_metrics_dir))
