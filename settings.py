@@ -6,17 +6,19 @@ build a `Settings` and hand its values down; nothing else imports this module.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from limits import parse_many
-from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
+from pydantic import AliasChoices, Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.documents import Limits as DocumentLimits
 from services.event_store import MAX_DATA_BYTES as MAX_EVENT_DATA_BYTES
 from services.inputs import JsonLimits
 from services.job_policy import JobPolicy
-from services.llm import DEFAULT_MAX_ANSWER_BYTES, ProviderConfig
+from services.llm import DEFAULT_MAX_CONVERSATION_BYTES, ProviderConfig
 from services.webhook_policy import DEFAULT_RETRY_SCHEDULE_S, WebhookPolicy, parse_networks
 
 # The development default is public, so it must never sign tokens anywhere else.
@@ -24,6 +26,11 @@ DEV_JWT_SECRET = "conveyor-development-secret-change-me"  # noqa: S105
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/conveyor"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MIN_SECRET_LENGTH = 32
+
+# Variables renamed, by their old name: the new one. A renamed field still reads its old
+# name (`_also_old_name`; the new name first, so it wins when both are set), and the
+# Celery processes warn at startup while the old name alone is set.
+RENAMED_VARIABLES = {"LLM_MAX_ANSWER_BYTES": "LLM_MAX_CONVERSATION_BYTES"}
 
 
 class SettingsError(ValueError):
@@ -36,11 +43,31 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _also_old_name(variable: str) -> AliasChoices:
+    """The names a renamed field reads, new before old."""
+    old = [before for before, now in RENAMED_VARIABLES.items() if now == variable]
+    return AliasChoices(variable.lower(), *(name.lower() for name in old))
+
+
+def renamed_variables_in_use(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The renamed variables set under their old name only (old name: new name), read as
+    `Settings` reads them: in any case, an empty one unset."""
+    environ = os.environ if environ is None else environ
+    present = {name.upper() for name, value in environ.items() if value}
+    return {
+        old: new for old, new in RENAMED_VARIABLES.items() if old in present and new not in present
+    }
+
+
 class Settings(BaseSettings):
     # An empty variable is an unset one: compose passes `OPENAI_BASE_URL: ${OPENAI_BASE_URL:-}`
     # as "" when the operator sets nothing, which replaced the default URL with "" and an
     # integer setting's "" stopped the process.
-    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_ignore_empty=True)
+    # validate_by_name: a renamed field (its aliases, the variables) also takes its own
+    # name as a keyword, as every other field does.
+    model_config = SettingsConfigDict(
+        extra="ignore", case_sensitive=False, env_ignore_empty=True, validate_by_name=True
+    )
 
     conveyor_env: Literal["development", "test", "production"] = "development"
 
@@ -124,8 +151,13 @@ class Settings(BaseSettings):
     llm_request_timeout_s: float = Field(default=120.0, gt=0)
     # The most of one model conversation a worker holds: a request, which carries every
     # turn before it, and its answer (one step's stream); past it the job fails
-    # (services/llm_http.py).
-    llm_max_answer_bytes: int = Field(default=DEFAULT_MAX_ANSWER_BYTES, ge=64 * 1024)
+    # (services/llm_http.py). Named LLM_MAX_ANSWER_BYTES until it bounded more than the
+    # answer; that name still works, deprecated.
+    llm_max_conversation_bytes: int = Field(
+        default=DEFAULT_MAX_CONVERSATION_BYTES,
+        ge=64 * 1024,
+        validation_alias=_also_old_name("LLM_MAX_CONVERSATION_BYTES"),
+    )
 
     # Webhook deliveries (services/webhook_policy.py says what each one does).
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -292,7 +324,7 @@ class Settings(BaseSettings):
                 base_url=self.openai_base_url,
                 api_key=self.openai_api_key,
                 request_timeout_s=self.llm_request_timeout_s,
-                max_answer_bytes=self.llm_max_answer_bytes,
+                max_conversation_bytes=self.llm_max_conversation_bytes,
             )
         }
 

@@ -14,7 +14,7 @@ from services.agent_errors import PermanentAgentError, TransientAgentError
 from services.errors import in_chain
 from services.llm_http import AnswerTooLarge, BoundedClient, UnreadableAnswer
 
-DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_CONVERSATION_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ProviderConfig:
     request_timeout_s: float = 60.0
     # The most of one conversation held: a request (every turn before it) and its answer
     # (one step's stream, with its framing), as read from the provider.
-    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Providers:
         made: dict[str, Provider] = self._local.__dict__.setdefault("providers", {})
         if name not in made:
             config = self._configs[name]
-            http = BoundedClient(max_answer_bytes=config.max_answer_bytes)
+            http = BoundedClient(max_conversation_bytes=config.max_conversation_bytes)
             client = openai.OpenAI(
                 base_url=config.base_url,
                 # The SDK refuses to start without a key; local servers (Ollama) need none.

@@ -176,16 +176,17 @@ class _Sockets:
 
 
 class BoundedClient(openai.DefaultHttpxClient):
-    """The SDK's default client (its timeouts, limits and redirects), reading at most
-    `max_answer_bytes` of each answer, whose requests in flight can be cut from another
-    thread (`abort_requests`). Use one per thread: an abort cuts all of its requests."""
+    """The SDK's default client (its timeouts, limits and redirects), holding at most
+    `max_conversation_bytes` of a request and its answer together, whose requests in
+    flight can be cut from another thread (`abort_requests`). Use one per thread: an abort
+    cuts all of its requests."""
 
     def __init__(
-        self, *, max_answer_bytes: int, max_line_bytes: int = MAX_LINE_BYTES, **kwargs: Any
+        self, *, max_conversation_bytes: int, max_line_bytes: int = MAX_LINE_BYTES, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self._max_answer_bytes = max_answer_bytes
-        self._max_line_bytes = min(max_line_bytes, max_answer_bytes)
+        self._max_conversation_bytes = max_conversation_bytes
+        self._max_line_bytes = min(max_line_bytes, max_conversation_bytes)
         self._sockets = _Sockets()
 
     def abort_requests(self) -> None:
@@ -199,15 +200,15 @@ class BoundedClient(openai.DefaultHttpxClient):
     ) -> httpx2.Response:
         request.extensions["trace"] = _chained(self._sockets.trace, request.extensions.get("trace"))
         request.headers["Accept-Encoding"] = ACCEPT_ENCODING
-        left = self._max_answer_bytes - len(request.read())  # the conversation so far
+        left = self._max_conversation_bytes - len(request.read())  # the conversation so far
         if left < 0:
-            raise AnswerTooLarge(self._max_answer_bytes, whole=True)
+            raise AnswerTooLarge(self._max_conversation_bytes, whole=True)
         # Always streamed here, so that an answer the caller wants whole is read through
         # the bound too.
         response = super().send(request, stream=True, **kwargs)
         encoding = response.headers.get("content-encoding", "").strip().lower()
         response.stream = _BoundedStream(
-            response.stream, encoding, left, self._max_answer_bytes, self._max_line_bytes
+            response.stream, encoding, left, self._max_conversation_bytes, self._max_line_bytes
         )
         # The bound hands on the answer inflated: httpx must not inflate it again.
         response.headers.pop("content-encoding", None)

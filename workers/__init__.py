@@ -14,7 +14,7 @@ from services.agent_tools import ToolBox
 from services.chat_runner import ChatRunner
 from services.llm import Providers
 from services.log_config import configure_logging
-from settings import load_settings
+from settings import load_settings, renamed_variables_in_use
 from tasks.deps import TaskDeps
 from workers import operations
 from workers.celery_app import install_after_commit, make_celery
@@ -38,6 +38,10 @@ operations.configure(celery, settings)  # Flower's guard, task log context, metr
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     configure_logging(settings.log_level)
+    # Here, once logging writes JSON: once per worker or beat (the pool's processes fork
+    # with logging set up and skip this signal).
+    for old, new in renamed_variables_in_use().items():
+        log.warning("settings.renamed_variable", variable=old, renamed_to=new, deprecated=True)
 
 
 engine = make_engine(settings.database_url, pool_size=2)

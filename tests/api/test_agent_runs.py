@@ -432,8 +432,9 @@ def test_documents_in_the_input_are_given_as_context(alice, fake, run):
 
 @pytest.fixture
 def small_answers_run(fake, session_factory):
-    """A provider whose answers are read up to 64 KiB, the least LLM_MAX_ANSWER_BYTES takes."""
-    config = ProviderConfig(fake.base_url, API_KEY, 10.0, max_answer_bytes=64 * 1024)
+    """A provider whose conversations are held to 64 KiB, the least
+    LLM_MAX_CONVERSATION_BYTES takes."""
+    config = ProviderConfig(fake.base_url, API_KEY, 10.0, max_conversation_bytes=64 * 1024)
     runner = AgentRunner(ChatRunner(Providers({"openai": config}), ToolBox(session_factory)))
 
     def run(job_id):

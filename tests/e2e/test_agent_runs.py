@@ -1,5 +1,6 @@
 """An agent on an OpenAI-compatible provider through real processes: the worker streams
-from the fake provider, and a cancel or a timeout stops it mid-stream."""
+from the fake provider, a cancel or a timeout stops it mid-stream, and the worker holds
+the model to the bound it is configured with."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tests.fake_openai import FakeOpenAI, Turn
 from tests.stack import Api, Scenario, stack_on
 
 pytestmark = pytest.mark.e2e
+
+WORKER_CONVERSATION_BYTES = 64 * 1024  # the least it takes
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,10 @@ def running(
     env = {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-e2e", "JOB_GRACE_S": "1"}
     with stack_on(servers, worker_id, workdir, "agents", **env) as scenario:
         api = scenario.stack.start_web()
-        scenario.stack.start_worker(concurrency=2)
+        # A small bound of the worker's own, under its deprecated name (below).
+        scenario.stack.start_worker(
+            concurrency=2, LLM_MAX_ANSWER_BYTES=str(WORKER_CONVERSATION_BYTES)
+        )
         api.sign_up()
         yield scenario, api
 
@@ -124,3 +130,19 @@ def test_a_tool_blocked_in_the_database_is_stopped_and_its_write_never_lands(run
         holder.rollback()  # the row is free again
     assert api.get(f"/v1/documents/{document['id']}").body["content"] == "before"
     assert [t for _, t in api.event_types(job_id)][-1] == f"job.{job['status']}"
+
+
+def test_a_worker_reads_the_conversation_bound_under_its_old_name(running, fake):
+    """LLM_MAX_ANSWER_BYTES, the bound's name before LLM_MAX_CONVERSATION_BYTES, still
+    sets it, and the worker says once, at startup, that it is deprecated."""
+    scenario, api = running
+    fake.script.clear()
+    fake.then(Turn(text="z" * WORKER_CONVERSATION_BYTES, chunk_size=1000))
+    with scenario.stack.logs_on_failure():
+        job_id = api.submit(create_agent(api), "long").body["id"]
+        job = api.wait_terminal(job_id, timeout=30)
+        assert job["status"] == "failed", job
+        assert job["error"]["type"] == "permanent" and job["attempt"] == 1, job
+        assert f"passed {WORKER_CONVERSATION_BYTES} bytes" in job["error"]["message"], job
+        warned = ("settings.renamed_variable", "LLM_MAX_ANSWER_BYTES", "LLM_MAX_CONVERSATION_BYTES")
+        assert scenario.stack.log_count("worker", *warned) == 1

@@ -97,7 +97,7 @@ def test_abort_cuts_a_request_on_a_reused_keep_alive_connection(fake):
     fake.then(Turn(text="first"), Turn(text="held", delay_s=HELD_S))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     ports = []
-    with BoundedClient(max_answer_bytes=1 << 20, timeout=HELD_S * 2) as client:
+    with BoundedClient(max_conversation_bytes=1 << 20, timeout=HELD_S * 2) as client:
 
         def post() -> httpx2.Response:
             response = client.post(
@@ -152,7 +152,7 @@ def test_a_compressed_answer_is_cut_at_its_inflated_size(fake, comment_lines, en
     tracemalloc.start()
     try:
         with (
-            BoundedClient(max_answer_bytes=BOUND, timeout=10) as client,
+            BoundedClient(max_conversation_bytes=BOUND, timeout=10) as client,
             pytest.raises(AnswerTooLarge) as cut,
         ):
             if streamed:
@@ -177,7 +177,7 @@ def test_a_compressed_answer_within_its_bound_reads_whole(fake):
             headers={"Content-Encoding": "gzip"},
         )
     )
-    with BoundedClient(max_answer_bytes=2 * len(answer), timeout=10) as client:
+    with BoundedClient(max_conversation_bytes=2 * len(answer), timeout=10) as client:
         response = client.post(f"{fake.base_url}/chat/completions", json={})
     assert response.content == answer and "content-encoding" not in response.headers
     assert fake.requests[0]["_accept_encoding"] == "gzip, deflate"
@@ -199,12 +199,12 @@ def test_a_raw_deflate_answer_is_read_as_httpx_read_it(fake, comment_lines):
             headers={"Content-Encoding": "deflate"},
         )
     )
-    with BoundedClient(max_answer_bytes=2 * len(answer), timeout=10) as client:
+    with BoundedClient(max_conversation_bytes=2 * len(answer), timeout=10) as client:
         assert client.post(f"{fake.base_url}/chat/completions", json={}).content == answer
     # And it is cut at its inflated size as the wrapped one is.
     fake.then(Turn(raw=raw_deflate(comment_lines), headers={"Content-Encoding": "deflate"}))
     with (
-        BoundedClient(max_answer_bytes=BOUND, timeout=10) as client,
+        BoundedClient(max_conversation_bytes=BOUND, timeout=10) as client,
         pytest.raises(AnswerTooLarge),
     ):
         client.post(f"{fake.base_url}/chat/completions", json={})
@@ -214,7 +214,7 @@ def test_a_request_that_alone_passes_the_bound_is_not_sent(fake):
     """A request carries the conversation so far: past the bound, it ends the job as a
     conversation too long, before the provider sees (and bills) it."""
     with (
-        BoundedClient(max_answer_bytes=BOUND, timeout=10) as client,
+        BoundedClient(max_conversation_bytes=BOUND, timeout=10) as client,
         pytest.raises(AnswerTooLarge) as cut,
     ):
         client.post(f"{fake.base_url}/chat/completions", content=b"x" * (BOUND + 1))

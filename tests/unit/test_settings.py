@@ -1,7 +1,15 @@
 import pytest
 from pydantic import ValidationError
 
-from settings import DEV_JWT_SECRET, Settings, SettingsError
+from settings import (
+    DEV_JWT_SECRET,
+    RENAMED_VARIABLES,
+    Settings,
+    SettingsError,
+    renamed_variables_in_use,
+)
+
+OLD_BOUND, NEW_BOUND = "LLM_MAX_ANSWER_BYTES", "LLM_MAX_CONVERSATION_BYTES"
 
 
 def test_development_accepts_the_default_secret():
@@ -64,3 +72,51 @@ def test_a_body_deadline_that_serves_nobody_or_holds_for_hours_is_refused(monkey
     monkeypatch.setenv("WEB_REQUEST_BODY_TIMEOUT_S", seconds)
     with pytest.raises(ValidationError, match="web_request_body_timeout_s"):
         Settings()
+
+
+def test_the_conversation_bound_is_still_read_under_its_old_name(monkeypatch):
+    monkeypatch.setenv(OLD_BOUND, "100000")
+    settings = Settings()
+    assert settings.llm_max_conversation_bytes == 100_000
+    assert settings.llm_providers()["openai"].max_conversation_bytes == 100_000
+    assert renamed_variables_in_use() == {OLD_BOUND: NEW_BOUND}
+
+
+def test_the_new_name_wins_over_the_old_one(monkeypatch):
+    monkeypatch.setenv(OLD_BOUND, "100000")
+    monkeypatch.setenv(NEW_BOUND, "200000")
+    assert Settings().llm_max_conversation_bytes == 200_000
+    assert renamed_variables_in_use() == {}  # the old one is ignored: nothing to warn about
+
+
+def test_the_old_name_is_held_to_the_same_limits(monkeypatch):
+    monkeypatch.setenv(OLD_BOUND, "1024")  # below the least it takes, 64 KiB
+    with pytest.raises(ValidationError, match="greater than or equal to 65536"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("environ", "in_use"),
+    [
+        ({}, {}),
+        ({"llm_max_answer_bytes": "100000"}, {OLD_BOUND: NEW_BOUND}),  # any case, as read
+        ({OLD_BOUND: ""}, {}),  # empty is unset
+        ({OLD_BOUND: "100000", NEW_BOUND: ""}, {OLD_BOUND: NEW_BOUND}),
+    ],
+)
+def test_old_names_are_found_as_settings_reads_them(environ, in_use):
+    assert renamed_variables_in_use(environ) == in_use
+
+
+def test_every_renamed_variable_is_still_read():
+    fields = {
+        name: field.validation_alias.choices  # type: ignore[union-attr]
+        for name, field in Settings.model_fields.items()
+        if field.validation_alias is not None
+    }
+    for old, new in RENAMED_VARIABLES.items():
+        assert fields[new.lower()] == [new.lower(), old.lower()]
+
+
+def test_a_renamed_field_still_takes_its_own_name_as_a_keyword():
+    assert Settings(llm_max_conversation_bytes=70_000).llm_max_conversation_bytes == 70_000
