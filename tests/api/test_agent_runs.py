@@ -215,7 +215,8 @@ def test_an_event_larger_than_the_api_takes_is_refused_to_the_model(alice, fake,
 
 
 def test_the_tools_take_the_deployments_event_limit(alice, fake, session_factory):
-    """The worker builds its ToolBox with EVENT_MAX_DATA_BYTES, not the default."""
+    """A ToolBox holds its tools to the event limit it is given, not the default (that a
+    worker gives it EVENT_MAX_DATA_BYTES: tests/e2e/test_agent_runs.py)."""
     providers = Providers({"openai": ProviderConfig(fake.base_url, API_KEY, 10.0)})
     tools = ToolBox(session_factory, event_max_data_bytes=2048)
     runner = AgentRunner(ChatRunner(providers, tools))

@@ -1,11 +1,12 @@
 """An agent on an OpenAI-compatible provider through real processes: the worker streams
 from the fake provider, a cancel or a timeout stops it mid-stream, and the worker holds
-the model to the bound it is configured with."""
+the model and its tools to the bounds it is configured with."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from tests.stack import Api, Scenario, stack_on
 pytestmark = pytest.mark.e2e
 
 WORKER_CONVERSATION_BYTES = 64 * 1024  # the least it takes
+WORKER_EVENT_DATA_BYTES = 1024  # the least it takes; the web's is 64 KiB
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,13 @@ def running(
     env = {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-e2e", "JOB_GRACE_S": "1"}
     with stack_on(servers, worker_id, workdir, "agents", **env) as scenario:
         api = scenario.stack.start_web()
-        # A small bound of the worker's own, under its deprecated name (below).
+        # Small bounds of the worker's own (the web keeps its defaults), so that what the
+        # tests below see is how the worker reads and passes on its settings: the
+        # conversation's bound under its deprecated name, an event's data for its tools.
         scenario.stack.start_worker(
-            concurrency=2, LLM_MAX_ANSWER_BYTES=str(WORKER_CONVERSATION_BYTES)
+            concurrency=2,
+            LLM_MAX_ANSWER_BYTES=str(WORKER_CONVERSATION_BYTES),
+            EVENT_MAX_DATA_BYTES=str(WORKER_EVENT_DATA_BYTES),
         )
         api.sign_up()
         yield scenario, api
@@ -130,6 +136,36 @@ def test_a_tool_blocked_in_the_database_is_stopped_and_its_write_never_lands(run
         holder.rollback()  # the row is free again
     assert api.get(f"/v1/documents/{document['id']}").body["content"] == "before"
     assert [t for _, t in api.event_types(job_id)][-1] == f"job.{job['status']}"
+
+
+def job_events(api: Api, job_id: str, event_type: str) -> list[dict[str, Any]]:
+    items = api.get(f"/v1/jobs/{job_id}/events?limit=1000").body["items"]
+    return [item["data"] for item in items if item["type"] == event_type]
+
+
+def test_a_tool_append_past_the_workers_event_bound_is_refused_to_the_model(running, fake):
+    """The worker gives its tools EVENT_MAX_DATA_BYTES: an agent appends no event a client
+    of this deployment could not. The refusal is the tool's result, which the model hears
+    (it may append less); the job goes on."""
+    scenario, api = running
+    fake.script.clear()  # a stopped run leaves its later turns unasked
+    big = {"type": "note", "data": {"blob": "x" * WORKER_EVENT_DATA_BYTES}}
+    append = {"stream": "agent-notes", "events": [{"type": "note", "data": {}}, big]}
+    fake.then(Turn(tool_calls=[("events.append", append)]), Turn(text="could not append"))
+    body = {"name": "n", "provider": "openai", "model": "fake", "tools": ["events.append"]}
+    agent_id = api.post("/v1/agents", body).body["id"]
+    with scenario.stack.logs_on_failure():
+        job_id = api.submit(agent_id, "append").body["id"]
+        job = api.wait_terminal(job_id, timeout=30)
+        assert job["status"] == "succeeded", job
+        assert job["output"]["text"] == "could not append"
+        refusal = f"events.1.data: must be at most {WORKER_EVENT_DATA_BYTES} bytes as JSON"
+        [result] = job_events(api, job_id, "job.tool_result")
+        assert result["ok"] is False and refusal in result["result"], result
+        told = fake.requests[-1]["messages"][-1]
+        assert told["role"] == "tool" and refusal in told["content"], told
+        # Neither event of the call was stored: an append is all or nothing.
+        assert api.get("/v1/streams/agent-notes/events").body["items"] == []
 
 
 def test_a_worker_reads_the_conversation_bound_under_its_old_name(running, fake):
