@@ -31,6 +31,7 @@ from services import users
 from services.passwords import Passwords
 from settings import Settings
 from tests.helpers import ROOT, AuthClient
+from tests.ports import free_port
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -72,7 +73,7 @@ def servers() -> Iterator[Servers]:
     if not _reachable(redis_url, 6379):
         if _in_ci():
             pytest.fail(f"Redis at {_safe(redis_url)} is unreachable (CI=true)", False)
-        redis_url, stop = cli.start_embedded_redis()
+        redis_url, stop = cli.start_embedded_redis(port=free_port())
         stops.append(stop)
     yield Servers(_libpq(database_url), redis_url)
     for stop in reversed(stops):

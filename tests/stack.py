@@ -18,7 +18,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from psycopg import sql
 import cli
 from tests.conftest import Servers, create_migrated_database
 from tests.helpers import PASSWORD, ROOT, poll
+from tests.ports import free_port
 
 STARTUP_S = 30.0
 JOB_DEADLINE_S = 30.0
@@ -170,24 +170,6 @@ def procfile_command(name: str) -> list[str]:
         if key.strip() == name:
             return shlex.split(command)
     raise AssertionError(f"the Procfile has no {name!r} process")
-
-
-def free_port() -> int:
-    (port,) = free_ports(1)
-    return port
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different ports free now. All are held until the last is chosen: ports asked
-    for one after the other can be the same one (the kernel handed a worker's metrics
-    server and Flower one port, and Flower failed to bind)."""
-    with contextlib.ExitStack() as held:
-        ports = []
-        for _ in range(count):
-            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("", 0))  # gunicorn binds 0.0.0.0:$PORT, so the port must be free there
-            ports.append(int(sock.getsockname()[1]))
-        return ports
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
@@ -367,7 +349,7 @@ class RedisServer:
     """
 
     def __init__(self) -> None:
-        self.port = cli._free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._stop: Callable[[], None] | None = None
 

@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from tests.conftest import Servers
-from tests.stack import STARTUP_S, Api, Stack, free_port, stack_on
+from tests.ports import free_port
+from tests.stack import STARTUP_S, Api, Stack, stack_on
 
 pytestmark = pytest.mark.e2e
 

@@ -29,7 +29,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from tests import prom
 from tests.conftest import Servers
 from tests.helpers import POST_DOCUMENT, ROOT, answer, post_document_body
-from tests.stack import Api, Stack, free_port, free_ports, procfile_command, stack_on
+from tests.ports import free_port, free_ports
+from tests.stack import Api, Stack, procfile_command, stack_on
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import Servers
 from tests.faults.support import FAST, audit_exactly_once
-from tests.stack import Api, Scenario, free_port, stack_on
+from tests.ports import free_port
+from tests.stack import Api, Scenario, stack_on
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 

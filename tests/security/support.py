@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,13 +33,6 @@ def new_key(user: AuthClient, name: str = "ci") -> KeyClient:
     response = user.post("/v1/api-keys", json={"name": name})
     assert response.status_code == 201, response.json
     return KeyClient(user.client, user.email, user.tokens, key=response.json["key"])
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then let go): a Redis that is away."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def send(client: Any, method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:

@@ -15,8 +15,9 @@ import pytest
 from api.gate import Gate
 from api.rate_limits import client_ip, trusted_networks
 from tests.helpers import PASSWORD, WINDOWS_START, AuthClient, Clock
+from tests.ports import closed_port
 from tests.security.conftest import client_at
-from tests.security.support import closed_port, new_key
+from tests.security.support import new_key
 
 FREE = "100000/minute"
 

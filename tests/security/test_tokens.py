@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import AuthClient, poll
+from tests.ports import closed_port
 from tests.security.conftest import client_at
-from tests.security.support import claims_for, closed_port, mint
+from tests.security.support import claims_for, mint
 
 # HS512 with our (HS256-sized) key is one of the forgeries: PyJWT warns while making it.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 import cli
+from tests.ports import free_port
 
 DEADLINE_S = 20.0
 
@@ -144,13 +145,10 @@ class Dev:
     printed so far."""
 
     def __init__(self, procfile: Path, processes: list[str], **env: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
         environ = {
             **os.environ,
             "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
-            "PORT": str(port),
+            "PORT": str(free_port()),
             **env,
         }
         environ.pop("REDIS_URL", None)

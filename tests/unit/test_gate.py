@@ -4,7 +4,6 @@ Each test counts for a key of its own, so counters other tests left never meet t
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 
@@ -14,6 +13,7 @@ from limits import parse
 
 from api.gate import Gate, lease_size, revoke, revoke_family
 from tests.helpers import WINDOWS_START, Clock
+from tests.ports import closed_port
 from tests.stack import private_redis
 from workers.redis_clients import make_redis
 
@@ -146,10 +146,7 @@ def counted_in(request, client, redis_url):  # type: ignore[no-untyped-def]
     """The Redis the gate counts in: the test's, or one that is not there (process memory)."""
     if request.param == "redis":
         return client
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return make_redis(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+    return make_redis(f"redis://127.0.0.1:{closed_port()}/0", timeout_s=0.5)
 
 
 def _burst(gate: Gate, key: str, clock: Clock, at: float, n: int) -> list[bool]:

@@ -3,7 +3,6 @@ it must read every kind of answer the service gives, and count what gets none.""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 
 from bench.load import RequestSpec
 from bench.open_loop import offer
+from tests.ports import closed_port
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -79,8 +79,5 @@ def test_an_unanswered_request_counts_as_no_answer(port: int) -> None:
 
 
 def test_a_server_that_is_not_there_counts_as_no_answer() -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
-    sent = offer(free, RequestSpec("GET", ("/",)), rate=20, duration_s=0.25)
+    sent = offer(closed_port(), RequestSpec("GET", ("/",)), rate=20, duration_s=0.25)
     assert [(s.status, s.body) for s in sent] == [(0, b"ConnectionRefusedError")] * 5
