@@ -2,13 +2,28 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, Field, StrictInt, model_validator
+from pydantic import AfterValidator, AnyHttpUrl, Field, StrictInt, UrlConstraints, model_validator
 
 from api.schemas.common import Input, Output, PageQuery, SmallObject, VersionPageQuery
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+MAX_URL_CHARS = 2048
+
+
+def _short_as_sent(url: AnyHttpUrl) -> AnyHttpUrl:
+    # The URL as stored and sent is percent-encoded, so it can be longer than what came.
+    if len(str(url)) > MAX_URL_CHARS:
+        raise ValueError(f"must be at most {MAX_URL_CHARS} characters once percent-encoded")
+    return url
+
+
+# Its length bounded as given (UrlConstraints, which also puts `maxLength` in the document)
+# and as sent; each error names the field.
+WebhookUrl = Annotated[
+    AnyHttpUrl, UrlConstraints(max_length=MAX_URL_CHARS), AfterValidator(_short_as_sent)
+]
 
 
 class Message(Input):
@@ -31,7 +46,7 @@ class JobInput(Input):
 class JobIn(Input):
     agent_id: uuid.UUID
     input: JobInput
-    webhook_url: AnyHttpUrl | None = Field(default=None)
+    webhook_url: WebhookUrl | None = Field(default=None)
     metadata: SmallObject = Field(default_factory=dict)
     timeout_s: StrictInt | None = Field(default=None, ge=1)
     queue_timeout_s: StrictInt | None = Field(
@@ -42,12 +57,6 @@ class JobIn(Input):
         "a transient failure (from the end of its backoff) or a lost worker",
     )
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=20)
-
-    @model_validator(mode="after")
-    def _url_length(self) -> JobIn:
-        if self.webhook_url is not None and len(str(self.webhook_url)) > 2048:
-            raise ValueError("webhook_url must be at most 2048 characters")
-        return self
 
 
 class JobListQuery(PageQuery):

@@ -273,3 +273,24 @@ def test_wait_that_is_not_a_finite_number_says_so(alice, agent):
     job = alice.submit(agent["id"])
     answer = alice.get(f"/v1/jobs/{job['id']}?wait=nan")
     assert answer.status_code == 422 and "finite" in answer.json["errors"][0]["detail"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/" + "a" * 2100,  # too long as sent
+        "https://example.com/" + "\u00e9" * 400,  # 800 characters, 2,420 once percent-encoded
+    ],
+)
+def test_a_webhook_url_too_long_is_a_422_on_the_field(alice, agent, app, url):
+    """It named `body`, as if the whole request were wrong, and the document gave no
+    maximum."""
+    body = {"agent_id": agent["id"], "input": {"text": "x"}, "webhook_url": url}
+    response = alice.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    (error,) = response.json["errors"]
+    assert error["field"] == "webhook_url" and "2048" in error["detail"]
+    assert alice.get("/v1/jobs").json["items"] == []
+    schema = app.test_client().get("/openapi.json").json["components"]["schemas"]["JobIn"]
+    as_url = next(b for b in schema["properties"]["webhook_url"]["anyOf"] if "format" in b)
+    assert as_url["maxLength"] == 2048
