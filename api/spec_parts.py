@@ -149,6 +149,17 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         f"new id, so there is nothing to create only if absent); tags hold. {_CONDITION}",
         _STRING,
     ),
+    "If-Match-Unversioned": _request_header(
+        "If-Match",
+        "This resource has no ETag, so no tag matches it: any tag is a 412 and nothing "
+        f"changes; `*` holds. {_CONDITION}",
+        _STRING,
+    ),
+    "If-None-Match-Unversioned": _request_header(
+        "If-None-Match",
+        f"This resource has no ETag: `*` is a 412 and nothing changes; tags hold. {_CONDITION}",
+        _STRING,
+    ),
     "If-Match-Append": _request_header(
         "If-Match",
         "Append only while the stream's ETag (its version, as `GET /v1/streams/<stream>` "
@@ -185,6 +196,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
 # A POST that makes a resource under an id the server chooses evaluates these against the
 # collection (api.preconditions.check_on_create).
 CREATE_CONDITIONS = ("If-Match-Create", "If-None-Match-Create")
+# A change of a resource without an ETag (a webhook endpoint, an API key) evaluates these
+# once it has found it (api.preconditions.check_without_etag).
+UNVERSIONED_CONDITIONS = ("If-Match-Unversioned", "If-None-Match-Unversioned")
 
 SETTINGS_MAXIMA = {
     ("JobIn", "timeout_s"): "job_max_timeout_s",

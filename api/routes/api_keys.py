@@ -13,9 +13,9 @@ from api.openapi import declares
 from api.preconditions import check_on_create, check_without_etag
 from api.representations import NO_STORE
 from api.request_context import db
-from api.schemas.api_keys import ApiKeyIn, NewApiKeyOut
+from api.schemas.api_keys import ApiKeyIn, ApiKeyOut, NewApiKeyOut
 from api.schemas.common import PageOut, PageQuery
-from api.spec_parts import CREATE_CONDITIONS
+from api.spec_parts import CREATE_CONDITIONS, UNVERSIONED_CONDITIONS
 from models import ApiKey
 from services import api_keys
 
@@ -65,13 +65,19 @@ def list_keys(query: PageQuery):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<uuid:key_id>")
+@bp.output(ApiKeyOut)
 @bp.doc(summary="One live API key, without the key", security="BearerAuth", responses=[200, 404])
 def get_key(key_id: uuid.UUID):  # type: ignore[no-untyped-def]
     return api_key_json(api_keys.get(db(), owner_id=current_principal().user_id, key_id=key_id))
 
 
 @bp.delete("/<uuid:key_id>")
-@bp.doc(summary="Revoke an API key at once", security="BearerAuth", responses=[204, 404])
+@bp.doc(
+    summary="Revoke an API key at once",
+    security="BearerAuth",
+    responses=[204, 404, 412],
+)
+@declares(request_headers=UNVERSIONED_CONDITIONS)
 def revoke_key(key_id: uuid.UUID):  # type: ignore[no-untyped-def]
     api_keys.revoke(db(), owner_id=current_principal().user_id, key_id=key_id)
     check_without_etag()

@@ -25,7 +25,7 @@ from api.schemas.webhooks import (
     EndpointWithSecretOut,
     SecretOut,
 )
-from api.spec_parts import CREATE_CONDITIONS
+from api.spec_parts import CREATE_CONDITIONS, UNVERSIONED_CONDITIONS
 from models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from services import webhooks
 from services.pagination import Page
@@ -158,8 +158,9 @@ def get_endpoint(endpoint_id: uuid.UUID):  # type: ignore[no-untyped-def]
 @bp.output(EndpointOut)
 @bp.doc(
     summary="Change an endpoint; `enabled` disables it or enables it again",
-    responses=[200, 404, 422],
+    responses=[200, 404, 412, 422],
 )
+@declares(request_headers=UNVERSIONED_CONDITIONS)
 def update_endpoint(endpoint_id: uuid.UUID, body: EndpointPatch):  # type: ignore[no-untyped-def]
     endpoint = webhooks.update(
         db(),
@@ -173,7 +174,11 @@ def update_endpoint(endpoint_id: uuid.UUID, body: EndpointPatch):  # type: ignor
 
 
 @bp.delete("/<uuid:endpoint_id>")
-@bp.doc(summary="Delete an endpoint with its deliveries", responses=[204, 404])
+@bp.doc(
+    summary="Delete an endpoint with its deliveries",
+    responses=[204, 404, 412],
+)
+@declares(request_headers=UNVERSIONED_CONDITIONS)
 def delete_endpoint(endpoint_id: uuid.UUID):  # type: ignore[no-untyped-def]
     webhooks.delete(db(), owner_id=current_principal().user_id, endpoint_id=endpoint_id)
     check_without_etag()

@@ -171,6 +171,9 @@ def _resolve(spec: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
         ("post", "/v1/jobs", {"Idempotency-Key"}),
         ("patch", "/v1/agents/{agent_id}", {"If-Match", "If-None-Match"}),
         ("delete", "/v1/agents/{agent_id}", {"If-Match", "If-None-Match"}),
+        ("patch", "/v1/webhooks/{endpoint_id}", {"If-Match", "If-None-Match"}),
+        ("delete", "/v1/webhooks/{endpoint_id}", {"If-Match", "If-None-Match"}),
+        ("delete", "/v1/api-keys/{key_id}", {"If-Match", "If-None-Match"}),
         ("put", "/v1/documents/{document_id}", {"If-Match", "If-None-Match"}),
         ("patch", "/v1/documents/{document_id}", {"If-Match", "If-None-Match"}),
         ("delete", "/v1/documents/{document_id}", {"If-Match", "If-None-Match"}),
@@ -184,6 +187,44 @@ def _resolve(spec: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
 def test_request_headers_the_server_reads_are_declared(spec, method, path, headers):
     parameters = [_resolve(spec, p) for p in spec["paths"][path][method]["parameters"]]
     assert headers <= {p["name"] for p in parameters if p["in"] == "header"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("patch", "/v1/webhooks/{endpoint_id}"),
+        ("delete", "/v1/webhooks/{endpoint_id}"),
+        ("delete", "/v1/api-keys/{key_id}"),
+    ],
+)
+def test_conditional_changes_without_an_etag_declare_their_412(app_with, alice, method, path):
+    """Endpoints and API keys evaluate `If-Match` / `If-None-Match` (a tag never matches
+    them): the 412 was answered but declared nowhere, nor were the two headers."""
+    app = app_with(webhook_allowed_networks=["127.0.0.0/8"])
+    user = AuthClient(app.test_client(), alice.email, alice.tokens)
+    if path.startswith("/v1/webhooks"):
+        made = user.post(
+            "/v1/webhooks", json={"url": "http://127.0.0.1:9/h", "event_types": ["job.failed"]}
+        )
+        parameters = {"endpoint_id": made.json["id"]}
+    else:
+        made = user.post("/v1/api-keys", json={"name": "k"})
+        parameters = {"key_id": made.json["id"]}
+    case: dict[str, Any] = {"path_parameters": parameters}
+    if method == "patch":
+        case["body"] = {"description": "d"}
+    response = conforming(
+        app, method.upper(), path, headers={**user.headers, "If-Match": '"1"'}, **case
+    )
+    assert response.status_code == 412
+
+
+def test_one_api_key_is_declared_as_what_it_is(spec):
+    """`GET /v1/api-keys/<id>` declared an empty schema."""
+    declared = spec["paths"]["/v1/api-keys/{key_id}"]["get"]["responses"]["200"]
+    schema = _resolve(spec, declared["content"]["application/json"]["schema"])
+    assert {"id", "name", "prefix", "created_at", "last_used_at"} <= schema["properties"].keys()
+    assert "key" not in schema["properties"]
 
 
 @pytest.mark.parametrize(
