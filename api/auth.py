@@ -157,9 +157,20 @@ def require_access_token() -> None:
 def require_bearer_token() -> None:
     """Like `require_access_token`, but an API key is refused: managing API keys and
     logging out take a person's token, so a leaked key cannot mint or revoke keys."""
+    if "Authorization" not in request.headers:
+        raise Unauthorized(_bearer_only("access"))
     require_access_token()
     if current_principal().api_key_id is not None:
-        raise Unauthorized("this route takes Authorization: Bearer <access token>, not an API key")
+        raise Unauthorized(_bearer_only("access"))
+
+
+def _bearer_only(kind: str) -> str:
+    """The 401's detail on a route that takes only a bearer token of `kind`, sent none: the
+    general hint would offer an API key, which such a route refuses."""
+    wanted = f"Authorization: Bearer <{kind} token>"
+    if API_KEY_HEADER in request.headers:
+        return f"this route takes {wanted}, not an API key"
+    return f"send {wanted}"
 
 
 def _authenticate(req: Request, ctx: Any) -> Principal:
@@ -234,6 +245,8 @@ def _refresh_claims() -> dict[str, Any]:
     """A refresh token's verified claims; its revocation is the rotation's to check."""
     token = _bearer_token(request)
     if token is None:
+        if "Authorization" not in request.headers:
+            raise Unauthorized(_bearer_only("refresh"))
         raise Unauthorized(_missing_or_invalid())
     try:
         payload = decode_token(token)

@@ -311,3 +311,44 @@ def test_requests_with_one_token_share_its_principal(app, alice):
             identify()
             principals.append(g.principal)
     assert principals[0] is principals[1]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "with_key", "detail"),
+    [
+        ("POST", "/v1/auth/refresh", False, "send Authorization: Bearer <refresh token>"),
+        (
+            "POST",
+            "/v1/auth/refresh",
+            True,
+            "this route takes Authorization: Bearer <refresh token>, not an API key",
+        ),
+        ("POST", "/v1/auth/logout", False, "send Authorization: Bearer <access token>"),
+        ("GET", "/v1/api-keys", False, "send Authorization: Bearer <access token>"),
+        (
+            "GET",
+            "/v1/api-keys",
+            True,
+            "this route takes Authorization: Bearer <access token>, not an API key",
+        ),
+        (
+            "GET",
+            "/v1/agents",
+            False,
+            "send Authorization: Bearer <access token> or X-API-Key: <key>",
+        ),
+    ],
+)
+def test_a_401_asks_for_the_credential_the_route_takes(
+    client, alice, method, url, with_key, detail
+):
+    """Refresh, logout and key management told a caller without a credential to send an
+    access token or an API key, though they take neither (refresh) or no key; refresh
+    told a caller that sent a key to send a key."""
+    headers = {}
+    if with_key:
+        headers["X-API-Key"] = alice.post("/v1/api-keys", json={"name": "k"}).json["key"]
+    response = client.open(url, method=method, headers=headers)
+    assert response.status_code == 401
+    assert response.json["detail"] == detail
+    assert response.headers["WWW-Authenticate"] == CHALLENGE
