@@ -64,7 +64,7 @@ def install(app: Flask, limits: JsonLimits) -> None:
         def on_json_loading_failed(self, e: ValueError | None) -> Any:
             if e is None:  # not application/json: Flask's 415
                 return super().on_json_loading_failed(e)
-            raise NotJson(str(e)) from None
+            raise NotJson(_not_utf8(self.get_data(cache=True)) or str(e)) from None
 
     app.request_class = LimitedJsonRequest
     app.before_request(check_url)
@@ -82,6 +82,20 @@ class NotJson(BadRequest):
 
 
 _SURROGATES = " (\\ud800-\\udfff escapes come in pairs, high then low: one alone is no character)"
+
+
+def _not_utf8(data: bytes) -> str | None:
+    """Where `data` stops being UTF-8, or None. orjson says only "str is not valid UTF-8:
+    surrogates not allowed" at line 1 column 1 for any such byte, which with the hint above
+    told a Latin-1 client about escapes it never sent, at the wrong place."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return (
+            f"not UTF-8: byte 0x{data[error.start]:02x} at offset {error.start} "
+            f"({error.reason}); JSON is sent as UTF-8"
+        )
+    return None
 
 
 def refuse_cut_off_body(req: Request, data: bytes) -> None:

@@ -59,6 +59,25 @@ def test_a_body_that_is_not_json_says_why_and_where(alice, url, raw, said):
     assert said in body["detail"] and "column" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "byte", "offset"),
+    [
+        ('{"name": "caf\u00e9", "provider": "echo"}'.encode("latin-1"), "0xe9", 13),
+        (b'{"name": "a", "provider": "echo"}\xff', "0xff", 33),
+    ],
+)
+def test_a_body_that_is_not_utf8_says_so_and_where(alice, raw, byte, offset):
+    """orjson's reason for any byte that is not UTF-8 is "str is not valid UTF-8:
+    surrogates not allowed" at "line 1 column 1 (char 0)", and the surrogate hint was
+    added to it: a Latin-1 client was told about escapes it never sent, at the wrong
+    place."""
+    response = alice.post("/v1/agents", data=raw, headers={"Content-Type": "application/json"})
+    body = assert_problem(response, 400)
+    assert "surrogate" not in body["detail"]
+    assert f"not UTF-8: byte {byte} at offset {offset}" in body["detail"]
+    assert alice.get("/v1/agents").json["items"] == []
+
+
 def test_non_json_body_is_415(alice):
     response = alice.post("/v1/agents", data=b"name=x", content_type="text/plain")
     assert_problem(response, 415)
