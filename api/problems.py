@@ -6,6 +6,7 @@ log under the same request id.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
@@ -179,7 +180,12 @@ def _field_error(location: str, field: str, detail: str) -> dict[str, str]:
     where = _LOCATIONS.get(location, location)
     # An error of the whole object (a model validator's) comes under marshmallow's name for
     # it, `_schema`; the client is told the location instead, as `optional_body` does.
-    return {"location": where, "field": where if field == "_schema" else field, "detail": detail}
+    field = where if field == "_schema" else field
+    return {"location": where, "field": field, "detail": _PYDANTIC_PREFIX.sub("", detail, 1)}
+
+
+# What pydantic puts before the message of a validator of ours: the client reads our words.
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
 
 
 def _framework_detail(error: HTTPException) -> str:

@@ -78,6 +78,28 @@ def test_a_body_that_is_not_utf8_says_so_and_where(alice, raw, byte, offset):
     assert alice.get("/v1/agents").json["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("method", "url", "body", "field", "detail"),
+    [
+        ("PATCH", "agent", {}, "body", "give at least one field to change"),
+        ("PATCH", "agent", {"name": None}, "body", "name cannot be null"),
+        ("POST", "/v1/api-keys", {"name": "a\nb"}, "name", "must be one line without"),
+        ("POST", "/v1/jobs", {"agent_id": str(uuid.uuid4()), "input": {}}, "input", "give text"),
+    ],
+)
+def test_a_field_error_is_our_words_without_pydantics_prefix(
+    alice, method, url, body, field, detail
+):
+    """Our validators' messages came with pydantic's "Value error, " in front of them."""
+    if url == "agent":
+        url = f"/v1/agents/{alice.create_agent()['id']}"
+    response = getattr(alice, method.lower())(url, json=body)
+    problem = assert_problem(response, 422)
+    (error,) = problem["errors"]
+    assert error["field"] == field and error["detail"].startswith(detail)
+    assert "Value error" not in problem["detail"]
+
+
 def test_non_json_body_is_415(alice):
     response = alice.post("/v1/agents", data=b"name=x", content_type="text/plain")
     assert_problem(response, 415)
