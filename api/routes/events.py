@@ -15,7 +15,7 @@ from api.idempotent import idempotent
 from api.json_provider import dumps_bytes
 from api.openapi import declares
 from api.preconditions import check_on_create, version_condition
-from api.representations import event_json, receipt_json
+from api.representations import etag, event_json, receipt_json
 from api.request_context import db, end_session, single_statement_db
 from api.runtime import live_page_max_bytes, page_max_bytes
 from api.schemas.common import PageOut
@@ -59,11 +59,12 @@ def _runtime():  # type: ignore[no-untyped-def]
     "events); a stream without events has none, so no `If-Match` holds for it and "
     "`If-None-Match: *` appends only to a new stream. With an "
     "`Idempotency-Key`, a retry of the same request within 24 h gets the first answer "
-    "again and appends nothing, events without ids too.",
+    "again and appends nothing, events without ids too. The answer's `ETag` is the "
+    "stream's after these events (`last_version`): send it in the next `If-Match`.",
     responses=[201, 409, 412, 422],
 )
 @declares(
-    headers={201: ["Idempotent-Replayed"]},
+    headers={201: ["ETag", "Idempotent-Replayed"]},
     request_headers=["Idempotency-Key", "If-Match-Append", "If-None-Match-Append"],
 )
 def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
@@ -90,6 +91,9 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
             "positions": result.positions,
         },
         201,
+        # The stream's tag after these events, as GET /v1/streams/<stream> would send it,
+        # so that a writer chaining conditional appends need not read between them.
+        {"ETag": etag(result.last_version)},
     )
 
 

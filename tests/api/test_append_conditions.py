@@ -36,6 +36,32 @@ def test_if_match_appends_only_at_the_streams_etag(alice, ids):
 
 
 @pytest.mark.parametrize("ids", [False, True], ids=["server ids", "client ids"])
+def test_an_append_answers_the_streams_new_etag(alice, ids):
+    """As a document's writes do: a writer chaining conditional appends sends the tag it was
+    answered, without reading the stream between them. The 201 had no ETag."""
+    first = post(alice, "chained", 201, ids=ids, **{"If-None-Match": "*"})
+    assert first.headers["ETag"] == '"1"'
+    second = post(alice, "chained", 201, ids=ids, **{"If-Match": first.headers["ETag"]})
+    assert second.headers["ETag"] == '"2"' == alice.get("/v1/streams/chained").headers["ETag"]
+    post(alice, "chained", 412, ids=ids, **{"If-Match": first.headers["ETag"]})
+    assert stream_versions(alice, "chained") == [1, 2]
+
+
+def test_a_replayed_append_answers_the_etag_it_answered_first(alice):
+    """Its first answer again, byte for byte and header for header, by `event_id` or by
+    `Idempotency-Key`: the tag is the stream's version after those events."""
+    events = [{"type": "t", "data": {}, "event_id": str(uuid.uuid4())}]
+    url = "/v1/streams/replayed/events"
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = alice.post(url, json={"events": events}, headers=key)
+    post(alice, "replayed", 201)
+    for headers in (key, {}):
+        again = alice.post(url, json={"events": events}, headers=headers)
+        assert again.status_code == 201 and again.json == first.json
+        assert again.headers["ETag"] == first.headers["ETag"] == '"1"'
+
+
+@pytest.mark.parametrize("ids", [False, True], ids=["server ids", "client ids"])
 def test_a_stream_without_events_matches_no_if_match(alice, ids):
     """GET answers 404 and no ETag for it, so no tag, and not `*`, is its."""
     for tag in ('"1"', '"0"', "*"):
