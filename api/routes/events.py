@@ -27,6 +27,7 @@ from api.schemas.events import (
     FeedQuery,
     ReceiptOut,
     StreamQuery,
+    feed_types,
 )
 from api.spec_parts import CREATE_CONDITIONS
 from api.stream_names import check_stream, stream_problem
@@ -146,7 +147,7 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
 @declares(request_headers=["Last-Event-ID"], event_stream=True)
 def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
-    types = _types(query.type)
+    types = feed_types(query.type)
     live = sse.wants_stream()
     # The client's cursor is checked once, here: a tail goes on from the feed's own.
     resumed = sse.last_event_id(MAX_POSITION) if live else 0
@@ -283,10 +284,6 @@ def _tail(
         max_s=runtime.settings.max_stream_s,
         send_timeout_s=runtime.settings.web_send_timeout_s,
     )
-
-
-def _types(raw: str | None) -> list[str]:
-    return [t.strip() for t in raw.split(",") if t.strip()] if raw else []
 
 
 def _new_event(event: EventIn) -> NewEvent:

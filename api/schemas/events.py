@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from api.schemas.common import CounterCursorQuery, Input, Output, PageQuery, VersionPageQuery
 from services.inputs import (
@@ -12,6 +13,7 @@ from services.inputs import (
     MAX_POSITION,
     MAX_STREAM_CHARS,
     STREAM_PATTERN,
+    TYPE_PATTERN,
     EventIn,
     ExpectedVersionIn,
 )
@@ -44,8 +46,40 @@ class FeedQuery(CounterCursorQuery):
     CURSOR_RANGE = (0, MAX_POSITION)
 
     after: int = Field(default=0, ge=0, le=MAX_POSITION)
-    type: str | None = Field(default=None, max_length=2000, description="comma-separated types")
+    type: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="comma-separated event types (each as an event's `type` is written)",
+    )
     limit: int = Field(default=100, ge=1, le=1000)
+
+    @field_validator("type")
+    @classmethod
+    def _event_types(cls, raw: str | None) -> str | None:
+        # A type no event can have matched nothing, which a quiet feed answers too: a
+        # client that mistyped its filter waited for events that could never come. One
+        # that names no type at all would have been no filter: the whole feed.
+        if raw is None:
+            return None
+        types = feed_types(raw)
+        if not types:
+            raise ValueError("name at least one event type, or leave the parameter out")
+        for event_type in types:
+            if not _TYPE.match(event_type):
+                raise ValueError(
+                    f"{event_type[:50]!r} is no event type: each comma-separated type is 1 "
+                    "to 200 letters, digits, '.', '_', ':', '-' or '/'"
+                )
+        return raw
+
+
+_TYPE = re.compile(TYPE_PATTERN)
+
+
+def feed_types(raw: str | None) -> list[str]:
+    """The types a feed's `type` lists: comma-separated, spaces around them and empty items
+    (`a,,b`, a trailing comma) dropped."""
+    return [t.strip() for t in raw.split(",") if t.strip()] if raw else []
 
 
 # A prefix of stream names: any of their characters, even only dots ("." is a prefix of ".a").

@@ -391,3 +391,32 @@ def test_a_retry_with_a_boolean_where_a_number_was_is_a_conflict(
     if stored == {"flag": 1}:
         same = {**original, field: {"flag": 1.0}}
         assert alice.post(url, json={"events": [same]}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "types",
+    [
+        "job.succeeded|job.failed",  # another separator: one "type" no event can have
+        "order placed",
+        "order.placed,é",
+        "x" * 201,
+        ",",  # names no type, and was read as no filter: the whole feed
+        "",
+    ],
+)
+def test_a_feed_type_filter_that_names_no_possible_type_is_422(alice, types):
+    """It matched nothing, and an empty page is what a quiet feed answers too: a client
+    that mistyped its filter waited for events that could never come. Each
+    comma-separated type is held to the pattern an event's type is written with."""
+    append(alice, "typed", "job.succeeded")
+    for live in ({}, {"Accept": "text/event-stream"}):
+        refused = alice.get("/v1/events", query_string={"type": types}, headers=live)
+        assert refused.status_code == 422, refused.data
+        assert refused.mimetype == "application/problem+json"
+        assert [e["field"] for e in refused.json["errors"]] == ["type"]
+
+
+def test_a_feed_type_filter_takes_spaces_around_and_empty_items_between_types(alice):
+    for types in ("job.succeeded, order.placed", "a,,b", "order.placed,", "a/b:c-d_e.f"):
+        answered = alice.get("/v1/events", query_string={"type": types})
+        assert answered.status_code == 200, (types, answered.json)
