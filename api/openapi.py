@@ -11,6 +11,7 @@ document is checked against the OpenAPI 3.1 schema by tests/api/test_openapi.py.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from api.request_context import optional_body_model
 from api.spec_parts import (
     HEADERS,
     PARAMETERS,
+    PATH_PARAMETERS,
     PROBLEM_SCHEMA,
     RATE_LIMIT_HEADERS,
     SETTINGS_MAXIMA,
     TITLES,
+    UUID_PATH_SCHEMA,
 )
 
 SECURITY_SCHEMES = {
@@ -35,7 +38,7 @@ SECURITY_SCHEMES = {
 }
 # Either credential, unless a route names one with `@bp.doc(security="BearerAuth")`.
 DEFAULT_SECURITY = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
-_CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
+_CONVERTER = re.compile(r"<(?:([^<>:]+):)?([^<>]+)>")
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _BODY_METHODS = {"post", "put", "patch"}
 # One server-sent event. OpenAPI 3.1 has no way to say "each event is" (3.2's
@@ -105,6 +108,9 @@ def describe(spec: dict[str, Any], app: Flask) -> dict[str, Any]:
         for rule in app.url_map.iter_rules()
         for method in rule.methods or ()
     }
+    converters = {
+        _openapi_path(rule.rule): _converters(rule.rule) for rule in app.url_map.iter_rules()
+    }
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
             view = views.get((path, method))
@@ -117,6 +123,7 @@ def describe(spec: dict[str, Any], app: Flask) -> dict[str, Any]:
             _describe_headers(path, operation)
             for parameter in operation.get("parameters", []):
                 _json_in_query(parameter)
+            _describe_path_parameters(operation, converters.get(path, {}))
     _settings_maxima(spec, app)
     return spec
 
@@ -275,4 +282,22 @@ def _settings_maxima(spec: dict[str, Any], app: Flask) -> None:
 
 def _openapi_path(rule: str) -> str:
     """`/v1/jobs/<uuid:job_id>` -> `/v1/jobs/{job_id}`"""
-    return _CONVERTER.sub(r"{\1}", rule)
+    return _CONVERTER.sub(r"{\2}", rule)
+
+
+def _converters(rule: str) -> dict[str, str]:
+    """`/v1/jobs/<uuid:job_id>` -> `{"job_id": "uuid"}`"""
+    return {name: converter or "default" for converter, name in _CONVERTER.findall(rule)}
+
+
+def _describe_path_parameters(operation: dict[str, Any], converters: Mapping[str, str]) -> None:
+    """What a path parameter may be, as its route checks it: a UUID where werkzeug's
+    converter matches nothing else (404), a stream name as `check_stream` takes it (422)."""
+    for parameter in operation.get("parameters", []):
+        if parameter.get("in") != "path":
+            continue
+        name = parameter["name"]
+        if converters.get(name) == "uuid":
+            parameter["schema"] = dict(UUID_PATH_SCHEMA)
+        elif name in PATH_PARAMETERS:
+            parameter.update(copy.deepcopy(PATH_PARAMETERS[name]))

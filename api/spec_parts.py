@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from services.idempotency import MAX_KEY_LENGTH
-from services.inputs import MAX_POSITION, MAX_VERSION
+from services.inputs import (
+    MAX_POSITION,
+    MAX_STREAM_CHARS,
+    MAX_VERSION,
+    RESERVED_STREAM_PREFIXES,
+    STREAM_PATTERN,
+)
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -192,6 +198,24 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         _STRING,
     ),
 }
+# Path parameters the routes check themselves (a 422 naming them), declared as checked:
+# APIFlask knows only that they are strings.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "stream": {
+        "description": "A stream name: 1 to 200 letters, digits, `.`, `_`, `-` or `:`, not "
+        f"only dots. Streams starting with {', '.join(f'`{p}`' for p in RESERVED_STREAM_PREFIXES)} "
+        "are the server's: read, never written.",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_STREAM_CHARS,
+            "pattern": STREAM_PATTERN,
+        },
+    },
+}
+# A path parameter of werkzeug's `uuid` converter: the route matches nothing else (a 404).
+UUID_PATH_SCHEMA = {"type": "string", "format": "uuid"}
+
 # Properties whose maximum is a setting: (schema, property) -> the Settings field.
 # A POST that makes a resource under an id the server chooses evaluates these against the
 # collection (api.preconditions.check_on_create).

@@ -10,8 +10,10 @@ tests/security/test_schemathesis.py.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -302,6 +304,7 @@ def test_a_streams_answers_conform(app, alice):
         ("get", "/v1/documents/{document_id}", "200", {"ETag"}),
         ("get", "/v1/streams/{stream}", "200", {"ETag"}),
         ("get", "/v1/streams/{stream}", "304", {"ETag"}),
+        ("post", "/v1/streams/{stream}/events", "201", {"ETag"}),
         ("post", "/v1/webhooks", "201", {"Location"}),
         ("post", "/v1/events/batch", "202", {"Location"}),
         ("get", "/v1/agents", "200", {"RateLimit-Limit", "RateLimit-Remaining"}),
@@ -326,3 +329,37 @@ def test_job_timeouts_declare_the_servers_maxima(app_with, alice):
         over = {"agent_id": agent["id"], "input": {"text": "x"}, name: maximum + 1}
         assert user.post("/v1/jobs", json=over).status_code == 422
         assert user.post("/v1/jobs", json={**over, name: maximum}).status_code == 202
+
+
+def _path_parameters(spec: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    found = [
+        parameter
+        for _, _, operation in _operations(spec)
+        for parameter in operation.get("parameters", [])
+        if parameter.get("in") == "path" and parameter["name"] == name
+    ]
+    assert found, name
+    return found
+
+
+def test_a_stream_name_in_a_path_is_declared_as_the_routes_take_it(spec, alice):
+    """It was any string: a client built from the document sent names the routes refuse
+    (422), and could not tell why."""
+    for parameter in _path_parameters(spec, "stream"):
+        schema = parameter["schema"]
+        assert schema["type"] == "string"
+        assert (schema["minLength"], schema["maxLength"]) == (1, 200)
+        assert "job-" in parameter["description"]
+    pattern = re.compile(schema["pattern"])
+    for name in ("a", "order-42", "a.b:c_d", ".x", "..", "a b", "é", "a" * 201):
+        declared = bool(pattern.search(name)) and len(name) <= schema["maxLength"]
+        status = alice.get(f"/v1/streams/{quote(name)}/events").status_code
+        assert status == (200 if declared else 422), name
+
+
+@pytest.mark.parametrize("name", ["document_id", "receipt_id", "job_id", "agent_id"])
+def test_ids_in_paths_are_declared_as_uuids(spec, name):
+    """The routes match only a UUID there (anything else is no URL of ours, a 404); the
+    document said any string."""
+    for parameter in _path_parameters(spec, name):
+        assert parameter["schema"] == {"type": "string", "format": "uuid"}
