@@ -27,6 +27,8 @@ from api.spec_parts import (
     PATH_PARAMETERS,
     PROBLEM_SCHEMA,
     RATE_LIMIT_HEADERS,
+    SETTINGS_BYTES,
+    SETTINGS_LENGTHS,
     SETTINGS_MAXIMA,
     TITLES,
     UUID_PATH_SCHEMA,
@@ -270,14 +272,21 @@ def _optional_body(spec: dict[str, Any], model: Any) -> dict[str, Any]:
 
 
 def _settings_maxima(spec: dict[str, Any], app: Flask) -> None:
-    """Limits that follow the deployment's settings (the service enforces them: 422)."""
+    """Limits that follow the deployment's settings (the service enforces them: 422, or
+    413 for a document's content)."""
     settings = app.extensions["conveyor"].settings
     schemas = spec["components"]["schemas"]
-    for (schema_name, prop), setting in SETTINGS_MAXIMA.items():
+    bounds = [(key, setting, "integer", "maximum") for key, setting in SETTINGS_MAXIMA.items()]
+    bounds += [(key, setting, "string", "maxLength") for key, setting in SETTINGS_LENGTHS.items()]
+    for (schema_name, prop), setting, kind, keyword in bounds:
         schema = schemas[schema_name]["properties"][prop]
         for branch in schema.get("anyOf", [schema]):
-            if branch.get("type") == "integer":
-                branch["maximum"] = getattr(settings, setting)
+            if branch.get("type") == kind:
+                branch[keyword] = getattr(settings, setting)
+    for (schema_name, prop), (setting, sentence) in SETTINGS_BYTES.items():
+        schema = schemas[schema_name]["properties"][prop]
+        said = [schema.get("description"), sentence.format(getattr(settings, setting))]
+        schema["description"] = " ".join(filter(None, said))
 
 
 def _openapi_path(rule: str) -> str:

@@ -228,3 +228,21 @@ SETTINGS_MAXIMA = {
     ("JobIn", "timeout_s"): "job_max_timeout_s",
     ("JobIn", "queue_timeout_s"): "job_max_queue_timeout_s",
 }
+# Strings whose maximum length is a setting, as SETTINGS_MAXIMA.
+SETTINGS_LENGTHS = {
+    ("DocumentIn", "title"): "document_max_title_length",
+    ("DocumentPatch", "title"): "document_max_title_length",
+}
+_CONTENT_BYTES = "At most {} bytes as UTF-8 (`DOCUMENT_MAX_CONTENT_BYTES`); more is a 413."
+_DOCUMENT_METADATA_BYTES = "At most {} bytes as JSON (`DOCUMENT_MAX_METADATA_BYTES`)."
+_EVENT_DATA_BYTES = "At most {} bytes as JSON (`EVENT_MAX_DATA_BYTES`)."
+# Sizes in bytes set by a setting, which JSON Schema cannot state (its lengths count
+# characters): said in the property's description, `{}` being this deployment's value.
+SETTINGS_BYTES = {
+    ("DocumentIn", "content"): ("document_max_content_bytes", _CONTENT_BYTES),
+    ("DocumentPatch", "content"): ("document_max_content_bytes", _CONTENT_BYTES),
+    ("DocumentIn", "metadata"): ("document_max_metadata_bytes", _DOCUMENT_METADATA_BYTES),
+    ("DocumentPatch", "metadata"): ("document_max_metadata_bytes", _DOCUMENT_METADATA_BYTES),
+    ("AppendIn.EventIn", "data"): ("event_max_data_bytes", _EVENT_DATA_BYTES),
+    ("BatchIn.BatchEventIn", "data"): ("event_max_data_bytes", _EVENT_DATA_BYTES),
+}

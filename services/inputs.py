@@ -111,8 +111,10 @@ SmallObject = Annotated[dict[str, Any], AfterValidator(_small_json)]
 
 class EventIn(Input):
     type: str = Field(pattern=TYPE_PATTERN)
-    data: dict[str, Any]
-    metadata: SmallObject = Field(default_factory=dict)
+    data: dict[str, Any]  # its limit is the deployment's (EVENT_MAX_DATA_BYTES)
+    metadata: SmallObject = Field(
+        default_factory=dict, description=f"At most {MAX_METADATA_BYTES} bytes as JSON."
+    )
     event_id: uuid.UUID | None = None
 
 

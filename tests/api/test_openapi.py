@@ -363,3 +363,33 @@ def test_ids_in_paths_are_declared_as_uuids(spec, name):
     document said any string."""
     for parameter in _path_parameters(spec, name):
         assert parameter["schema"] == {"type": "string", "format": "uuid"}
+
+
+def test_document_and_event_limits_are_declared_with_this_deployments_values(app_with, alice):
+    """The server refuses a title past DOCUMENT_MAX_TITLE_LENGTH (422), content past
+    DOCUMENT_MAX_CONTENT_BYTES (413), metadata past DOCUMENT_MAX_METADATA_BYTES and an
+    event's data past EVENT_MAX_DATA_BYTES (422); the document said none of it."""
+    app = app_with(
+        document_max_title_length=40,
+        document_max_content_bytes=3000,
+        document_max_metadata_bytes=700,
+        event_max_data_bytes=5000,
+    )
+    client = app.test_client()
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    for name in ("DocumentIn", "DocumentPatch"):
+        properties = schemas[name]["properties"]
+        title = properties["title"]
+        strings = [b for b in title.get("anyOf", [title]) if b["type"] == "string"]
+        assert [b["maxLength"] for b in strings] == [40]
+        assert "3000 bytes" in properties["content"]["description"]
+        assert "700 bytes" in properties["metadata"]["description"]
+    for name in ("AppendIn.EventIn", "BatchIn.BatchEventIn"):
+        properties = schemas[name]["properties"]
+        assert "5000 bytes" in properties["data"]["description"]
+        assert "16384 bytes" in properties["metadata"]["description"]
+    user = AuthClient(client, alice.email, alice.tokens)
+    assert user.post("/v1/documents", json={"title": "t" * 41, "content": ""}).status_code == 422
+    assert user.post("/v1/documents", json={"title": "t" * 40, "content": ""}).status_code == 201
+    event = {"type": "t", "data": {"x": "y" * 5000}}
+    assert user.post("/v1/streams/s/events", json={"events": [event]}).status_code == 422
