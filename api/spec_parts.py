@@ -227,6 +227,8 @@ UNVERSIONED_CONDITIONS = ("If-Match-Unversioned", "If-None-Match-Unversioned")
 SETTINGS_MAXIMA = {
     ("JobIn", "timeout_s"): "job_max_timeout_s",
     ("JobIn", "queue_timeout_s"): "job_max_queue_timeout_s",
+    ("AgentIn", "timeout_s"): "job_max_timeout_s",
+    ("AgentPatch", "timeout_s"): "job_max_timeout_s",
 }
 # Strings whose maximum length is a setting, as SETTINGS_MAXIMA.
 SETTINGS_LENGTHS = {

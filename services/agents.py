@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from models import Agent
 from services import preconditions
 from services.errors import FieldProblem, InvalidInput, NotFound
+from services.job_policy import check_seconds
 from services.pagination import ByteBound, Page, newest_first
 from services.preconditions import VersionCondition
 
@@ -18,8 +19,17 @@ from services.preconditions import VersionCondition
 CONFIG_FIELDS = ("provider", "model", "instructions", "params", "tools", "max_steps", "timeout_s")
 
 
-def create(session: Session, *, owner_id: uuid.UUID, fields: dict[str, Any]) -> Agent:
+def create(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    fields: dict[str, Any],
+    max_timeout_s: int | None = None,
+) -> Agent:
+    """A new agent at version 1; `max_timeout_s`, the deployment's maximum for a job
+    (JOB_MAX_TIMEOUT_S), bounds its `timeout_s`."""
     _check_runnable(fields)
+    _check_timeout(fields, max_timeout_s)
     agent = Agent(owner_id=owner_id, version=1, **fields)
     session.add(agent)
     session.flush()
@@ -51,10 +61,13 @@ def update(
     agent_id: uuid.UUID,
     fields: dict[str, Any],
     condition: VersionCondition | None = None,
+    max_timeout_s: int | None = None,
 ) -> Agent:
-    """Apply a partial update and bump the version; `condition` (If-Match) guards lost updates."""
+    """Apply a partial update and bump the version; `condition` (If-Match) guards lost
+    updates, and `max_timeout_s` bounds a new `timeout_s` as `create` does."""
     agent = _lock(session, owner_id=owner_id, agent_id=agent_id, condition=condition)
     _check_runnable({name: getattr(agent, name) for name in CONFIG_FIELDS} | fields)
+    _check_timeout(fields, max_timeout_s)
     for name, value in fields.items():
         setattr(agent, name, value)
     agent.version += 1
@@ -75,6 +88,14 @@ def delete(
     agent = _lock(session, owner_id=owner_id, agent_id=agent_id, condition=condition)
     agent.deleted_at = func.now()
     session.flush()
+
+
+def _check_timeout(fields: dict[str, Any], max_timeout_s: int | None) -> None:
+    """A `timeout_s` past the deployment's maximum for a job is refused: it was bounded by a
+    fixed 3600 only, and with JOB_MAX_TIMEOUT_S lower an agent gave its jobs more than the
+    deployment allows (a job's submit now caps the agent's value as well)."""
+    if max_timeout_s is not None:
+        check_seconds("timeout_s", fields.get("timeout_s"), max_timeout_s)
 
 
 def _check_runnable(config: dict[str, Any]) -> None:

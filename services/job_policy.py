@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from services.errors import FieldProblem, InvalidInput
+
 
 @dataclass(frozen=True)
 class JobPolicy:
@@ -33,3 +35,10 @@ class JobPolicy:
         """Exponential backoff with full jitter between half and all of the step."""
         step = min(self.retry_max_s, self.retry_base_s * 2 ** max(0, attempt - 1))
         return float(max(at_least, step * random.uniform(0.5, 1.0)))
+
+
+def check_seconds(name: str, value: int | None, limit: int) -> None:
+    """422 on `name` when `value` passes `limit`, a deployment's maximum (its schema has
+    the setting's value as `maximum`: api.spec_parts.SETTINGS_MAXIMA)."""
+    if value is not None and value > limit:
+        raise InvalidInput(problems=[FieldProblem(name, f"at most {limit} seconds")])

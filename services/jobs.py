@@ -19,7 +19,7 @@ from models.ids import new_id
 from services import agents, documents, event_store, job_events, job_view, metrics, ssrf
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound, Overloaded
 from services.event_types import EventType, job_stream
-from services.job_policy import JobPolicy
+from services.job_policy import JobPolicy, check_seconds
 from services.job_transitions import end_jobs, waits_anew
 from services.pagination import ByteBound, Page, newest_first
 from services.webhook_policy import Network
@@ -38,7 +38,9 @@ _SUBMIT = f"""
         )
         SELECT %(job_id)s, a.owner_id, a.id, a.version, jsonb_build_object({_AGENT_CONFIG}),
                'queued', %(input)s::jsonb, 0, %(max_attempts)s, %(max_attempts)s,
-               coalesce(%(timeout_s)s, a.timeout_s, %(default_timeout_s)s), %(queue_timeout_s)s,
+               least(coalesce(%(timeout_s)s, a.timeout_s, %(default_timeout_s)s),
+                     %(max_timeout_s)s),
+               %(queue_timeout_s)s,
                now() + make_interval(secs => %(queue_timeout_s)s), %(webhook_url)s,
                %(metadata)s::jsonb, %(correlation_id)s
         FROM agents AS a
@@ -80,8 +82,8 @@ def submit(
         except ssrf.UnsafeUrl as refused:
             raise InvalidInput(problems=[FieldProblem("webhook_url", str(refused))]) from None
     _check_documents(session, owner_id, input.get("documents") or [])
-    _check_limit("timeout_s", timeout_s, policy.max_timeout_s)
-    _check_limit("queue_timeout_s", queue_timeout_s, policy.max_queue_timeout_s)
+    check_seconds("timeout_s", timeout_s, policy.max_timeout_s)
+    check_seconds("queue_timeout_s", queue_timeout_s, policy.max_queue_timeout_s)
     attempts = max_attempts or policy.default_max_attempts
     job_id = new_id()
     # The hot path: one round trip reads the agent, inserts the job with a copy of the
@@ -97,6 +99,9 @@ def submit(
             "max_attempts": attempts,
             "timeout_s": timeout_s,
             "default_timeout_s": policy.default_timeout_s,
+            # An agent stored before the maximum was lowered, or a default above it, gives
+            # its jobs no more than the deployment allows (a request's own was checked).
+            "max_timeout_s": policy.max_timeout_s,
             "queue_timeout_s": queue_timeout_s or policy.default_queue_timeout_s,
             "webhook_url": webhook_url,
             "metadata": orjson.dumps(metadata or {}).decode(),
@@ -301,8 +306,3 @@ def _check_documents(unit: UnitOfWork, owner_id: uuid.UUID, named: list[str]) ->
         ]
         if problems:
             raise InvalidInput(problems=problems)
-
-
-def _check_limit(name: str, value: int | None, limit: int) -> None:
-    if value is not None and value > limit:
-        raise InvalidInput(problems=[FieldProblem(name, f"at most {limit} seconds")])

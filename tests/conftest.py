@@ -7,10 +7,12 @@ answer, the embedded default is started, except under CI=true, where that is a f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -195,6 +197,27 @@ def app(settings: Settings, session_factory: sessionmaker[Session]):  # type: ig
     app = create_app(settings, session_factory=session_factory, passwords=FAST_PASSWORDS)
     yield app
     app.extensions["conveyor"].notifier.close()
+
+
+@pytest.fixture
+def app_with(settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[Any]:
+    """Makes apps with settings changed (`app_with(job_max_timeout_s=60)`), on the test's
+    database transaction."""
+    apps = []
+
+    def make(**changes: Any) -> Any:
+        app = create_app(
+            settings.model_copy(update=changes),
+            session_factory=session_factory,
+            passwords=FAST_PASSWORDS,
+        )
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        with contextlib.suppress(redis.RedisError):  # it says goodbye over Redis
+            app.extensions["conveyor"].notifier.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from apiflask import APIBlueprint
+from flask import current_app
 
 from api.auth import current_principal, require_access_token
 from api.idempotent import idempotent
@@ -20,6 +21,12 @@ bp = APIBlueprint("agents", __name__, url_prefix="/v1/agents", tag="Agents")
 bp.before_request(require_access_token)
 
 
+def _max_timeout_s() -> int:
+    """An agent's `timeout_s` becomes its jobs': the deployment's maximum for a job bounds it."""
+    max_timeout_s: int = current_app.extensions["conveyor"].job_policy.max_timeout_s
+    return max_timeout_s
+
+
 @bp.post("")
 @bp.input(AgentIn, arg_name="body")
 @idempotent
@@ -31,7 +38,12 @@ bp.before_request(require_access_token)
 )
 def create_agent(body: AgentIn):  # type: ignore[no-untyped-def]
     check_on_create("/v1/agents", "agent")
-    agent = agents.create(db(), owner_id=current_principal().user_id, fields=body.model_dump())
+    agent = agents.create(
+        db(),
+        owner_id=current_principal().user_id,
+        fields=body.model_dump(),
+        max_timeout_s=_max_timeout_s(),
+    )
     headers = {"Location": f"/v1/agents/{agent.id}", "ETag": etag(agent.version)}
     return agent_json(agent), 201, headers
 
@@ -72,6 +84,7 @@ def update_agent(agent_id: uuid.UUID, body: AgentPatch):  # type: ignore[no-unty
         agent_id=agent_id,
         fields=body.model_dump(exclude_unset=True),
         condition=version_condition(),
+        max_timeout_s=_max_timeout_s(),
     )
     return agent_json(agent), 200, {"ETag": etag(agent.version)}
 

@@ -15,6 +15,7 @@ Provider = Literal["echo", "openai"]
 
 MODEL = "the provider's name of the model; required unless the provider is echo"
 TOOLS = "each at most once"
+TIMEOUT = "its jobs' timeout when a submit gives none; at most this deployment's JOB_MAX_TIMEOUT_S"
 
 
 class AgentIn(Input):
@@ -25,7 +26,7 @@ class AgentIn(Input):
     params: SmallObject = Field(default_factory=dict)
     tools: list[ToolName] = Field(default_factory=list, max_length=16, description=TOOLS)
     max_steps: StrictInt = Field(default=8, ge=1, le=100)
-    timeout_s: StrictInt | None = Field(default=None, ge=1, le=3600)
+    timeout_s: StrictInt | None = Field(default=None, ge=1, description=TIMEOUT)
 
 
 class AgentPatch(Input):
@@ -36,7 +37,7 @@ class AgentPatch(Input):
     params: SmallObject | None = None
     tools: list[ToolName] | None = Field(default=None, max_length=16, description=TOOLS)
     max_steps: StrictInt | None = Field(default=None, ge=1, le=100)
-    timeout_s: StrictInt | None = Field(default=None, ge=1, le=3600)
+    timeout_s: StrictInt | None = Field(default=None, ge=1, description=TIMEOUT)
 
     @model_validator(mode="after")
     def _not_empty(self) -> AgentPatch:

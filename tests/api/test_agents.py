@@ -1,5 +1,7 @@
 import pytest
 
+from tests.helpers import AuthClient
+
 
 def test_create_and_read_agent(alice):
     created = alice.create_agent(name="writer", instructions="Be brief.", params={"delay_ms": 5})
@@ -136,3 +138,33 @@ def test_a_change_leaving_an_agent_no_job_could_run_is_refused(alice, start, cha
     assert alice.get(f"/v1/agents/{agent['id']}").json == agent
     model_added = alice.patch(f"/v1/agents/{agent['id']}", json={**change, "model": "m"})
     assert model_added.status_code == (200 if field == "model" else 422)
+
+
+def test_an_agents_timeout_is_held_to_the_deployments_job_maximum(app_with, alice, session):
+    """`timeout_s` of an agent was bounded by a fixed 3600, not by JOB_MAX_TIMEOUT_S: with
+    a maximum of 60, an agent of 3600 gave its jobs an hour, and the document said 3600."""
+    app = app_with(job_max_timeout_s=60)
+    user = AuthClient(app.test_client(), alice.email, alice.tokens)
+    refused = user.post("/v1/agents", json={"name": "a", "provider": "echo", "timeout_s": 61})
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json["errors"]] == ["timeout_s"]
+    assert user.get("/v1/agents").json["items"] == []
+    agent = user.create_agent(timeout_s=60)
+    url = f"/v1/agents/{agent['id']}"
+    assert user.patch(url, json={"timeout_s": 61}).status_code == 422
+    assert user.get(url).json["version"] == 1
+    schema = user.client.get("/openapi.json").json["components"]["schemas"]
+    for name in ("AgentIn", "AgentPatch"):
+        integer = next(b for b in schema[name]["properties"]["timeout_s"]["anyOf"] if "type" in b)
+        assert integer.get("type") == "integer" and integer["maximum"] == 60
+
+
+def test_an_agent_stored_with_a_longer_timeout_runs_its_jobs_within_the_maximum(
+    app_with, alice, session
+):
+    """An agent stored before the maximum was lowered keeps its value, but its jobs get
+    no more than the deployment allows."""
+    agent = alice.create_agent(timeout_s=3600)
+    user = AuthClient(app_with(job_max_timeout_s=60).test_client(), alice.email, alice.tokens)
+    assert user.submit(agent["id"])["timeout_s"] == 60
+    assert user.submit(agent["id"], timeout_s=30)["timeout_s"] == 30

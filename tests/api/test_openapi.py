@@ -9,22 +9,17 @@ tests/security/test_schemathesis.py.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-import redis
 import schemathesis
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from api import create_app
-from settings import Settings
-from tests.conftest import FAST_PASSWORDS
 from tests.helpers import AuthClient
 
 PROBLEM = "application/problem+json"
@@ -63,25 +58,6 @@ def test_the_document_is_valid_openapi_3_1(spec):
     assert errors == []
     names = [tag["name"] for tag in spec["tags"]]
     assert len(names) == len(set(names)) and {"Operations", "Webhooks"} <= set(names)
-
-
-@pytest.fixture
-def app_with(settings: Settings, session_factory) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    apps = []
-
-    def make(**changes: Any) -> Any:
-        app = create_app(
-            settings.model_copy(update=changes),
-            session_factory=session_factory,
-            passwords=FAST_PASSWORDS,
-        )
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        with contextlib.suppress(redis.RedisError):  # it says goodbye over Redis
-            app.extensions["conveyor"].notifier.close()
 
 
 def test_register_when_turned_off_is_a_declared_403(app_with):
