@@ -20,11 +20,9 @@ from services.agent_errors import (
     Stopped,
     TransientAgentError,
 )
+from services.agent_params import MAX_ECHO_DELAY_MS
 
 __all__ = ["AgentError", "PermanentAgentError", "RunControl", "Stopped", "TransientAgentError"]
-
-# Simulated work is bounded so a typo in params cannot park a worker for hours.
-MAX_ECHO_DELAY_MS = 600_000
 
 
 class RunControl(Protocol):

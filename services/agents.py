@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import Agent
-from services import preconditions
+from services import agent_params, preconditions
 from services.errors import FieldProblem, InvalidInput, NotFound
 from services.job_policy import check_seconds
 from services.pagination import ByteBound, Page, newest_first
@@ -100,9 +100,10 @@ def _check_timeout(fields: dict[str, Any], max_timeout_s: int | None) -> None:
 
 def _check_runnable(config: dict[str, Any]) -> None:
     """`InvalidInput` naming what makes an agent configuration wrong for every job: a chat
-    provider without a model (each job failed at its run, "names no model"), or one tool
-    listed twice (each request to the model described that function twice). Checked on
-    the agent as a change leaves it, so a PATCH cannot take the model away either."""
+    provider without a model (each job failed at its run, "names no model"), one tool
+    listed twice (each request to the model described that function twice), or params its
+    jobs could not run with (services/agent_params.py). Checked on the agent as a change
+    leaves it, so a PATCH cannot take the model away either."""
     problems = []
     if config["provider"] != "echo" and not (config.get("model") or "").strip():
         problems.append(FieldProblem("model", f"a {config['provider']} agent needs a model"))
@@ -110,6 +111,8 @@ def _check_runnable(config: dict[str, Any]) -> None:
     repeated = sorted({tool for tool in tools if tools.count(tool) > 1})
     if repeated:
         problems.append(FieldProblem("tools", f"lists {', '.join(repeated)} more than once"))
+    for field, detail in agent_params.problems(config["provider"], config.get("params") or {}):
+        problems.append(FieldProblem(field, detail))
     if problems:
         raise InvalidInput(problems=problems)
 

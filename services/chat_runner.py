@@ -19,6 +19,7 @@ import openai
 from sqlalchemy.exc import DBAPIError
 
 from services.agent_errors import PermanentAgentError
+from services.agent_params import CHAT_PARAMS
 from services.agent_runner import RunControl
 from services.agent_tools import JobScope, ToolBox
 from services.inputs import storable_text
@@ -231,7 +232,7 @@ class ChatRunner:
             # Never wait past the job's deadline for the provider.
             "timeout": max(1.0, min(self._providers.timeout_s(provider), control.remaining_s())),
         }
-        for name in ("temperature", "top_p", "max_tokens", "seed", "stop"):
+        for name in CHAT_PARAMS:
             if name in params:
                 request[name] = params[name]
         if tool_names:

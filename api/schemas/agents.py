@@ -15,6 +15,11 @@ Provider = Literal["echo", "openai"]
 
 MODEL = "the provider's name of the model; required unless the provider is echo"
 TOOLS = "each at most once"
+PARAMS = (
+    "an openai agent's go to the model: temperature (0-2), top_p (0-1), max_tokens (>= 1), "
+    "seed (an integer) and stop (a string or up to 4), no other name; an echo agent's "
+    "delay_ms (0-600000) is how long it pretends to work"
+)
 TIMEOUT = "its jobs' timeout when a submit gives none; at most this deployment's JOB_MAX_TIMEOUT_S"
 
 
@@ -23,7 +28,7 @@ class AgentIn(Input):
     provider: Provider
     model: str | None = Field(default=None, max_length=200, description=MODEL)
     instructions: str | None = Field(default=None, max_length=100_000)
-    params: SmallObject = Field(default_factory=dict)
+    params: SmallObject = Field(default_factory=dict, description=PARAMS)
     tools: list[ToolName] = Field(default_factory=list, max_length=16, description=TOOLS)
     max_steps: StrictInt = Field(default=8, ge=1, le=100)
     timeout_s: StrictInt | None = Field(default=None, ge=1, description=TIMEOUT)
@@ -34,7 +39,7 @@ class AgentPatch(Input):
     provider: Provider | None = None
     model: str | None = Field(default=None, max_length=200, description=MODEL)
     instructions: str | None = Field(default=None, max_length=100_000)
-    params: SmallObject | None = None
+    params: SmallObject | None = Field(default=None, description=PARAMS)
     tools: list[ToolName] | None = Field(default=None, max_length=16, description=TOOLS)
     max_steps: StrictInt | None = Field(default=None, ge=1, le=100)
     timeout_s: StrictInt | None = Field(default=None, ge=1, description=TIMEOUT)

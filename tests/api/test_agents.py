@@ -168,3 +168,50 @@ def test_an_agent_stored_with_a_longer_timeout_runs_its_jobs_within_the_maximum(
     user = AuthClient(app_with(job_max_timeout_s=60).test_client(), alice.email, alice.tokens)
     assert user.submit(agent["id"])["timeout_s"] == 60
     assert user.submit(agent["id"], timeout_s=30)["timeout_s"] == 30
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"provider": "openai", "model": "m", "params": {"temprature": 0.2}}, "params.temprature"),
+        (
+            {"provider": "openai", "model": "m", "params": {"temperature": "hot"}},
+            "params.temperature",
+        ),
+        (
+            {"provider": "openai", "model": "m", "params": {"temperature": 2.5}},
+            "params.temperature",
+        ),
+        ({"provider": "openai", "model": "m", "params": {"top_p": True}}, "params.top_p"),
+        ({"provider": "openai", "model": "m", "params": {"max_tokens": 0}}, "params.max_tokens"),
+        ({"provider": "openai", "model": "m", "params": {"max_tokens": 1.5}}, "params.max_tokens"),
+        ({"provider": "openai", "model": "m", "params": {"seed": "1"}}, "params.seed"),
+        ({"provider": "openai", "model": "m", "params": {"stop": ["a"] * 5}}, "params.stop"),
+        ({"provider": "openai", "model": "m", "params": {"stop": [1]}}, "params.stop"),
+        ({"provider": "echo", "params": {"delay_ms": -1}}, "params.delay_ms"),
+        ({"provider": "echo", "params": {"delay_ms": "5"}}, "params.delay_ms"),
+    ],
+)
+def test_params_a_job_could_not_run_with_are_refused(alice, fields, field):
+    """An openai agent sends only temperature, top_p, max_tokens, seed and stop to the
+    model: any other name (a typo) was stored and ignored without a word, and a value of
+    the wrong type or range failed every job at the provider; an echo agent's delay_ms
+    out of range failed every job at its run."""
+    created = alice.post("/v1/agents", json={"name": "x", **fields})
+    assert created.status_code == 422, created.json
+    assert [e["field"] for e in created.json["errors"]] == [field]
+    assert alice.get("/v1/agents").json["items"] == []
+    agent = alice.create_agent(provider=fields["provider"], model=fields.get("model"))
+    patched = alice.patch(f"/v1/agents/{agent['id']}", json={"params": fields["params"]})
+    assert patched.status_code == 422
+    assert [e["field"] for e in patched.json["errors"]] == [field]
+    assert alice.get(f"/v1/agents/{agent['id']}").json == agent
+
+
+def test_params_that_jobs_run_with_are_kept(alice):
+    params = {"temperature": 0, "top_p": 0.5, "max_tokens": 100, "seed": -3, "stop": "END"}
+    assert alice.create_agent(provider="openai", model="m", params=params)["params"] == params
+    listed = {"stop": ["a", "b", "c", "d"], "temperature": 2}
+    assert alice.create_agent(provider="openai", model="m", params=listed)["params"] == listed
+    echo = {"delay_ms": 1.5, "fail": "x", "transient_failures": 1, "anything": {"else": 1}}
+    assert alice.create_agent(params=echo)["params"] == echo
