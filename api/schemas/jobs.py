@@ -27,7 +27,9 @@ WebhookUrl = Annotated[
 
 
 class Message(Input):
-    role: Literal["system", "user", "assistant", "tool"]
+    # No "tool": a tool message answers a model's tool call by its id, which this input
+    # cannot carry, and a chat provider refuses one without (each such job failed).
+    role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=1_000_000)
 
 

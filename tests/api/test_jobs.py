@@ -294,3 +294,24 @@ def test_a_webhook_url_too_long_is_a_422_on_the_field(alice, agent, app, url):
     schema = app.test_client().get("/openapi.json").json["components"]["schemas"]["JobIn"]
     as_url = next(b for b in schema["properties"]["webhook_url"]["anyOf"] if "format" in b)
     assert as_url["maxLength"] == 2048
+
+
+def test_a_tool_message_in_the_input_is_refused(alice, agent, spec_schemas):
+    """A tool message answers a model's tool call by its id, which the input cannot carry:
+    a chat provider refuses one without (OpenAI: 400), so each such job failed at its run."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]
+    body = {"agent_id": agent["id"], "input": {"messages": messages}}
+    response = alice.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json["errors"]] == ["input.messages.1.role"]
+    assert alice.get("/v1/jobs").json["items"] == []
+    assert spec_schemas["JobIn.Message"]["properties"]["role"]["enum"] == [
+        "system",
+        "user",
+        "assistant",
+    ]
+
+
+@pytest.fixture
+def spec_schemas(client):
+    return client.get("/openapi.json").json["components"]["schemas"]
