@@ -13,7 +13,7 @@ ToolName = Literal["documents.search", "documents.read", "documents.write", "eve
 Provider = Literal["echo", "openai"]
 
 
-MODEL = "the provider's name of the model; required unless the provider is echo"
+MODEL = "the provider's name of the model, one line; required unless the provider is echo"
 TOOLS = "each at most once"
 PARAMS = (
     "an openai agent's go to the model: temperature (0-2), top_p (0-1), max_tokens (>= 1), "
@@ -26,7 +26,7 @@ TIMEOUT = "its jobs' timeout when a submit gives none; at most this deployment's
 class AgentIn(Input):
     name: Name
     provider: Provider
-    model: str | None = Field(default=None, max_length=200, description=MODEL)
+    model: Name | None = Field(default=None, description=MODEL)
     instructions: str | None = Field(default=None, max_length=100_000)
     params: SmallObject = Field(default_factory=dict, description=PARAMS)
     tools: list[ToolName] = Field(default_factory=list, max_length=16, description=TOOLS)
@@ -37,7 +37,7 @@ class AgentIn(Input):
 class AgentPatch(Input):
     name: Name | None = None
     provider: Provider | None = None
-    model: str | None = Field(default=None, max_length=200, description=MODEL)
+    model: Name | None = Field(default=None, description=MODEL)
     instructions: str | None = Field(default=None, max_length=100_000)
     params: SmallObject | None = Field(default=None, description=PARAMS)
     tools: list[ToolName] | None = Field(default=None, max_length=16, description=TOOLS)

@@ -215,3 +215,17 @@ def test_params_that_jobs_run_with_are_kept(alice):
     assert alice.create_agent(provider="openai", model="m", params=listed)["params"] == listed
     echo = {"delay_ms": 1.5, "fail": "x", "transient_failures": 1, "anything": {"else": 1}}
     assert alice.create_agent(params=echo)["params"] == echo
+
+
+@pytest.mark.parametrize("model", ["gpt-4o\nmini", "gpt\t4", "m\x85", ""])
+def test_a_model_name_is_one_line(alice, model):
+    """A model's name goes to the provider in every request; one with a line break or a
+    control character names no model there, and every job failed at its run."""
+    body = {"name": "x", "provider": "openai", "model": model}
+    created = alice.post("/v1/agents", json=body)
+    assert created.status_code == 422, created.json
+    assert [e["field"] for e in created.json["errors"]] == ["model"]
+    agent = alice.create_agent(provider="openai", model="m")
+    patched = alice.patch(f"/v1/agents/{agent['id']}", json={"model": model})
+    assert patched.status_code == 422
+    assert alice.get(f"/v1/agents/{agent['id']}").json == agent
