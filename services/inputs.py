@@ -106,7 +106,11 @@ def _small_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-SmallObject = Annotated[dict[str, Any], AfterValidator(_small_json)]
+SMALL_OBJECT = f"a JSON object of at most {MAX_METADATA_BYTES} bytes as JSON"
+# The bound in the description too: JSON Schema has no size of a whole value.
+SmallObject = Annotated[
+    dict[str, Any], Field(description=SMALL_OBJECT), AfterValidator(_small_json)
+]
 
 
 class EventIn(Input):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, StrictInt, model_validator
 
 from api.schemas.common import Input, Output, SmallObject
-from services.inputs import Name
+from services.inputs import SMALL_OBJECT, Name
 
 ToolName = Literal["documents.search", "documents.read", "documents.write", "events.append"]
 Provider = Literal["echo", "openai"]
@@ -18,7 +18,7 @@ TOOLS = "each at most once"
 PARAMS = (
     "an openai agent's go to the model: temperature (0-2), top_p (0-1), max_tokens (>= 1), "
     "seed (an integer) and stop (a string or up to 4), no other name; an echo agent's "
-    "delay_ms (0-600000) is how long it pretends to work"
+    f"delay_ms (0-600000) is how long it pretends to work; {SMALL_OBJECT}"
 )
 TIMEOUT = "its jobs' timeout when a submit gives none; at most this deployment's JOB_MAX_TIMEOUT_S"
 

@@ -369,3 +369,15 @@ def test_document_and_event_limits_are_declared_with_this_deployments_values(app
     assert user.post("/v1/documents", json={"title": "t" * 40, "content": ""}).status_code == 201
     event = {"type": "t", "data": {"x": "y" * 5000}}
     assert user.post("/v1/streams/s/events", json={"events": [event]}).status_code == 422
+@pytest.mark.parametrize(
+    ("schema", "prop"),
+    [("JobIn", "metadata"), ("AgentIn", "params"), ("AgentPatch", "params")],
+)
+def test_small_objects_declare_their_size_limit(spec, schema, prop):
+    """A job's metadata and an agent's params are refused past 16 KiB of JSON (422), which
+    no schema said: JSON Schema has no size of a whole value, so the description does."""
+    declared = spec["components"]["schemas"][schema]["properties"][prop]
+    said = [declared.get("description", "")] + [
+        branch.get("description", "") for branch in declared.get("anyOf", [])
+    ]
+    assert any("at most 16384 bytes as JSON" in text for text in said), declared
