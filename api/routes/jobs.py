@@ -150,16 +150,17 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
 @bp.doc(
     summary="The job's events in order",
     description="Pages by `cursor` (the last page's `next_cursor`) or, the same, "
-    "`from_version`. With `Accept: text/event-stream`, a live SSE stream that ends after "
-    "the terminal event that is the job's last (a retried job goes on past its earlier "
-    "endings); it resumes after the version given in `Last-Event-ID`.",
+    "`from_version`. With `Accept: text/event-stream`, a live SSE stream from that version "
+    "that ends after the terminal event that is the job's last (a retried job goes on past "
+    "its earlier endings); it resumes after the version given in `Last-Event-ID`, which "
+    "wins over the query.",
     responses=[200, 404, 503],
 )
 @declares(request_headers=["Last-Event-ID"], event_stream=True)
 def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untyped-def]
     owner_id = current_principal().user_id
     if sse.wants_stream():
-        return _stream_events(owner_id, job_id)
+        return _stream_events(owner_id, job_id, from_version=query.from_version)
     rows, more = jobs.events_page(
         db(),
         owner_id=owner_id,
@@ -172,7 +173,9 @@ def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untype
     return {"items": [event_json(e) for e in rows], "next_cursor": next_cursor}
 
 
-def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
+def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID, *, from_version: int) -> Response:
+    """A live tail from `Last-Event-ID` when resumed, else from the query's version, as a
+    stream's tail starts (it began at version 1 whatever the query said)."""
     runtime = _runtime()
     after = sse.last_event_id(MAX_VERSION)
     jobs.get(db(), owner_id=owner_id, job_id=job_id)  # 404 before any byte is streamed
@@ -190,7 +193,7 @@ def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID) -> Response:
             job_id=job_id,
             max_bytes=live_page_max_bytes(),
         ),
-        after=after,
+        after=after or from_version - 1,
         max_s=runtime.settings.max_stream_s,
         send_timeout_s=runtime.settings.web_send_timeout_s,
     )

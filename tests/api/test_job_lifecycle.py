@@ -424,6 +424,27 @@ def test_stream_resumes_after_last_event_id(alice, agent, session_factory):
     assert [f["event"] for f in read_stream(response)] == ["job.succeeded"]
 
 
+@pytest.mark.parametrize(
+    ("query", "headers", "ids"),
+    [
+        ("?from_version=2", {}, ["2", "3"]),
+        ("?cursor=3", {}, ["3"]),
+        ("?from_version=2", {"Last-Event-ID": "2"}, ["3"]),  # the header wins, as on streams
+    ],
+)
+def test_stream_starts_where_the_query_says(alice, agent, session_factory, query, headers, ids):
+    """`from_version` (or `cursor`) was read for pages only: the live stream began at
+    version 1 whatever the query said, where a stream's and the feed's tails start there."""
+    job = alice.submit(agent["id"])
+    run(session_factory, job["id"])
+    response = alice.get(
+        f"/v1/jobs/{job['id']}/events{query}",
+        headers={"Accept": "text/event-stream", **headers},
+    )
+    assert response.status_code == 200
+    assert [f["id"] for f in read_stream(response)] == ids
+
+
 def test_stream_of_a_retried_job_goes_on_past_its_first_ending(alice, session_factory):
     """The stream ended at the first terminal event it met: a fresh client of a job that
     failed and was retried saw `job.failed` and the end while the job ran again."""
