@@ -8,7 +8,7 @@ from flask import current_app
 from api.auth import current_principal, require_access_token
 from api.idempotent import idempotent
 from api.openapi import declares
-from api.preconditions import check_on_create, version_condition
+from api.preconditions import check_on_create, conditional_read, version_condition
 from api.representations import agent_json, etag
 from api.request_context import db
 from api.runtime import page_max_bytes
@@ -65,11 +65,22 @@ def list_agents(query: PageQuery):  # type: ignore[no-untyped-def]
 
 @bp.get("/<uuid:agent_id>")
 @bp.output(AgentOut)
-@bp.doc(summary="One agent", responses=[200, 404])
-@declares(headers={200: ["ETag"]})
+@bp.doc(
+    summary="One agent",
+    description="`If-None-Match` with its ETag answers 304; `If-Match` without it, 412.",
+    responses=[200, 304, 404, 412],
+)
+@declares(
+    headers={200: ["ETag"], 304: ["ETag"]},
+    request_headers=["If-Match-Read", "If-None-Match-Read"],
+)
 def get_agent(agent_id: uuid.UUID):  # type: ignore[no-untyped-def]
     agent = agents.get(db(), owner_id=current_principal().user_id, agent_id=agent_id)
-    return agent_json(agent), 200, {"ETag": etag(agent.version)}
+    return conditional_read("agent", agent.version) or (
+        agent_json(agent),
+        200,
+        {"ETag": etag(agent.version)},
+    )
 
 
 @bp.patch("/<uuid:agent_id>")

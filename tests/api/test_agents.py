@@ -229,3 +229,22 @@ def test_a_model_name_is_one_line(alice, model):
     patched = alice.patch(f"/v1/agents/{agent['id']}", json={"model": model})
     assert patched.status_code == 422
     assert alice.get(f"/v1/agents/{agent['id']}").json == agent
+
+
+def test_a_read_of_an_agent_honours_its_conditions(client, alice):
+    """The agent's GET sent an ETag but ignored `If-None-Match` (a 200 with the whole
+    body every poll) and `If-Match` (a 200 at another version), which a document's and a
+    stream's GET honour."""
+    agent = alice.create_agent()
+    url = f"/v1/agents/{agent['id']}"
+    unchanged = alice.get(url, headers={"If-None-Match": '"1"'})
+    assert unchanged.status_code == 304 and unchanged.data == b""
+    assert unchanged.headers["ETag"] == '"1"'
+    moved_on = alice.get(url, headers={"If-Match": '"7"'})
+    assert moved_on.status_code == 412 and moved_on.json["current_version"] == 1
+    assert alice.patch(url, json={"instructions": "new"}).status_code == 200
+    changed = alice.get(url, headers={"If-None-Match": '"1"'})
+    assert changed.status_code == 200 and changed.json["version"] == 2
+    spec = client.get("/openapi.json").json["paths"]["/v1/agents/{agent_id}"]["get"]
+    assert {"304", "412"} <= spec["responses"].keys()
+    assert "ETag" in spec["responses"]["304"]["headers"]
