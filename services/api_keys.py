@@ -17,7 +17,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import ApiKey, User
-from services.errors import Conflict, NotFound
+from services import quotas
+from services.errors import NotFound
 from services.pagination import Page, decode_cursor, page_of
 
 KEY_PREFIX = "cvk_"
@@ -46,20 +47,16 @@ def digest(key: str) -> str:
 
 
 def create(session: Session, *, owner_id: uuid.UUID, name: str) -> NewKey:
-    """A new key for `owner_id`; `Conflict` past MAX_ACTIVE_KEYS live keys.
-
-    Creations of one owner are serialized on the owner's row, or concurrent ones would each
-    count fewer than the limit and all insert (40 at once took a user to 107 live keys).
-    FOR NO KEY UPDATE: the foreign-key checks of the owner's other inserts (jobs, agents)
-    take KEY SHARE, which it does not block."""
-    session.execute(select(User.id).where(User.id == owner_id).with_for_update(key_share=True))
-    active = session.scalar(
-        select(func.count())
+    """A new key for `owner_id`; `Conflict` past MAX_ACTIVE_KEYS live keys."""
+    quotas.check_room(
+        session,
+        owner_id=owner_id,
+        counted=select(func.count())
         .select_from(ApiKey)
-        .where(ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None))
+        .where(ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None)),
+        limit=MAX_ACTIVE_KEYS,
+        refusal=f"at most {MAX_ACTIVE_KEYS} API keys may be live at once; revoke one",
     )
-    if (active or 0) >= MAX_ACTIVE_KEYS:
-        raise Conflict(f"at most {MAX_ACTIVE_KEYS} API keys may be live at once; revoke one")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         owner_id=owner_id, name=name, prefix=key[:SHOWN_PREFIX_LENGTH], key_hash=digest(key)

@@ -26,7 +26,7 @@ from models import (
     WebhookEndpoint,
 )
 from models.ids import new_id
-from services import ssrf
+from services import quotas, ssrf
 from services.after_commit import SendTask, defer
 from services.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from services.event_types import TERMINAL_JOB_EVENTS
@@ -38,6 +38,9 @@ DELIVER_TASK = "conveyor.webhooks.deliver"
 WEBHOOKS_QUEUE = "webhooks"
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
 SECRET_BYTES = 32
+# Every job's end writes a delivery per subscribed endpoint in the transaction that ends
+# it, and sends each: without a bound, one user's endpoints multiplied each job's work.
+MAX_ENDPOINTS = 100
 # The event types an endpoint may subscribe to.
 EVENT_TYPES = tuple(sorted(str(t) for t in TERMINAL_JOB_EVENTS))
 
@@ -60,8 +63,18 @@ def create(
     policy: WebhookPolicy,
     resolver: ssrf.Resolver | None = None,
 ) -> WebhookEndpoint:
-    """Subscribe `url` to `event_types`, after the SSRF guard has accepted it."""
-    _check_url(url, policy, resolver)
+    """Subscribe `url` to `event_types`, after the SSRF guard has accepted it; `Conflict`
+    when the owner has MAX_ENDPOINTS already."""
+    _check_url(url, policy, resolver)  # before the owner's row is locked: it resolves names
+    quotas.check_room(
+        session,
+        owner_id=owner_id,
+        counted=select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(WebhookEndpoint.owner_id == owner_id),
+        limit=MAX_ENDPOINTS,
+        refusal=f"at most {MAX_ENDPOINTS} webhook endpoints per user; delete one",
+    )
     endpoint = WebhookEndpoint(
         owner_id=owner_id,
         url=url,

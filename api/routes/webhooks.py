@@ -110,7 +110,8 @@ def _deliveries_page(page: Page[WebhookDelivery]) -> dict[str, Any]:
 @bp.output(EndpointWithSecretOut, status_code=201)
 @bp.doc(
     summary="Subscribe a URL to event types; the answer carries its signing secret",
-    responses=[201, 412, 422],
+    description=f"At most {webhooks.MAX_ENDPOINTS} endpoints per user (409 past that).",
+    responses=[201, 409, 412, 422],
 )
 @declares(headers={201: ["Location"]}, request_headers=CREATE_CONDITIONS)
 def create_endpoint(body: EndpointIn):  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ import pytest
 from sqlalchemy import func, select
 
 from models import Job, WebhookDelivery
+from services import webhooks
 from services.webhooks import job_ended
 
 RECEIVER = "http://127.0.0.1:9/hook"  # registration only: nothing is sent in this module
@@ -215,3 +216,21 @@ def agent_job(alice, session_factory):
     job = alice.submit(agent["id"])
     with session_factory() as session:
         return session.get(Job, job["id"])
+
+
+def test_endpoints_are_capped(client, alice, bob, monkeypatch):
+    """There was no limit: every job's end writes a delivery per subscribed endpoint in the
+    transaction that ends it, and sends each, so a user with thousands of endpoints made
+    every job of theirs thousands of rows and requests."""
+    monkeypatch.setattr(webhooks, "MAX_ENDPOINTS", 2)
+    create(alice)
+    second = create(alice, event_types=["job.failed"])
+    refused = alice.post("/v1/webhooks", json={"url": RECEIVER, "event_types": ["job.failed"]})
+    assert refused.status_code == 409
+    assert "at most 2 webhook endpoints" in refused.json["detail"]
+    assert len(alice.get("/v1/webhooks").json["items"]) == 2
+    create(bob)  # the limit is each user's
+    assert alice.delete(f"/v1/webhooks/{second['id']}").status_code == 204
+    create(alice)
+    declared = client.get("/openapi.json").json["paths"]["/v1/webhooks"]["post"]["responses"]
+    assert "409" in declared
