@@ -141,8 +141,30 @@ def _one_line(title: str) -> str:
 
 # A document's title; its length limit is the deployment's (DOCUMENT_MAX_TITLE_LENGTH).
 Title = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
-# A name the client gives what it makes (an agent, an API key): one line, as a title is.
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)]
+# Bidirectional embeddings, overrides and isolates reorder what follows them where a name
+# is shown ("invoice\u202egpj.exe" reads "invoiceexe.jpg"); a zero-width space or no-break
+# space shows as nothing. The marks (U+200E, U+200F) and joiners (U+200C, U+200D) that
+# right-to-left scripts, Indic scripts and emoji need stay allowed.
+_INVISIBLE_REORDERING = re.compile("[\u200b\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _shown_as_written(name: str) -> str:
+    if _INVISIBLE_REORDERING.search(name):
+        raise ValueError(
+            "must hold no bidirectional override or isolate (U+202A-U+202E, U+2066-U+2069) "
+            "and no zero-width space (U+200B, U+FEFF)"
+        )
+    return name
+
+
+# A name the client gives what it makes (an agent, an API key): one line, as a title is,
+# and read as it is shown.
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=200),
+    AfterValidator(_one_line),
+    AfterValidator(_shown_as_written),
+]
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 # A document's content type: type "/" subtype, then parameters (text/markdown,
 # application/json, text/plain; charset=utf-8). One definition for the API and the tools.

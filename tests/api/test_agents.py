@@ -248,3 +248,30 @@ def test_a_read_of_an_agent_honours_its_conditions(client, alice):
     spec = client.get("/openapi.json").json["paths"]["/v1/agents/{agent_id}"]["get"]
     assert {"304", "412"} <= spec["responses"].keys()
     assert "ETag" in spec["responses"]["304"]["headers"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["invoice\u202egpj.exe", "a\u2066b\u2069", "\u200b", "a\ufeffb"],
+    ids=["right-to-left override", "isolate", "zero-width space", "zero-width no-break"],
+)
+def test_a_name_holds_no_invisible_reordering_characters(alice, name):
+    """A name is shown in lists: bidirectional overrides and isolates reorder what follows
+    them there (an agent "invoice\\u202egpj.exe" reads "invoiceexe.jpg"), and a zero-width
+    character made a name that shows as nothing. Both were stored."""
+    created = alice.post("/v1/agents", json={"name": name, "provider": "echo"})
+    assert created.status_code == 422, created.json
+    assert [e["field"] for e in created.json["errors"]] == ["name"]
+    key = alice.post("/v1/api-keys", json={"name": name})
+    assert key.status_code == 422
+    assert alice.get("/v1/agents").json["items"] == []
+
+
+def test_a_name_may_be_written_in_any_script(alice):
+    for name in (
+        "\u05e9\u05dc\u05d5\u05dd\u200f",
+        "\u0645\u0631\u062d\u0628\u0627",
+        "\U0001f468\u200d\U0001f4bb",
+        "\u0928\u092e\u0938\u094d\u200d\u0924\u0947",
+    ):
+        assert alice.create_agent(name=name)["name"] == name
