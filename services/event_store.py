@@ -538,11 +538,18 @@ def stream_page(
     from_version: int,
     limit: int,
     max_bytes: int,
+    backward: bool = False,
 ) -> tuple[list[Event], bool]:
     """`read_stream`, bounded by `max_bytes` of data and metadata as well (a page ends
-    after the event that reaches it); and whether more events follow the page."""
-    query = _stream_query(owner_id, stream, from_version)
-    return bounded_rows(session, query, [Event.version], _bound(max_bytes), limit=limit)
+    after the event that reaches it); and whether more events follow the page. `backward`:
+    from `from_version` down, newest first (the same index, scanned the other way)."""
+    if not backward:
+        query = _stream_query(owner_id, stream, from_version)
+        return bounded_rows(session, query, [Event.version], _bound(max_bytes), limit=limit)
+    query = select(Event).where(
+        Event.owner_id == owner_id, Event.stream == stream, Event.version <= from_version
+    )
+    return bounded_rows(session, query, [Event.version.desc()], _bound(max_bytes), limit=limit)
 
 
 def _stream_query(owner_id: uuid.UUID, stream: str, from_version: int) -> Select[tuple[Event]]:

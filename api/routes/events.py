@@ -34,7 +34,7 @@ from api.stream_names import check_stream, stream_problem
 from models import Event
 from services import event_batches, event_store
 from services.after_commit import events_key
-from services.errors import InvalidInput
+from services.errors import FieldProblem, InvalidInput
 from services.event_store import NewEvent
 from services.inputs import MAX_POSITION, MAX_VERSION
 
@@ -104,14 +104,21 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
 @bp.doc(
     summary="A stream's events in version order",
     description="Pages by `cursor` (the last page's `next_cursor`) or, the same, "
-    "`from_version`. With `Accept: text/event-stream`, tails the stream live from the "
-    "version after `Last-Event-ID` (or `from_version`).",
+    "`from_version`. `direction=backward` reads newest first, from `from_version` (left "
+    "out: the last event) down; its `next_cursor` is the next version down, so send "
+    "`direction=backward` with it. With `Accept: text/event-stream`, tails the stream live "
+    "(forward only) from the version after `Last-Event-ID` (or `from_version`).",
 )
 @declares(request_headers=["Last-Event-ID"], event_stream=True)
 def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def]
     check_stream(stream, writing=False)
     owner_id = current_principal().user_id
+    backward = query.direction == "backward"
     if sse.wants_stream():
+        if backward:
+            raise InvalidInput(
+                problems=[FieldProblem("direction", "a live tail reads forward only", "query")]
+            )
         after = sse.last_event_id(MAX_VERSION)
         if after:
             last = event_store.last_version(db(), owner_id=owner_id, stream=stream)
@@ -124,10 +131,11 @@ def read_stream(stream: str, query: StreamQuery):  # type: ignore[no-untyped-def
         from_version=query.from_version,
         limit=query.limit,
         max_bytes=page_max_bytes(),
+        backward=backward,
     )
     return {
         "items": [event_json(e) for e in rows],
-        "next_cursor": str(rows[-1].version + 1) if more else None,
+        "next_cursor": str(rows[-1].version + (-1 if backward else 1)) if more else None,
     }
 
 

@@ -5,13 +5,14 @@ import re
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from api.schemas.common import CounterCursorQuery, Input, Output, PageQuery, VersionPageQuery
 from services.inputs import (
     MAX_APPEND,
     MAX_POSITION,
     MAX_STREAM_CHARS,
+    MAX_VERSION,
     STREAM_PATTERN,
     TYPE_PATTERN,
     EventIn,
@@ -35,7 +36,20 @@ class BatchIn(Input):
 
 
 class StreamQuery(VersionPageQuery):
-    pass
+    """Forward from `from_version` (1: the first event), or backward, newest first, from
+    `from_version` down (left out: from the last event). `cursor` is the next version to
+    read in the request's direction."""
+
+    direction: Literal["forward", "backward"] = Field(
+        default="forward",
+        description="`backward`: newest first, from `from_version` (or the last event) down",
+    )
+
+    @model_validator(mode="after")
+    def _backward_from_the_end(self) -> StreamQuery:
+        if self.direction == "backward" and "from_version" not in self.model_fields_set:
+            self.from_version = MAX_VERSION  # past the last version: from the end
+        return self
 
 
 class FeedQuery(CounterCursorQuery):
