@@ -28,7 +28,15 @@ class AppendIn(Input):
 
 
 class BatchEventIn(EventIn):
-    stream: str = Field(pattern=STREAM_PATTERN, max_length=MAX_STREAM_CHARS)
+    # Declared, and checked by the route (`stream_problem`) with the reserved names and the
+    # data's size: as the schema's error it came alone, and those waited for the next try.
+    stream: str = Field(
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": MAX_STREAM_CHARS,
+            "pattern": STREAM_PATTERN,
+        }
+    )
 
 
 class BatchIn(Input):

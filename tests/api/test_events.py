@@ -324,6 +324,33 @@ def test_a_batch_refused_names_every_event_that_is_wrong_not_only_the_first(alic
     assert all(e["location"] == "body" for e in refused.json["errors"])
 
 
+def test_a_batch_names_malformed_streams_with_the_reserved_and_the_oversized(alice, app):
+    """A name of the wrong shape was the schema's error, which came alone: the reserved
+    streams and oversized data of the other events waited for the next try."""
+    limit = app.extensions["conveyor"].settings.event_max_data_bytes
+    body = {
+        "events": [
+            {"stream": "..", "type": "t", "data": {}},
+            {"stream": "job-1", "type": "t", "data": {}},
+            {"stream": "a b", "type": "t", "data": {}},
+            {"stream": "fine", "type": "t", "data": {"blob": "x" * limit}},
+            {"stream": "x" * 201, "type": "t", "data": {}},
+            {"stream": "", "type": "t", "data": {}},
+        ]
+    }
+    refused = alice.post("/v1/events/batch", json=body)
+    assert refused.status_code == 422, refused.json
+    assert [e["field"] for e in refused.json["errors"]] == [
+        "events.0.stream",
+        "events.1.stream",
+        "events.2.stream",
+        "events.4.stream",
+        "events.5.stream",
+        "events.3.data",
+    ]
+    assert "not only dots" in refused.json["errors"][0]["detail"]
+
+
 def test_receipts_are_private(alice, bob):
     receipt = alice.post(
         "/v1/events/batch", json={"events": [{"stream": "s", "type": "t", "data": {}}]}
