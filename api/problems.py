@@ -194,6 +194,11 @@ def _framework_detail(error: HTTPException) -> str:
             return f"The request body is not valid JSON: {error.reason}"
         case 400:
             return "The request body is not valid JSON."
+        case 404 if _encoded_slash_in_path():
+            return (
+                "There is nothing at this URL: a %2F in its path is read as '/', which no "
+                "stream name or id holds."
+            )
         case 404:
             return "There is nothing at this URL."
         case 405:
@@ -206,3 +211,10 @@ def _framework_detail(error: HTTPException) -> str:
             return f"Too many requests (at most {error.description}); see Retry-After."
         case _:
             return error.description or "The request failed."
+
+
+def _encoded_slash_in_path() -> bool:
+    """Whether the path as sent (gunicorn's and werkzeug's `RAW_URI`) held a `%2F`: it is
+    routed as a '/', so a name holding one ("orders/1" sent as `orders%2F1`) met no route."""
+    raw = str(request.environ.get("RAW_URI", ""))
+    return "%2f" in raw.partition("?")[0].lower()

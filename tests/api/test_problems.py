@@ -23,6 +23,27 @@ def test_unknown_url_is_404(client):
     assert_problem(client.get("/nothing-here"), 404)
 
 
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", "/v1/streams/orders%2F1/events"),
+        ("post", "/v1/streams/orders%2f1/events"),
+        ("get", "/v1/streams/orders%2F1"),
+    ],
+)
+def test_a_404_for_an_encoded_slash_says_that_it_is_one(alice, method, url):
+    """An encoded slash is a slash by the time a URL is routed (here, and in most servers
+    and proxies before us), so a stream named "orders/1" sent as `orders%2F1` met a bare
+    "nothing at this URL", and its sender could not tell why."""
+    body = {"json": {"events": [{"type": "t", "data": {}}]}} if method == "post" else {}
+    answer = getattr(alice, method)(url, **body)
+    detail = assert_problem(answer, 404)["detail"]
+    assert "%2F" in detail and "'/'" in detail
+    plain = assert_problem(alice.get("/v1/streams/orders/1/events"), 404)["detail"]
+    assert "%2F" not in plain
+    assert "%2F" not in assert_problem(alice.get("/v1/nothing?q=%2F"), 404)["detail"]
+
+
 def test_wrong_method_is_405(client):
     body = assert_problem(client.delete("/healthz"), 405)
     assert "method" in body["detail"]
