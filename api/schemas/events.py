@@ -48,6 +48,12 @@ class StreamQuery(VersionPageQuery):
     `from_version` down (left out: from the last event). `cursor` is the next version to
     read in the request's direction."""
 
+    from_version: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_VERSION,
+        description="the first version to read; backward, the highest (left out: the last)",
+    )
     direction: Literal["forward", "backward"] = Field(
         default="forward",
         description="`backward`: newest first, from `from_version` (or the last event) down",
