@@ -168,8 +168,15 @@ Name = Annotated[
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 # A document's content type: type "/" subtype, then parameters (text/markdown,
 # application/json, text/plain; charset=utf-8). One definition for the API and the tools.
+# ASCII only, as media types are: `\w` and `\s` are Unicode on the server and ASCII in the
+# OpenAPI document (ECMA-262), and `.` let terminal escapes into the parameters.
+_MEDIA_TYPE_CHAR = r"[A-Za-z0-9_!#$&^.+-]"
 ContentType = Annotated[
-    str, Field(max_length=200, pattern=r"^[A-Za-z0-9][\w!#$&^.+-]*/[\w!#$&^.+-]+(\s*;.*)?$")
+    str,
+    Field(
+        max_length=200,
+        pattern=rf"^[A-Za-z0-9]{_MEDIA_TYPE_CHAR}*/{_MEDIA_TYPE_CHAR}+([ \t]*;[\t -~]*)?$",
+    ),
 ]
 # Strict: `true`, "1" and 1.0 were read as version 1, and an append meant for a new stream
 # could land on one at version 1.

@@ -541,3 +541,46 @@ def test_no_process_serves_a_stale_version_after_a_write(alice, app, second_proc
     assert read.json["content"] == "v2" and read.headers["ETag"] == '"2"'
     other.delete(url, headers=alice.headers)
     assert alice.get(url).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plaïn",
+        "tëxt/plain",
+        "text/\u0663",  # an Arabic-Indic digit, a Unicode \w
+        "text/plain; x=\x1b[31m",
+        "text/plain; charset=é",
+        "text/plain;\u2028x",
+        "text/plain\u00a0; x=1",  # a Unicode \s before the ';'
+    ],
+)
+def test_a_content_type_is_ascii_as_media_types_are(alice, content_type):
+    """The pattern's `\\w` and `\\s` are Unicode on the server and ASCII in the OpenAPI
+    document (ECMA-262): the server kept letters, digits and spaces of any script and
+    terminal escapes in parameters, which the document refused and no Content-Type
+    header can carry."""
+    url = f"/v1/documents/{create(alice)['id']}"
+    for refused in (
+        alice.post(
+            "/v1/documents", json={"title": "t", "content": "x", "content_type": content_type}
+        ),
+        put(alice, url, {"title": "t", "content": "x", "content_type": content_type}),
+        alice.patch(url, json={"content_type": content_type}),
+    ):
+        assert refused.status_code == 422, refused.json
+        assert refused.json["errors"][0]["field"] == "content_type"
+    assert alice.get(url).json["version"] == 1
+
+
+def test_content_types_of_every_ascii_shape_stay_fine(alice):
+    for content_type in (
+        "text/markdown",
+        "application/vnd.api+json",
+        "text/plain; charset=utf-8",
+        'multipart/form-data;\tboundary="a b"',
+        "text/x-c++src;charset=UTF-8; format=flowed",
+    ):
+        body = {"title": "t", "content": "x", "content_type": content_type}
+        created = alice.post("/v1/documents", json=body)
+        assert created.status_code == 201, (content_type, created.json)
