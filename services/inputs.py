@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -134,8 +135,10 @@ def _one_line(title: str) -> str:
             "must be one line without control characters (line breaks, tabs, U+0000-U+001F, "
             "U+007F-U+009F, U+2028, U+2029)"
         )
-    if title.isspace():
-        raise ValueError("must not be only whitespace")
+    if all(character.isspace() or unicodedata.category(character) == "Cf" for character in title):
+        # Format characters (zero-width space, BOM, soft hyphen, direction marks) show
+        # nothing: such a title was listed as an empty one.
+        raise ValueError("must not be only whitespace or invisible format characters")
     return title
 
 

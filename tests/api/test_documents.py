@@ -497,6 +497,26 @@ def test_a_title_is_one_line_of_something_visible(alice, title):
     assert alice.patch(url, json={"title": fine}).json["title"] == fine
 
 
+@pytest.mark.parametrize(
+    "title", ["\u200b", "\ufeff", "\u2060", "\u00ad", " \u200b\u200b ", "\u200e\u3000"]
+)
+def test_a_title_of_only_invisible_characters_is_422(alice, title):
+    """Format characters (zero-width space, BOM, word joiner, soft hyphen, direction
+    marks) show nothing: a title of only them, with or without whitespace, was kept and
+    listed as an empty one, which `""` and `"   "` are refused for."""
+    url = f"/v1/documents/{create(alice)['id']}"
+    for refused in (
+        alice.post("/v1/documents", json={"title": title, "content": "x"}),
+        put(alice, url, {"title": title, "content": "x"}),
+        alice.patch(url, json={"title": title}),
+    ):
+        assert refused.status_code == 422, refused.json
+        assert refused.json["errors"][0]["field"] == "title"
+    assert alice.get(url).json["version"] == 1
+    fine = "\u200f\u05e9\u05dc\u05d5\u05dd\u200e"  # a Hebrew word between direction marks
+    assert alice.patch(url, json={"title": fine}).json["title"] == fine
+
+
 def test_a_body_beyond_max_body_bytes_is_413(alice):
     response = alice.post("/v1/documents", json={"title": "t", "content": "a" * (2 * MIB)})
     assert response.status_code == 413
