@@ -116,11 +116,19 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
     for event_id, event in zip(ids, incoming, strict=True):
         earlier = found.get(event_id)
         if event_id in seen:
-            results.append(_rejection(event_id, "the same event_id appears twice in this batch"))
+            results.append(
+                _rejection(
+                    event_id, event["stream"], "the same event_id appears twice in this batch"
+                )
+            )
             rejected = True
         elif earlier is not None and earlier.stream != event["stream"]:
             results.append(
-                _rejection(event_id, f"this event_id was appended to stream {earlier.stream!r}")
+                _rejection(
+                    event_id,
+                    event["stream"],
+                    f"this event_id was appended to stream {earlier.stream!r}",
+                )
             )
             rejected = True
         elif earlier is not None and not event_store.same_body(
@@ -131,6 +139,7 @@ def persist(session: Session, batch_id: uuid.UUID) -> str | None:
             results.append(
                 _rejection(
                     event_id,
+                    event["stream"],
                     "this event_id was appended with another type, data or metadata "
                     f"(version {earlier.version} of stream {earlier.stream!r})",
                 )
@@ -222,5 +231,6 @@ def _result(event_id: str, status: str, stream: str, version: int) -> dict[str, 
     return {"event_id": event_id, "status": status, "stream": stream, "version": version}
 
 
-def _rejection(event_id: str, reason: str) -> dict[str, Any]:
-    return {"event_id": event_id, "status": "rejected", "reason": reason}
+def _rejection(event_id: str, stream: str, reason: str) -> dict[str, Any]:
+    # The stream the event was meant for, as every other result names its stream.
+    return {"event_id": event_id, "status": "rejected", "stream": stream, "reason": reason}

@@ -269,6 +269,26 @@ def test_a_batch_with_a_conflicting_event_is_rejected_whole(alice, session):
     assert alice.get("/v1/streams/fresh/events").json["items"] == []
 
 
+def test_every_result_of_a_rejected_batch_names_its_stream(alice, session):
+    """The rejected events' results had none (the others', persisted or not, had theirs):
+    a client reading the receipt could not tell which stream an event was meant for."""
+    taken, other = str(uuid.uuid4()), str(uuid.uuid4())
+    append(alice, "elsewhere", "t", "u", ids=[taken, other])
+    body = {
+        "events": [
+            {"stream": "fresh", "type": "t", "data": {}},
+            {"stream": "other", "type": "t", "data": {}, "event_id": taken},
+            {"stream": "elsewhere", "type": "changed", "data": {}, "event_id": other},
+        ]
+    }
+    results = persisted_results(alice, session, body, "rejected")
+    assert [(r["status"], r["stream"]) for r in results] == [
+        ("not_persisted", "fresh"),
+        ("rejected", "other"),
+        ("rejected", "elsewhere"),
+    ]
+
+
 def test_batch_limits(alice):
     too_many = {"events": [{"stream": "s", "type": "t", "data": {}}] * 1001}
     assert alice.post("/v1/events/batch", json=too_many).status_code == 422
