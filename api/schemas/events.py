@@ -139,9 +139,32 @@ class AppendOut(Output):
     positions: list[int]
 
 
+# One event's result in a receipt, in the batch's order. Declared only: results are stored
+# as the worker wrote them (older receipts' rejected results have no `stream`).
+_RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["event_id", "status"],
+    "properties": {
+        "event_id": {"type": "string", "format": "uuid"},
+        "status": {
+            "type": "string",
+            "enum": ["persisted", "duplicate", "rejected", "not_persisted"],
+            "description": "`duplicate`: appended before with the same body (its version "
+            "and position); `not_persisted`: another event of the batch was rejected",
+        },
+        "stream": {"type": "string"},
+        "version": {"type": "integer", "description": "persisted and duplicate events"},
+        "position": {"type": "integer", "description": "persisted and duplicate events"},
+        "reason": {"type": "string", "description": "rejected and not_persisted events"},
+    },
+}
+
+
 class ReceiptOut(Output):
     receipt_id: uuid.UUID
     status: Literal["pending", "persisted", "rejected"]
-    results: list[dict[str, Any]] | None
+    results: list[dict[str, Any]] | None = Field(
+        json_schema_extra={"anyOf": [{"type": "array", "items": _RESULT_SCHEMA}, {"type": "null"}]}
+    )
     accepted_at: dt.datetime
     persisted_at: dt.datetime | None

@@ -10,6 +10,7 @@ tests/security/test_schemathesis.py.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from services import event_batches
 from tests.helpers import AuthClient
 
 PROBLEM = "application/problem+json"
@@ -369,6 +371,8 @@ def test_document_and_event_limits_are_declared_with_this_deployments_values(app
     assert user.post("/v1/documents", json={"title": "t" * 40, "content": ""}).status_code == 201
     event = {"type": "t", "data": {"x": "y" * 5000}}
     assert user.post("/v1/streams/s/events", json={"events": [event]}).status_code == 422
+
+
 @pytest.mark.parametrize(
     ("schema", "prop"),
     [("JobIn", "metadata"), ("AgentIn", "params"), ("AgentPatch", "params")],
@@ -381,3 +385,35 @@ def test_small_objects_declare_their_size_limit(spec, schema, prop):
         branch.get("description", "") for branch in declared.get("anyOf", [])
     ]
     assert any("at most 16384 bytes as JSON" in text for text in said), declared
+
+
+def test_a_receipts_results_are_declared_and_conform(app, alice, session, spec):
+    """The document said "a list of objects": a result's members and statuses are declared
+    now, and a rejected batch's receipt, of every status but `duplicate`, conforms."""
+    receipt = spec["components"]["schemas"]["ReceiptOut"]["properties"]["results"]
+    result = next(b for b in receipt["anyOf"] if b["type"] == "array")["items"]
+    assert set(result["properties"]["status"]["enum"]) == {
+        "persisted",
+        "duplicate",
+        "rejected",
+        "not_persisted",
+    }
+    taken = str(uuid.uuid4())
+    appended = {"events": [{"type": "t", "data": {}, "event_id": taken}]}
+    assert alice.post("/v1/streams/first/events", json=appended).status_code == 201
+    batch = {
+        "events": [
+            {"stream": "fine", "type": "t", "data": {}},
+            {"stream": "second", "type": "t", "data": {}, "event_id": taken},
+        ]
+    }
+    accepted = alice.post("/v1/events/batch", json=batch).json
+    assert event_batches.persist(session, uuid.UUID(accepted["receipt_id"])) == "rejected"
+    response = conforming(
+        app,
+        "GET",
+        "/v1/events/receipts/{receipt_id}",
+        path_parameters={"receipt_id": accepted["receipt_id"]},
+        headers=alice.headers,
+    )
+    assert [r["status"] for r in response.json()["results"]] == ["not_persisted", "rejected"]
