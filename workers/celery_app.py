@@ -103,6 +103,10 @@ def make_celery(
         broker_pool_limit=16,
         # Where beat keeps its schedule; a `--schedule` on its command line still wins.
         beat_schedule_filename=beat_schedule_file,
+        # Beat writes the file after every message it sends (each SWEEP_INTERVAL_S), so its
+        # age is a health check (docs/operations.md, compose's: younger than 120 s). Celery
+        # otherwise writes it every 3 minutes, and a healthy beat looked dead for one in three.
+        beat_sync_every=1,
         beat_schedule={
             "sweep-jobs": {
                 "task": "conveyor.maintenance.sweep_jobs",

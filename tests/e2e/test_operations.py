@@ -448,3 +448,32 @@ def test_flower_refuses_to_start_without_credentials_outside_development(ops: Op
     )
     assert completed.returncode != 0
     assert "refuses to start without FLOWER_BASIC_AUTH" in completed.stderr
+
+
+def test_beat_rewrites_its_schedule_file_every_few_seconds(
+    servers: Servers, worker_id: str, tmp_path: Path
+) -> None:
+    """The file's age is beat's health check (docs/operations.md; compose's: younger than
+    120 s). Celery wrote it as it started and at its first send, then only every 3 minutes,
+    so the check failed a healthy beat for a minute in three."""
+    with stack_on(servers, worker_id, tmp_path, "beatfile", SWEEP_INTERVAL_S="1") as scenario:
+        stack = scenario.stack
+        with stack.logs_on_failure():
+            stack.start_beat()
+            first: list[int] = []
+
+            def written_again_seconds_after_its_start() -> bool:
+                stack.assert_running()
+                # shelve adds its own suffixes (.dat, .dir, .bak with dbm.dumb; none with gdbm)
+                files = list(stack.workdir.glob("beat-schedule*"))
+                if not files:
+                    return False
+                newest = max(path.stat().st_mtime_ns for path in files)
+                first[:] = first or [newest]
+                return newest - first[0] >= 3_000_000_000
+
+            stack.within(
+                30,
+                written_again_seconds_after_its_start,
+                "beat did not write its schedule again 3 s or more after it started",
+            )
