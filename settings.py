@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     registration_enabled: bool = True
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Flower's own variables (it reads them too); see workers/flower.py.
+    # Flower's own variables (it reads them too); see workers/operations.py.
     flower_basic_auth: str | None = None
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
@@ -108,7 +108,6 @@ class Settings(BaseSettings):
 
     # Limits on what a request may carry.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    max_page_size: int = Field(default=200, ge=1, le=1000)
     # A page of jobs, events, agents or deliveries also ends after the item that takes its
     # JSON (inputs, outputs, data) to this many bytes; the next page goes on from there.
     page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -116,7 +115,6 @@ class Settings(BaseSettings):
     # page, as Python objects, while its send waits (docs/DECISIONS.md, HTTP). Never more
     # than page_max_bytes.
     live_page_max_bytes: int = Field(default=256 * 1024, ge=1024)
-    max_wait_s: float = Field(default=30.0, ge=0, le=120)
     max_queue_depth: int = Field(default=10_000, ge=1)
     # Long-polls and live streams that one web process lets wait at once; keep it below
     # gunicorn's threads per worker so short requests always find a thread.
