@@ -51,7 +51,7 @@ def check_on_create(collection: str, item: str) -> None:
     condition = version_condition()
     if condition is not None:
         condition.check_unversioned(
-            f"the collection {collection} (each POST adds a {item} under a new id)"
+            f"the collection {collection} (each POST adds {item} under a new id)"
         )
 
 

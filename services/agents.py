@@ -106,7 +106,7 @@ def _check_runnable(config: dict[str, Any]) -> None:
     leaves it, so a PATCH cannot take the model away either."""
     problems = []
     if config["provider"] != "echo" and not (config.get("model") or "").strip():
-        problems.append(FieldProblem("model", f"a {config['provider']} agent needs a model"))
+        problems.append(FieldProblem("model", f"the {config['provider']} provider needs a model"))
     tools = config.get("tools") or []
     repeated = sorted({tool for tool in tools if tools.count(tool) > 1})
     if repeated:

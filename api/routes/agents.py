@@ -37,7 +37,7 @@ def _max_timeout_s() -> int:
     request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
 )
 def create_agent(body: AgentIn):  # type: ignore[no-untyped-def]
-    check_on_create("/v1/agents", "agent")
+    check_on_create("/v1/agents", "an agent")
     agent = agents.create(
         db(),
         owner_id=current_principal().user_id,

@@ -46,7 +46,7 @@ def api_key_json(key: ApiKey) -> dict[str, Any]:
 )
 @declares(headers={201: ["Location"]}, request_headers=CREATE_CONDITIONS)
 def create_key(body: ApiKeyIn):  # type: ignore[no-untyped-def]
-    check_on_create("/v1/api-keys", "key")
+    check_on_create("/v1/api-keys", "a key")
     new = api_keys.create(db(), owner_id=current_principal().user_id, name=body.name)
     db().refresh(new.row)  # created_at comes from the database
     headers = {"Location": f"/v1/api-keys/{new.row.id}", **NO_STORE}

@@ -80,7 +80,7 @@ _CREATE_NOTE = (
     request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
 )
 def create_document(body: DocumentIn):  # type: ignore[no-untyped-def]
-    check_on_create("/v1/documents", "document")
+    check_on_create("/v1/documents", "a document")
     document = documents.create(
         db(),
         owner_id=current_principal().user_id,

@@ -201,7 +201,7 @@ def feed(query: FeedQuery):  # type: ignore[no-untyped-def]
     request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
 )
 def batch(body: BatchIn):  # type: ignore[no-untyped-def]
-    check_on_create("/v1/events/batch", "batch")
+    check_on_create("/v1/events/batch", "a batch")
     # Every wrong event at once, as the schema's own errors come.
     problems = [
         problem

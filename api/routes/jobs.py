@@ -46,7 +46,7 @@ def _runtime():  # type: ignore[no-untyped-def]
     request_headers=["Idempotency-Key", *CREATE_CONDITIONS],
 )
 def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
-    check_on_create("/v1/jobs", "job")
+    check_on_create("/v1/jobs", "a job")
     # Without a key the submit is the request's one statement; with one, the key is stored
     # in the same transaction (api/idempotent.py).
     session = db() if has_key() else single_statement_db()

@@ -115,7 +115,7 @@ def _deliveries_page(page: Page[WebhookDelivery]) -> dict[str, Any]:
 )
 @declares(headers={201: ["Location"]}, request_headers=CREATE_CONDITIONS)
 def create_endpoint(body: EndpointIn):  # type: ignore[no-untyped-def]
-    check_on_create("/v1/webhooks", "endpoint")
+    check_on_create("/v1/webhooks", "an endpoint")
     endpoint = webhooks.create(
         db(),
         owner_id=current_principal().user_id,

@@ -41,6 +41,14 @@ def _job(alice: AuthClient) -> dict[str, Any]:
     return {"agent_id": alice.create_agent()["id"], "input": {"text": "hi"}}
 
 
+# How the 412 names what a POST adds ("a agent" and "a endpoint" were the grammar's once).
+ADDS = {
+    "/v1/agents": "adds an agent",
+    "/v1/api-keys": "adds a key",
+    "/v1/webhooks": "adds an endpoint",
+    "/v1/jobs": "adds a job",
+}
+
 CREATES: list[tuple[str, Callable[[AuthClient], dict[str, Any]]]] = [
     ("/v1/agents", _agent),
     ("/v1/api-keys", _key),
@@ -59,6 +67,7 @@ def test_a_create_evaluates_its_preconditions_against_the_collection(
         refused = alice.post(collection, json=body, headers=headers)
         assert_problem(refused, 412)
         assert collection in refused.json["detail"], headers
+        assert ADDS[collection] in refused.json["detail"], headers
     bad_tag = alice.post(collection, json=body, headers={"If-None-Match": "abc"})
     assert bad_tag.status_code == 422 and bad_tag.json["errors"][0]["field"] == "If-None-Match"
     assert alice.get(collection).json["items"] == before
