@@ -395,6 +395,9 @@ def test_flower_needs_credentials_and_shows_our_worker_and_tasks(ops: Ops) -> No
     with stack.logs_on_failure():
         assert fetch(f"{ops.flower_url}/api/workers")[0] == 401
         assert fetch(f"{ops.flower_url}/api/workers", auth="ops:wrong")[0] == 401
+        # Flower asks none on these two (docs/operations.md says so, and scrapes without)
+        assert fetch(f"{ops.flower_url}/metrics")[0] == 200
+        assert fetch(f"{ops.flower_url}/healthcheck")[0] == 200
 
         def workers_known() -> dict[str, Any] | None:
             # refresh: Flower asks the workers (inspect broadcast) before answering.
