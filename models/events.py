@@ -100,7 +100,8 @@ class Stream(TimestampMixin, Base):
 
 
 class EventBatch(TimestampMixin, Base):
-    """A batch accepted with 202: its events wait here, durable, until a worker persists them."""
+    """A batch accepted with 202: its events wait here, durable, until a worker persists or
+    rejects them (then `events` is emptied: they are in the log, or refused)."""
 
     __tablename__ = "event_batches"
     __table_args__ = (

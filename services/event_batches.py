@@ -220,6 +220,9 @@ def republish_pending(session: Session, *, older_than_s: int, batch: int = 200) 
 def _close(session: Session, batch: EventBatch, status: str, results: list[dict[str, Any]]) -> str:
     batch.status = status
     batch.results = results
+    # Decided: the events are in the log now, or refused, and no receipt shows them. Kept,
+    # every batched event had a second copy here for as long as the database lived.
+    batch.events = []
     if status == "persisted":
         batch.persisted_at = func.now()
     batch.updated_at = func.now()

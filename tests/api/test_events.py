@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 
+from models import EventBatch
 from services import event_batches
 from tests.helpers import every_item
 
@@ -456,3 +457,26 @@ def test_a_feed_type_filter_takes_spaces_around_and_empty_items_between_types(al
     for types in ("job.succeeded, order.placed", "a,,b", "order.placed,", "a/b:c-d_e.f"):
         answered = alice.get("/v1/events", query_string={"type": types})
         assert answered.status_code == 200, (types, answered.json)
+
+
+@pytest.mark.parametrize("outcome", ["persisted", "rejected"])
+def test_a_decided_batch_keeps_its_receipt_and_lets_go_of_its_events(alice, session, outcome):
+    """A batch's events wait in its row only until a worker decides it: then they are in
+    the log, or refused. The row kept a second copy of every batched event (up to 2 MB a
+    batch) for as long as the database lived, which no receipt ever showed."""
+    taken = str(uuid.uuid4())
+    if outcome == "rejected":
+        append(alice, "elsewhere", "t", ids=[taken])
+    body = {
+        "events": [
+            {"stream": "kept", "type": "t", "data": {"blob": "x" * 1000}},
+            {"stream": "kept", "type": "t", "data": {}, "event_id": taken},
+        ]
+    }
+    receipt_id = uuid.UUID(alice.post("/v1/events/batch", json=body).json["receipt_id"])
+    assert event_batches.persist(session, receipt_id) == outcome
+    receipt = alice.get(f"/v1/events/receipts/{receipt_id}").json
+    assert receipt["status"] == outcome
+    assert [r["stream"] for r in receipt["results"]] == ["kept", "kept"]
+    assert session.get(EventBatch, receipt_id, populate_existing=True).events == []
+    assert event_batches.persist(session, receipt_id) is None  # decided once
