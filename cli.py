@@ -2,6 +2,7 @@
 
     conveyor dev            migrate, then run web, worker, beat and flower from the Procfile
     conveyor migrate        apply the migrations (alembic upgrade head)
+    conveyor create-user    create an account (registration open or not), --admin for an admin
     conveyor embedded-env   start the embedded servers and print DATABASE_URL= / REDIS_URL=
 
 The embedded default: when DATABASE_URL is unset, PostgreSQL comes from the `pgserver` wheel;
@@ -531,6 +532,73 @@ def _without_password(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def cmd_create_user(args: argparse.Namespace) -> int:
+    """An account made by the operator: the only way in when REGISTRATION_ENABLED is off,
+    and the only way to an `admin`. The email and password obey the rules of
+    `POST /v1/auth/register` (the same schema checks them)."""
+    import getpass
+
+    from pydantic import ValidationError
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    from api.schemas.auth import Credentials
+    from models.db import make_engine
+    from services import users
+    from services.errors import Conflict
+    from services.passwords import Passwords
+    from settings import Settings
+
+    password = _new_password(args.password_stdin, getpass.getpass)
+    if password is None:
+        return 1
+    try:
+        credentials = Credentials(email=args.email, password=password)
+    except ValidationError as invalid:
+        for error in invalid.errors():
+            _say(f"{'.'.join(map(str, error['loc']))}: {error['msg']}")
+        return 1
+    url = Settings().database_url
+    engine = make_engine(url, pool_size=1)
+    try:
+        with Session(engine) as session:
+            user = users.register(
+                session,
+                email=credentials.email,
+                password=credentials.password,
+                passwords=Passwords(),
+                role="admin" if args.admin else "user",
+            )
+            session.commit()
+            print(json.dumps({"id": str(user.id), "email": user.email, "role": user.role}))
+    except Conflict as taken:
+        _say(taken.detail)
+        return 1
+    except OperationalError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        _say(f"cannot reach the database at {_without_password(url)}: {reason}")
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _new_password(from_stdin: bool, ask: Callable[[str], str]) -> str | None:
+    """The password from stdin's first line, or typed twice at a terminal; None (said
+    why) when there is neither or the two differ. Never an argument: those show in `ps`
+    and shell histories."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        _say("no password: pipe it with --password-stdin, or run this at a terminal")
+        return None
+    password = ask("password: ")
+    if ask("again: ") != password:
+        _say("the two passwords differ")
+        return None
+    return password
+
+
 def cmd_embedded_env(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     command = list(args.command)
@@ -571,6 +639,19 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="alembic upgrade (to head by default)")
     migrate.add_argument("revision", nargs="?", default="head")
     migrate.set_defaults(func=cmd_migrate)
+
+    create_user = sub.add_parser(
+        "create-user",
+        help="create an account on DATABASE_URL (password typed, or --password-stdin)",
+        description="Create an account as POST /v1/auth/register would, whether or not "
+        "registration is enabled; --admin makes it an admin. Prints the account as JSON.",
+    )
+    create_user.add_argument("email")
+    create_user.add_argument("--admin", action="store_true", help="role admin, not user")
+    create_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin's first line"
+    )
+    create_user.set_defaults(func=cmd_create_user)
 
     embedded = sub.add_parser(
         "embedded-env",

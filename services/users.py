@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import User
+from models.users import ROLES
 from services.errors import Conflict
 from services.passwords import Passwords
 
@@ -17,9 +18,14 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def register(session: Session, *, email: str, password: str, passwords: Passwords) -> User:
-    """Create a user; `Conflict` when the email is taken."""
-    user = User(email=normalize_email(email), password_hash=passwords.hash(password), role="user")
+def register(
+    session: Session, *, email: str, password: str, passwords: Passwords, role: str = "user"
+) -> User:
+    """Create a user; `Conflict` when the email is taken. The API registers only `user`s;
+    an operator may make an `admin` (`conveyor create-user --admin`)."""
+    if role not in ROLES:
+        raise ValueError(f"no role {role!r}; roles are {', '.join(ROLES)}")
+    user = User(email=normalize_email(email), password_hash=passwords.hash(password), role=role)
     try:
         with session.begin_nested():
             session.add(user)
