@@ -85,6 +85,11 @@ def submit(
     check_seconds("timeout_s", timeout_s, policy.max_timeout_s)
     check_seconds("queue_timeout_s", queue_timeout_s, policy.max_queue_timeout_s)
     attempts = max_attempts or policy.default_max_attempts
+    # A default above a lowered maximum gives no more than a job may ask for (the timeout's
+    # default is capped in the statement, with the agent's).
+    queue_timeout_s = min(
+        queue_timeout_s or policy.default_queue_timeout_s, policy.max_queue_timeout_s
+    )
     job_id = new_id()
     # The hot path: one round trip reads the agent, inserts the job with a copy of the
     # agent's configuration, and appends `job.queued` as version 1 of the new job's stream.
@@ -102,7 +107,7 @@ def submit(
             # An agent stored before the maximum was lowered, or a default above it, gives
             # its jobs no more than the deployment allows (a request's own was checked).
             "max_timeout_s": policy.max_timeout_s,
-            "queue_timeout_s": queue_timeout_s or policy.default_queue_timeout_s,
+            "queue_timeout_s": queue_timeout_s,
             "webhook_url": webhook_url,
             "metadata": orjson.dumps(metadata or {}).decode(),
             "correlation_id": correlation_id,

@@ -7,6 +7,7 @@ from models import Job
 from services import job_execution, job_sweeper, job_transitions
 from services.job_events import RUN_JOB_TASK
 from services.job_policy import JobPolicy
+from tests.helpers import AuthClient
 
 POLICY = JobPolicy()
 
@@ -315,3 +316,15 @@ def test_a_tool_message_in_the_input_is_refused(alice, agent, spec_schemas):
 @pytest.fixture
 def spec_schemas(client):
     return client.get("/openapi.json").json["components"]["schemas"]
+
+
+def test_the_defaults_are_held_to_the_maxima(app_with, alice, agent, session):
+    """JOB_DEFAULT_QUEUE_TIMEOUT_S (3600) above a lowered JOB_MAX_QUEUE_TIMEOUT_S, or
+    JOB_DEFAULT_TIMEOUT_S (300) above JOB_MAX_TIMEOUT_S, gave every job that named none
+    more than the deployment allows a job that names one."""
+    app = app_with(job_max_queue_timeout_s=600, job_max_timeout_s=60)
+    user = AuthClient(app.test_client(), alice.email, alice.tokens)
+    job = user.submit(agent["id"])
+    assert job["timeout_s"] == 60
+    stored = session.scalar(select(Job.queue_timeout_s).where(Job.id == uuid.UUID(job["id"])))
+    assert stored == 600
