@@ -21,6 +21,7 @@ class JobRow(NamedTuple):
     attempt: int
     max_attempts: int
     timeout_s: int
+    queue_timeout_s: int | None
     webhook_url: str | None
     created_at: datetime
     started_at: datetime | None
@@ -46,6 +47,8 @@ def job_json(job: Any) -> dict[str, Any]:
         "attempt": job.attempt,
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,
+        # None for a job submitted by a release before migration 0010.
+        "queue_timeout_s": job.queue_timeout_s,
         "webhook_url": job.webhook_url,
         "metadata": job.metadata_,
         "created_at": job.created_at,

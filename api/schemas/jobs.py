@@ -87,6 +87,10 @@ class JobOut(Output):
     attempt: int
     max_attempts: int
     timeout_s: int
+    queue_timeout_s: int | None = Field(
+        description="seconds it may wait in the queue each time it is queued (null for a "
+        "job submitted before the server kept it)"
+    )
     webhook_url: str | None
     metadata: dict[str, Any]
     created_at: dt.datetime

@@ -328,3 +328,15 @@ def test_the_defaults_are_held_to_the_maxima(app_with, alice, agent, session):
     assert job["timeout_s"] == 60
     stored = session.scalar(select(Job.queue_timeout_s).where(Job.id == uuid.UUID(job["id"])))
     assert stored == 600
+
+
+def test_a_jobs_queue_timeout_is_shown_as_its_timeout_is(alice, agent, client):
+    """A client could set `queue_timeout_s` but never read it back: the job's answers
+    showed `timeout_s` and `max_attempts`, not what it may wait in the queue."""
+    job = alice.submit(agent["id"], queue_timeout_s=120)
+    assert job["queue_timeout_s"] == 120
+    assert alice.get(f"/v1/jobs/{job['id']}").json["queue_timeout_s"] == 120
+    assert alice.get("/v1/jobs").json["items"][0]["queue_timeout_s"] == 120
+    assert alice.submit(agent["id"])["queue_timeout_s"] == 3600  # the default
+    schema = client.get("/openapi.json").json["components"]["schemas"]["JobOut"]
+    assert "queue_timeout_s" in schema["required"]
