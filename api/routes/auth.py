@@ -15,6 +15,7 @@ from api.auth import (
     revoke_encoded,
     rotate_refresh_token,
 )
+from api.openapi import declares
 from api.representations import user_json
 from api.request_context import db, optional_body, takes_optional_body
 from api.schemas.auth import Credentials, LoginIn, LogoutIn, TokensOut, UserOut
@@ -37,13 +38,15 @@ def _runtime():  # type: ignore[no-untyped-def]
     security=[],
     responses=[201, 403, 409, 422],
 )
+@declares(headers={201: ["Location"]})
 def register(body: Credentials):  # type: ignore[no-untyped-def]
     if not _runtime().settings.registration_enabled:
         raise Forbidden("registration is turned off on this server")
     user = users.register(
         db(), email=body.email, password=body.password, passwords=_runtime().passwords
     )
-    return user_json(user), 201
+    # The account is read at /v1/auth/me, with the tokens a login gives.
+    return user_json(user), 201, {"Location": "/v1/auth/me"}
 
 
 @bp.post("/login")

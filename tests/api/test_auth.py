@@ -352,3 +352,21 @@ def test_a_401_asks_for_the_credential_the_route_takes(
     assert response.status_code == 401
     assert response.json["detail"] == detail
     assert response.headers["WWW-Authenticate"] == CHALLENGE
+
+
+def test_register_says_where_the_account_is_read(client):
+    """Every other create's 201 carries `Location`; register's had none. The account is
+    read at `/v1/auth/me`, with the tokens a login gives."""
+    response = client.post(
+        "/v1/auth/register", json={"email": "l@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 201
+    assert response.headers["Location"] == "/v1/auth/me"
+    user = AuthClient(
+        client,
+        "l@example.com",
+        client.post("/v1/auth/login", json={"email": "l@example.com", "password": PASSWORD}).json,
+    )
+    assert user.get(response.headers["Location"]).json["id"] == response.json["id"]
+    declared = client.get("/openapi.json").json["paths"]["/v1/auth/register"]["post"]
+    assert "Location" in declared["responses"]["201"]["headers"]
