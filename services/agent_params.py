@@ -63,23 +63,17 @@ ECHO_PARAMS: dict[str, Callable[[Any], str | None]] = {
 
 def problems(provider: str, params: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, detail) for each entry of `params` the provider's jobs could not run with."""
-    if provider == "echo":
-        rules, closed = ECHO_PARAMS, False
-    else:
-        rules, closed = CHAT_PARAMS, True
+    echo = provider == "echo"
+    rules = ECHO_PARAMS if echo else CHAT_PARAMS
     found = []
     for name, value in params.items():
         rule = rules.get(name)
-        if rule is None:
-            if closed:
-                found.append(
-                    (
-                        f"params.{name}",
-                        f"not sent to the model; a {provider} agent takes {', '.join(CHAT_PARAMS)}",
-                    )
-                )
-            continue
-        wrong = rule(value)
+        if rule is not None:
+            wrong = rule(value)
+        elif echo:
+            wrong = None
+        else:
+            wrong = f"not sent to the model: the {provider} provider takes {', '.join(rules)}"
         if wrong:
             found.append((f"params.{name}", wrong))
     return found
