@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.json_limits import NotJson
 from api.json_provider import dumps_bytes
+from api.request_context import PatchDocument
 from services.errors import InvalidInput, Overloaded, ServiceError
 
 PROBLEM_MIMETYPE = "application/problem+json"
@@ -205,6 +206,11 @@ def _framework_detail(error: HTTPException) -> str:
             return "This URL does not accept this method."
         case 413:
             return "The request body is larger than this server accepts."
+        case 415 if isinstance(error, PatchDocument):
+            return (
+                f"A body of {request.mimetype} is not applied here: a PATCH replaces the "
+                "fields it names, and every body is plain JSON. Send application/json."
+            )
         case 415:
             return "Send the body as application/json."
         case 429:

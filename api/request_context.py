@@ -139,6 +139,8 @@ def install(app: Flask) -> None:
             # none never did: a 3 MB body to rotate-secret rotated the secret.
             if length and limit is not None and length > limit:
                 raise RequestEntityTooLarge()
+            if req.mimetype in PATCH_FORMATS:
+                raise PatchDocument()
             if not _is_json(req.mimetype):
                 raise UnsupportedMediaType()
             rule = req.url_rule
@@ -176,6 +178,22 @@ def _refuse_unwanted_body(req: Request) -> None:
 
 def _has_body(req: Request) -> bool:
     return bool(req.content_length) or req.headers.get("Transfer-Encoding") == "chunked"
+
+
+# JSON documents that describe a change (RFC 7396's merge patch, RFC 6902's JSON Patch): both
+# are `+json`, and were read as plain JSON, so a merge patch's null ("remove this key") was
+# stored as a null. No route applies them: a PATCH here replaces the fields it names.
+PATCH_FORMATS = frozenset({"application/merge-patch+json", "application/json-patch+json"})
+
+
+class PatchDocument(UnsupportedMediaType):
+    """A body in one of PATCH_FORMATS: 415, with `Accept-Patch` on a PATCH (RFC 5789)."""
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        headers = super().get_headers(*args, **kwargs)
+        if request.method == "PATCH":
+            headers.append(("Accept-Patch", "application/json"))
+        return headers
 
 
 def _is_json(mimetype: str) -> bool:

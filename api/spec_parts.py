@@ -42,7 +42,7 @@ TITLES = {
     "401": "No valid credential",
     "413": "The body is larger than MAX_BODY_BYTES",
     "414": "The request line is too long (answered by the server before the application)",
-    "415": "The body is not JSON",
+    "415": "The body is not JSON, or is a merge patch or JSON Patch (not applied here)",
     "422": "Invalid input",
     "429": "Too many requests; see Retry-After",
     "431": "A request header is too large (answered by the server before the application)",

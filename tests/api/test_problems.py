@@ -126,6 +126,31 @@ def test_non_json_body_is_415(alice):
     assert_problem(response, 415)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/merge-patch+json", {"metadata": {"drop": None}}),
+        ("application/json-patch+json", [{"op": "remove", "path": "/metadata/drop"}]),
+    ],
+)
+def test_a_patch_document_is_415_not_read_as_plain_json(alice, content_type, body):
+    """Both are `+json`, so they were taken as plain JSON: a merge patch's `null` (remove
+    this key) was stored as a null, and the client's "delete" kept the key. A PATCH here
+    replaces the fields it names; `Accept-Patch` says what it takes (RFC 5789, 2.2)."""
+    made = alice.post("/v1/documents", json={"title": "t", "content": "c", "metadata": {"drop": 1}})
+    url = f"/v1/documents/{made.json['id']}"
+    refused = alice.patch(url, json=body, content_type=content_type)
+    detail = assert_problem(refused, 415)["detail"]
+    assert content_type in detail and "application/json" in detail
+    assert refused.headers["Accept-Patch"] == "application/json"
+    assert alice.get(url).json["metadata"] == {"drop": 1}
+    posted = alice.post(
+        "/v1/documents", json={"title": "t", "content": "c"}, content_type=content_type
+    )
+    assert_problem(posted, 415)
+    assert "Accept-Patch" not in posted.headers
+
+
 def test_too_large_body_is_413(alice, app):
     limit = app.extensions["conveyor"].settings.max_body_bytes
     payload = b'{"name": "' + b"x" * limit + b'"}'
