@@ -22,6 +22,7 @@ from api.json_provider import OrjsonProvider
 from api.notifier import Notifier
 from api.openapi import describe
 from api.queue_depth import QueueDepth
+from api.revocation_store import RevocationStore
 from api.routes import agents, api_keys, documents, events, health, jobs, streams, webhooks
 from api.routes import auth as auth_routes
 from api.runtime import Runtime
@@ -99,6 +100,9 @@ def create_app(
         queue_depth=QueueDepth(redis_probe, AGENTS_QUEUE),
         notifier=Notifier(redis_client, slots=settings.max_waiting_requests),
         gate=rate_limits.make_gate(settings, gate_client),
+        revocations=RevocationStore(
+            redis_client, session_factory, family_ttl_s=settings.jwt_refresh_ttl_s
+        ),
     )
 
     request_context.install(app)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from jwt import PyJWTError
 
 from api import gate
 from api.refresh_tokens import RefreshTokens, Retired, Successor, access_family, family_of
+from api.revocation_store import RevocationStore
 from api.tokens import ALGORITHM, ISSUER, AccessTokens, InvalidToken, complete
 from services import api_keys
 from services.errors import FieldProblem, InvalidInput, Overloaded, Unauthorized, Unavailable
@@ -234,6 +234,7 @@ def rotate_refresh_token() -> tuple[dict[str, Any], Successor]:
     except Retired as retired:
         if retired.reused:
             family = family_of(payload)
+            _revocations().record_family(family, owner=uuid.UUID(payload["sub"]))
             current_app.extensions["conveyor"].gate.forget_family(family)
             log.warning("auth.refresh_token_reused", user_id=payload["sub"], family=family)
         raise Unauthorized(_missing_or_invalid()) from None
@@ -286,10 +287,11 @@ def revoke_current() -> None:
     logout without a body left the login's refresh token working for its whole life, so a
     client that logged out and forgot to send it was still signed in, out of sight."""
     payload: dict[str, Any] = g.claims
-    _revoke(payload["jti"], payload["exp"])
+    owner = uuid.UUID(payload["sub"])
+    _revoke(payload["jti"], payload["exp"], owner=owner)
     family = family_of(payload) if payload.get("type") == "refresh" else access_family(payload)
     if family is not None:  # None: an access token signed before families
-        _revoke_family(family)
+        _revoke_family(family, owner=owner)
 
 
 def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
@@ -307,12 +309,11 @@ def revoke_encoded(token: str, *, owner: uuid.UUID) -> None:
         raise InvalidInput(
             problems=[FieldProblem("refresh_token", "not a refresh token of this account")]
         )
-    _revoke_family(family_of(payload))
+    _revoke_family(family_of(payload), owner=owner)
 
 
-def _revoke_family(family: str) -> None:
-    refresh_tokens: RefreshTokens = current_app.extensions["conveyor.refresh_tokens"]
-    refresh_tokens.revoke_family(family)
+def _revoke_family(family: str, *, owner: uuid.UUID) -> None:
+    _revocations().revoke_family(family, owner=owner)
     current_app.extensions["conveyor"].gate.forget_family(family)  # refused here at once
 
 
@@ -322,10 +323,15 @@ def is_revoked(jti: object, family: str | None = None) -> bool:
     return gate.is_revoked(_redis(), jti, family)
 
 
-def _revoke(jti: str, expires_at: int) -> None:
+def _revoke(jti: str, expires_at: int, *, owner: uuid.UUID) -> None:
     # Kept only as long as the token would have been valid; after that it is refused anyway.
-    gate.revoke(_redis(), jti, ttl_s=expires_at - int(time.time()))
+    _revocations().revoke_token(jti, owner=owner, expires_at=expires_at)
     current_app.extensions["conveyor"].gate.forget(jti)  # refused here from now on
+
+
+def _revocations() -> RevocationStore:
+    store: RevocationStore = current_app.extensions["conveyor"].revocations
+    return store
 
 
 def _redis() -> redis.Redis:

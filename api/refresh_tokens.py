@@ -147,11 +147,6 @@ class RefreshTokens:
             raise Retired(reused=outcome == "reused")
         return Successor(_text(answer[1]), family, int(answer[2]), int(answer[3]))
 
-    def revoke_family(self, family: str) -> None:
-        """Logout: every token of the family is refused, however far it was rotated."""
-        # A refresh token issued now lives `ttl_s`; every other of the family dies sooner.
-        gate.revoke_family(self._client, family, ttl_s=self.ttl_s)
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.gate import Gate
 from api.notifier import Notifier
 from api.queue_depth import QueueDepth
+from api.revocation_store import RevocationStore
 from models.db import UnitOfWork
 from services.job_policy import JobPolicy
 from services.passwords import Passwords
@@ -41,6 +42,8 @@ class Runtime:
     notifier: Notifier
     # Token revocation and rate limits in one Redis round trip per request.
     gate: Gate
+    # Revocations written to PostgreSQL and Redis (logout, a reused refresh token).
+    revocations: RevocationStore
 
 
 def page_max_bytes() -> int:

@@ -7,6 +7,7 @@ from models.documents import Document
 from models.events import Event, EventBatch, Stream
 from models.idempotency import IdempotencyKey
 from models.jobs import JOB_STATUSES, TERMINAL_STATUSES, Job
+from models.token_revocations import TokenRevocation
 from models.users import User
 from models.webhooks import (
     WebhookAttempt,
@@ -27,6 +28,7 @@ __all__ = [
     "IdempotencyKey",
     "Job",
     "Stream",
+    "TokenRevocation",
     "User",
     "WebhookAttempt",
     "WebhookCallbackSecret",

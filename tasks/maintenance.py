@@ -3,7 +3,7 @@ from typing import Any
 import structlog
 from celery import shared_task
 
-from services import event_batches, job_sweeper
+from services import event_batches, job_sweeper, token_revocations
 from tasks.deps import deps_of
 
 log = structlog.get_logger(__name__)
@@ -30,6 +30,28 @@ def sweep_jobs(self) -> int:
         counts = {k: len(v) for k, v in vars(report).items() if v}
         log.info("swept", event_batches_republished=len(batches), **counts)
     return report.total() + len(batches)
+
+
+# Rows deleted per run: a day of logouts on a busy server, in one short statement.
+REVOCATIONS_PER_SWEEP = 10_000
+
+
+@shared_task(
+    name="conveyor.maintenance.sweep_token_revocations",
+    queue="maintenance",
+    bind=True,
+    ignore_result=True,
+    expires=300,
+)
+def sweep_token_revocations(self) -> int:
+    """Delete revocations whose tokens have all expired (at most REVOCATIONS_PER_SWEEP a
+    run; the next run goes on), so the table, and the reload of Redis from it, stay small."""
+    deps = deps_of(self)
+    with deps.session_factory.begin() as session:
+        deleted = token_revocations.delete_expired(session, limit=REVOCATIONS_PER_SWEEP)
+    if deleted:
+        log.info("token_revocations.swept", deleted=deleted)
+    return deleted
 
 
 def _queue_length(app: Any, queue: str) -> int | None:

@@ -118,6 +118,12 @@ def make_celery(
                 "schedule": sweep_interval_s,
                 "options": {"queue": "maintenance", "expires": sweep_interval_s * 2},
             },
+            # Expired revocations go within the hour; nothing reads them but the reload.
+            "sweep-token-revocations": {
+                "task": "conveyor.maintenance.sweep_token_revocations",
+                "schedule": 600.0,
+                "options": {"queue": "maintenance", "expires": 300},
+            },
         },
     )
     return app
