@@ -85,6 +85,9 @@ def create_app(
         # A test's factory: every statement stays inside the transaction the test rolls back.
         tests_factory or after_commit.single_statement(engine)
     )
+    revocations = RevocationStore(
+        redis_client, session_factory, family_ttl_s=settings.jwt_refresh_ttl_s
+    )
     app.extensions["conveyor"] = Runtime(
         settings=settings,
         engine=engine,
@@ -99,10 +102,8 @@ def create_app(
         # The probe's quick client: a submit must not hang on a Redis that does not answer.
         queue_depth=QueueDepth(redis_probe, AGENTS_QUEUE),
         notifier=Notifier(redis_client, slots=settings.max_waiting_requests),
-        gate=rate_limits.make_gate(settings, gate_client),
-        revocations=RevocationStore(
-            redis_client, session_factory, family_ttl_s=settings.jwt_refresh_ttl_s
-        ),
+        gate=rate_limits.make_gate(settings, gate_client, revocations),
+        revocations=revocations,
     )
 
     request_context.install(app)

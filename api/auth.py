@@ -33,8 +33,14 @@ from flask_jwt_extended import (
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
 
-from api import gate
-from api.refresh_tokens import RefreshTokens, Retired, Successor, access_family, family_of
+from api.refresh_tokens import (
+    RefreshTokens,
+    Retired,
+    RevocationsUnloaded,
+    Successor,
+    access_family,
+    family_of,
+)
 from api.revocation_store import RevocationStore
 from api.tokens import ALGORITHM, ISSUER, AccessTokens, InvalidToken, complete
 from services import api_keys
@@ -228,9 +234,8 @@ def rotate_refresh_token() -> tuple[dict[str, Any], Successor]:
     has recorded; a 401 for any token that may not refresh (a reused one revokes its
     family first), a 503 when Redis cannot record the rotation."""
     payload = _refresh_claims()
-    refresh_tokens: RefreshTokens = current_app.extensions["conveyor.refresh_tokens"]
     try:
-        return payload, refresh_tokens.rotate(payload)
+        return payload, _rotate(payload)
     except Retired as retired:
         if retired.reused:
             family = family_of(payload)
@@ -238,8 +243,19 @@ def rotate_refresh_token() -> tuple[dict[str, Any], Successor]:
             current_app.extensions["conveyor"].gate.forget_family(family)
             log.warning("auth.refresh_token_reused", user_id=payload["sub"], family=family)
         raise Unauthorized(_missing_or_invalid()) from None
-    except redis.RedisError:
+    except (redis.RedisError, RevocationsUnloaded):
         raise Unavailable("token revocation cannot be checked right now", retry_after_s=2) from None
+
+
+def _rotate(payload: dict[str, Any]) -> Successor:
+    """Rotate, Redis filled with the revocations again first if it has lost them."""
+    refresh_tokens: RefreshTokens = current_app.extensions["conveyor.refresh_tokens"]
+    try:
+        return refresh_tokens.rotate(payload)
+    except RevocationsUnloaded:
+        if not _revocations().reload():
+            raise
+        return refresh_tokens.rotate(payload)
 
 
 def _refresh_claims() -> dict[str, Any]:
@@ -317,10 +333,11 @@ def _revoke_family(family: str, *, owner: uuid.UUID) -> None:
     current_app.extensions["conveyor"].gate.forget_family(family)  # refused here at once
 
 
-def is_revoked(jti: object, family: str | None = None) -> bool:
+def is_revoked(jti: object, family: str | None = None) -> bool | None:
+    """None: unknown (Redis has lost the revocations and they cannot be loaded now)."""
     if not isinstance(jti, str):
         return True  # a token we did not sign: refused, never a KeyError
-    return gate.is_revoked(_redis(), jti, family)
+    return _revocations().is_revoked(jti, family)
 
 
 def _revoke(jti: str, expires_at: int, *, owner: uuid.UUID) -> None:

@@ -41,7 +41,8 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import redis
 import structlog
@@ -50,6 +51,10 @@ from limits import RateLimitItem, parse_many
 log = structlog.get_logger("conveyor.api")
 
 _REVOKED_PREFIX = "conveyor:revoked:"
+# Set once every revocation PostgreSQL keeps is in Redis (api/revocation_store.py); missing,
+# Redis is new or has lost them, and no check may answer "not revoked" until they are back.
+REVOCATIONS_LOADED_KEY = "conveyor:revocations:loaded"
+_UNKNOWN = 2  # the script's first answer when REVOCATIONS_LOADED_KEY is missing
 _REVOKED_FAMILY_PREFIX = "conveyor:revoked:fam:"  # token ids are UUIDs: no clash
 _COUNTER_PREFIX = "conveyor:gate:"
 _NO_KEY = "conveyor:gate:-"  # stands in for "no token to check" (scripts take fixed KEYS)
@@ -57,25 +62,32 @@ _MAX_BACKOFF_S = 32.0
 _MAX_LEASE = 100
 _REMEMBERED = 100_000  # keys or tokens; past that, forgotten all at once (a rare sweep)
 
-# KEYS: the token's revocation key, its family's, then (current window, previous window)
-# per limit.
+# KEYS: the token's revocation key, its family's, REVOCATIONS_LOADED_KEY, then (current
+# window, previous window) per limit.
 # ARGV: check revocation (0/1), then (amount, window_s, elapsed_s, wanted) per limit.
-# Returns {revoked} when revoked; {0, 0, refusing limit (1-based), then per limit: previous
+# Returns {1} when revoked. Otherwise the first item is 0 (not revoked, or not asked) or 2
+# (unknown: Redis has lost the revocations, REVOCATIONS_LOADED_KEY is missing), and the
+# limits are counted all the same: {_, 0, refusing limit (1-based), then per limit: previous
 # window's count, current window's} when refused (what its Retry-After is solved from); else
-# {0, 1, 0, then per limit: permits granted, weighted count after the grant}. A limit with
+# {_, 1, 0, then per limit: permits granted, weighted count after the grant}. A limit with
 # wanted = 0 is only read. Nothing is granted unless every limit that wants permits can
 # give one.
 _SCRIPT = """
-if ARGV[1] == "1" and redis.call("EXISTS", KEYS[1], KEYS[2]) > 0 then
-  return {1}
+local unknown = 0
+if ARGV[1] == "1" then
+  if redis.call("EXISTS", KEYS[3]) == 0 then
+    unknown = 2
+  elseif redis.call("EXISTS", KEYS[1], KEYS[2]) > 0 then
+    return {1}
+  end
 end
 local n = (#ARGV - 1) / 4
 local grants, counts, windows, refusing = {}, {}, {}, 0
 for i = 1, n do
   local amount, window = tonumber(ARGV[4*i-2]), tonumber(ARGV[4*i-1])
   local elapsed, wanted = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1])
-  local current = tonumber(redis.call("GET", KEYS[2*i+1]) or "0")
-  local previous = tonumber(redis.call("GET", KEYS[2*i+2]) or "0")
+  local current = tonumber(redis.call("GET", KEYS[2*i+2]) or "0")
+  local previous = tonumber(redis.call("GET", KEYS[2*i+3]) or "0")
   local count = previous * (window - elapsed) / window + current
   local grant = math.min(wanted, math.floor(amount - count))
   if wanted > 0 and grant < 1 and refusing == 0 then
@@ -85,13 +97,13 @@ for i = 1, n do
   windows[2*i-1], windows[2*i] = previous, current
 end
 if refusing > 0 then
-  return {0, 0, refusing, unpack(windows)}
+  return {unknown, 0, refusing, unpack(windows)}
 end
-local answer = {0, 1, 0}
+local answer = {unknown, 1, 0}
 for i = 1, n do
   if grants[i] > 0 then
-    if redis.call("INCRBY", KEYS[2*i+1], grants[i]) == grants[i] then
-      redis.call("EXPIRE", KEYS[2*i+1], 2 * tonumber(ARGV[4*i-1]))
+    if redis.call("INCRBY", KEYS[2*i+2], grants[i]) == grants[i] then
+      redis.call("EXPIRE", KEYS[2*i+2], 2 * tonumber(ARGV[4*i-1]))
     end
   end
   answer[#answer + 1] = grants[i]
@@ -204,11 +216,8 @@ def revoked_key(jti: str) -> str:
     return _REVOKED_PREFIX + jti
 
 
-def is_revoked(client: redis.Redis, jti: str, family: str | None = None) -> bool:
-    return bool(client.exists(*_revocation_keys(jti, family)))
-
-
-def _revocation_keys(jti: str, family: str | None) -> list[str]:
+def revocation_keys(jti: str, family: str | None) -> list[str]:
+    """The keys whose existence revokes the token `jti` of `family` (None: no family)."""
     return [revoked_key(jti), family_revoked_key(family) if family else _NO_KEY]
 
 
@@ -220,9 +229,13 @@ class Gate:
         *,
         revocation_recheck_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        reload_and_check: Callable[[str, str | None], bool | None] | None = None,
     ) -> None:
-        """`clock`: the wall-clock time the windows are counted by (tests move their own)."""
+        """`clock`: the wall-clock time the windows are counted by (tests move their own).
+        `reload_and_check(jti, family)`: asked when Redis has lost the revocations; it
+        fills Redis again and answers for the token (None: still unknown, a 503)."""
         self._clock = clock
+        self._reload_and_check = reload_and_check
         self._limits: list[RateLimitItem] = list(parse_many(limits)) if limits else []
         self._script = client.register_script(_SCRIPT)
         self._memory = _MemoryCounters()
@@ -286,7 +299,8 @@ class Gate:
 
     def _check_redis(self, key: str, jti: str | None, family: str | None, now: float) -> Verdict:
         check_token = jti is not None and not self._fresh(jti)
-        keys = _revocation_keys(jti, family) if jti is not None and check_token else [_NO_KEY] * 2
+        keys = revocation_keys(jti, family) if jti is not None and check_token else [_NO_KEY] * 2
+        keys.append(REVOCATIONS_LOADED_KEY)
         args: list[str | int | float] = ["1" if check_token else "0"]
         with self._lock:
             leases = self._leases.get(key) or [None] * len(self._limits)
@@ -299,16 +313,29 @@ class Gate:
             keys += [current, previous]
             args += [item.amount, item.get_expiry(), elapsed, amount_wanted]
         answer = self._script(keys=keys, args=args)
-        if answer[0]:
+        if answer[0] == 1:
             return Verdict(revoked=True, allowed=True)
-        if jti is not None and check_token:
-            with self._lock:
-                if len(self._checked) >= _REMEMBERED:
-                    self._checked.clear()
-                    self._families.clear()
-                self._checked[jti] = time.monotonic()
-                if family is not None:
-                    self._families.setdefault(family, set()).add(jti)
+        revoked: bool | None = False
+        if jti is not None and answer[0] == _UNKNOWN:  # rare: Redis has lost them
+            revoked = self._reload_and_check(jti, family) if self._reload_and_check else None
+            if revoked:
+                return Verdict(revoked=True, allowed=True)
+        if jti is not None and check_token and revoked is False:
+            self._remember_checked(jti, family)
+        verdict = self._counted(key, wanted, answer, now)
+        return verdict if revoked is False else replace(verdict, revoked=revoked)
+
+    def _remember_checked(self, jti: str, family: str | None) -> None:
+        with self._lock:
+            if len(self._checked) >= _REMEMBERED:
+                self._checked.clear()
+                self._families.clear()
+            self._checked[jti] = time.monotonic()
+            if family is not None:
+                self._families.setdefault(family, set()).add(jti)
+
+    def _counted(self, key: str, wanted: list[int], answer: list[Any], now: float) -> Verdict:
+        """The verdict of the limits from the script's answer, leases kept for later."""
         _, allowed, _, *pairs = answer
         if not allowed:
             counted = [

@@ -37,6 +37,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from api import auth
 from api.gate import Gate, Verdict
+from api.revocation_store import RevocationStore
 from services.users import normalize_email
 from settings import Settings
 from workers.redis_clients import make_redis
@@ -121,11 +122,12 @@ def _trusted(address: IpAddress, trusted: Sequence[IPvAnyNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
 
-def make_gate(settings: Settings, client: redis.Redis) -> Gate:
+def make_gate(settings: Settings, client: redis.Redis, revocations: RevocationStore) -> Gate:
     return Gate(
         client,
         settings.rate_limit_default if settings.rate_limit_enabled else None,
         revocation_recheck_s=settings.token_revocation_recheck_s,
+        reload_and_check=revocations.is_revoked,
     )
 
 

@@ -41,12 +41,17 @@ from api import gate
 
 _RECORD_PREFIX = "conveyor:refresh-family:"
 
-# KEYS: the family's record, the family's revocation key, the token's revocation key.
+# KEYS: the family's record, the family's revocation key, the token's revocation key,
+# gate.REVOCATIONS_LOADED_KEY.
 # ARGV: the presented token's id, grace (s), then the successor to use if it is rotated now
 # (id, iat, exp), then how long a revocation of the family must last (s).
 # Returns {outcome, successor id, iat, exp}; outcome "rotated" or "retried", or {"revoked"}
-# or {"reused"} (which has just revoked the family).
+# or {"reused"} (which has just revoked the family), or {"unloaded"}: Redis has lost the
+# revocations, and nothing is decided until they are back.
 _SCRIPT = """
+if redis.call("EXISTS", KEYS[4]) == 0 then
+  return {"unloaded"}
+end
 if redis.call("EXISTS", KEYS[2], KEYS[3]) > 0 then
   return {"revoked"}
 end
@@ -78,6 +83,11 @@ redis.call("HSET", KEYS[1], "current", ARGV[3], "previous", ARGV[1],
 redis.call("EXPIREAT", KEYS[1], ARGV[5])
 return {"rotated", ARGV[3], ARGV[4], ARGV[5]}
 """
+
+
+class RevocationsUnloaded(Exception):
+    """Redis has lost the revocations (api/revocation_store.py fills it again): whether
+    the token was revoked is unknown, and nothing was rotated."""
 
 
 class Retired(Exception):
@@ -135,14 +145,22 @@ class RefreshTokens:
 
     def rotate(self, payload: dict[str, Any]) -> Successor:
         """The successor of a verified refresh token, recorded in Redis before it is
-        returned; Retired when the token may not be refreshed. Redis errors propagate:
-        no refresh succeeds without its rotation recorded."""
+        returned; Retired when the token may not be refreshed, RevocationsUnloaded when
+        Redis cannot tell. Redis errors propagate: no refresh succeeds without its rotation
+        recorded."""
         family, jti, now = family_of(payload), str(payload["jti"]), int(time.time())
         answer = self._script(
-            keys=[_RECORD_PREFIX + family, gate.family_revoked_key(family), gate.revoked_key(jti)],
+            keys=[
+                _RECORD_PREFIX + family,
+                gate.family_revoked_key(family),
+                gate.revoked_key(jti),
+                gate.REVOCATIONS_LOADED_KEY,
+            ],
             args=[jti, self._grace_s, str(uuid.uuid4()), now, now + self.ttl_s, self.ttl_s],
         )
         outcome = _text(answer[0])
+        if outcome == "unloaded":
+            raise RevocationsUnloaded
         if outcome not in ("rotated", "retried"):
             raise Retired(reused=outcome == "reused")
         return Successor(_text(answer[1]), family, int(answer[2]), int(answer[3]))

@@ -380,7 +380,7 @@ def test_a_retry_into_a_full_queue_is_refused_as_a_submit_is_and_changes_nothing
 def test_redis_down_is_503_not_500(alice, app):
     runtime = app.extensions["conveyor"]
     runtime.redis = make_redis("redis://127.0.0.1:1/0", timeout_s=5)  # nothing listens there
-    runtime.gate = make_gate(runtime.settings, runtime.redis)
+    runtime.gate = make_gate(runtime.settings, runtime.redis, runtime.revocations)
     started = time.monotonic()
     response = alice.get("/v1/auth/me")
     assert time.monotonic() - started < 2  # promptly, not after seconds of retries

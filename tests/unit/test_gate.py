@@ -11,7 +11,7 @@ import pytest
 import redis
 from limits import parse
 
-from api.gate import Gate, lease_size, revoke, revoke_family
+from api.gate import REVOCATIONS_LOADED_KEY, Gate, lease_size, revoke, revoke_family
 from tests.helpers import WINDOWS_START, Clock
 from tests.ports import closed_port
 from tests.stack import private_redis
@@ -21,6 +21,8 @@ from workers.redis_clients import make_redis
 @pytest.fixture
 def client(redis_url: str):  # type: ignore[no-untyped-def]
     client = redis.Redis.from_url(redis_url)
+    # Redis holds every revocation (api/revocation_store.py): the gate may answer.
+    client.set(REVOCATIONS_LOADED_KEY, 1)
     yield client
     client.close()
 
@@ -125,6 +127,7 @@ def test_recheck_zero_asks_redis_every_time(client):
 def test_without_redis_a_fresh_token_still_works_and_limits_count_in_memory():
     jti, key = uuid.uuid4().hex, _key()
     with private_redis() as server:
+        redis.Redis.from_url(server.url).set(REVOCATIONS_LOADED_KEY, 1)
         gate = Gate(
             redis.Redis.from_url(server.url, socket_timeout=0.5), "3/minute",
             revocation_recheck_s=30,
@@ -222,3 +225,24 @@ def test_an_allowed_answer_resets_when_the_whole_quota_is_back(counted_in):
     assert [(v.remaining, v.reset_in_s) for v in allowed] == [(4, 70), (4, 70)]
     assert _burst(gate, early, clock, T + 119, 5) == [True] * 4 + [False]
     assert _burst(gate, on_time, clock, T + 120, 6) == [True] * 5 + [False]
+
+
+def test_a_redis_that_lost_the_revocations_answers_unknown_until_they_are_back(client):
+    """Without REVOCATIONS_LOADED_KEY, no token is "not revoked": the gate asks its
+    `reload_and_check` (the web's: api/revocation_store.py), or answers unknown (503)."""
+    jti, key = uuid.uuid4().hex, _key()
+    client.delete(REVOCATIONS_LOADED_KEY)
+    assert Gate(client, "5/minute").check(key, jti=jti).revoked is None
+    assert _shared_count(client, key) == 1  # the limits are counted all the same
+    asked = []
+
+    def reload_and_check(token, family):  # type: ignore[no-untyped-def]
+        asked.append((token, family))
+        return True
+
+    gate = Gate(client, "5/minute", reload_and_check=reload_and_check)
+    assert gate.check(key, jti=jti, family="fam").revoked is True
+    assert asked == [(jti, "fam")]
+    client.set(REVOCATIONS_LOADED_KEY, 1)
+    assert gate.check(_key(), jti=uuid.uuid4().hex).revoked is False
+    assert len(asked) == 1  # loaded: nothing more to ask

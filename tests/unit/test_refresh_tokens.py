@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from api.gate import is_revoked, revoke
-from api.refresh_tokens import RefreshTokens, Retired, Successor
+from api.gate import REVOCATIONS_LOADED_KEY, revocation_keys, revoke
+from api.refresh_tokens import RefreshTokens, Retired, RevocationsUnloaded, Successor
 from workers.redis_clients import make_redis
 
 RACERS = 8
@@ -20,8 +20,14 @@ RACERS = 8
 @pytest.fixture
 def client(redis_url: str):  # type: ignore[no-untyped-def]
     client = redis.Redis.from_url(redis_url)
+    # Redis holds every revocation (api/revocation_store.py): rotations may be decided.
+    client.set(REVOCATIONS_LOADED_KEY, 1)
     yield client
     client.close()
+
+
+def is_revoked(client: redis.Redis, jti: str, family: str) -> bool:
+    return bool(client.exists(*revocation_keys(jti, family)))
 
 
 def _payload(token: Successor) -> dict[str, Any]:
@@ -122,7 +128,7 @@ class _ReplyDropper:
         self.listener.close()
 
 
-def test_a_refresh_whose_reply_was_lost_is_not_taken_for_a_reuse(redis_url):
+def test_a_refresh_whose_reply_was_lost_is_not_taken_for_a_reuse(client, redis_url):
     """redis-py sends the script again when the connection dies before its reply (the
     application's clients retry once): the second run must answer what the first did.
     Without a grace, it found its own rotation and revoked the family: the user was
@@ -143,3 +149,15 @@ def test_a_refresh_whose_reply_was_lost_is_not_taken_for_a_reuse(redis_url):
     finally:
         relayed.close()
         relay.close()
+
+
+def test_nothing_is_rotated_while_redis_has_lost_the_revocations(client):
+    """A Redis without REVOCATIONS_LOADED_KEY may have forgotten that the token was
+    revoked: the script decides nothing until the revocations are loaded again."""
+    tokens = RefreshTokens(client, ttl_s=3600, reuse_grace_s=10)
+    first = tokens.first()
+    client.delete(REVOCATIONS_LOADED_KEY)
+    with pytest.raises(RevocationsUnloaded):
+        tokens.rotate(_payload(first))
+    client.set(REVOCATIONS_LOADED_KEY, 1)
+    assert tokens.rotate(_payload(first)).family == first.family  # not spent meanwhile
