@@ -1,5 +1,6 @@
-"""Credentials: bearer tokens (one pinned algorithm, short access tokens, revocation in
-Redis) and API keys (`X-API-Key`, services/api_keys.py). Both give the same `Principal`.
+"""Credentials: bearer tokens (one pinned algorithm, short access tokens, revocation
+checked in Redis and kept in PostgreSQL, api/revocation_store.py) and API keys
+(`X-API-Key`, services/api_keys.py). Both give the same `Principal`.
 
 flask-jwt-extended signs tokens and decodes refresh tokens, which api/refresh_tokens.py
 rotates; access tokens, which come with nearly every request, are checked by api/tokens.py

@@ -32,7 +32,10 @@ Both questions travel in one Lua script, and only when one of them needs Redis.
 
 Redis away: a token that is due for a check cannot be checked (the caller answers 503), and
 limits are counted in this process's memory, so they hold per process instead of for the
-whole server; Redis is tried again after 1, 2, 4 ... 32 s.
+whole server; Redis is tried again after 1, 2, 4 ... 32 s. Redis back but empty (it lost
+the revocations: REVOCATIONS_LOADED_KEY is missing, which the script asks in the same
+call): the gate's `reload_and_check` fills it from PostgreSQL before answering
+(api/revocation_store.py).
 """
 
 from __future__ import annotations
