@@ -135,11 +135,10 @@ class RevocationStore:
                 pipe.execute()
         except SQLAlchemyError:
             log.warning("revocations.reload_failed", exc_info=True)
-            self._release(keys=[_LOADING_KEY], args=[token])
+            self._unlock(token)
             return False
         except redis.RedisError:
-            with contextlib.suppress(redis.RedisError):  # else it expires after `lock_s`
-                self._release(keys=[_LOADING_KEY], args=[token])
+            self._unlock(token)
             raise
         loaded = bool(self._finish(keys=[_LOADING_KEY, gate.REVOCATIONS_LOADED_KEY], args=[token]))
         log.warning(
@@ -149,6 +148,12 @@ class RevocationStore:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return loaded or bool(self._client.exists(gate.REVOCATIONS_LOADED_KEY))
+
+    def _unlock(self, token: str) -> None:
+        """Let the next check try the load again at once; if Redis cannot be told, the
+        lock expires after `lock_s`."""
+        with contextlib.suppress(redis.RedisError):
+            self._release(keys=[_LOADING_KEY], args=[token])
 
     def _ask(self, jti: str, family: str | None) -> bool | None:
         answer = int(
