@@ -168,6 +168,26 @@ Name = Annotated[
     AfterValidator(_one_line),
     AfterValidator(_shown_as_written),
 ]
+# Everything `_CONTROL_CHARACTERS` refuses but the line breaks and the tab a note may hold.
+_CONTROL_CHARACTERS_BUT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _printable(note: str) -> str:
+    if _CONTROL_CHARACTERS_BUT_LINES.search(note):
+        raise ValueError(
+            "must hold no control characters but line breaks and tabs (U+0000-U+001F, "
+            "U+007F-U+009F)"
+        )
+    return note
+
+
+# Free text a client writes for people to read (a webhook endpoint's description, why it
+# was disabled): lines and tabs, but no escape sequences for the terminals that show it.
+Note = Annotated[
+    str,
+    Field(max_length=500, description="Free text; no control characters but line breaks and tabs."),
+    AfterValidator(_printable),
+]
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 # A document's content type: type "/" subtype, then parameters (text/markdown,
 # application/json, text/plain; charset=utf-8). One definition for the API and the tools.

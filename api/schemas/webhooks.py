@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, StrictBool, model_validator
 
 from api.schemas.common import Input, Output, PageQuery
+from services.inputs import Note
 
 EventTypeName = Literal["job.succeeded", "job.failed", "job.cancelled", "job.timed_out"]
 
@@ -14,15 +15,15 @@ EventTypeName = Literal["job.succeeded", "job.failed", "job.cancelled", "job.tim
 class EndpointIn(Input):
     url: str = Field(min_length=1, max_length=2048)
     event_types: list[EventTypeName] = Field(min_length=1, max_length=16)
-    description: str | None = Field(default=None, max_length=500)
+    description: Note | None = None
 
 
 class EndpointPatch(Input):
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     event_types: list[EventTypeName] | None = Field(default=None, min_length=1, max_length=16)
-    description: str | None = Field(default=None, max_length=500)
+    description: Note | None = None
     enabled: StrictBool | None = None
-    disabled_reason: str | None = Field(default=None, max_length=500)
+    disabled_reason: Note | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> EndpointPatch:

@@ -234,3 +234,29 @@ def test_endpoints_are_capped(client, alice, bob, monkeypatch):
     create(alice)
     declared = client.get("/openapi.json").json["paths"]["/v1/webhooks"]["post"]["responses"]
     assert "409" in declared
+
+
+@pytest.mark.parametrize("text", ["\x1b[2J\x1b[31mowned", "bell\x07", "nul\x00", "c1\x9b31m"])
+def test_notes_hold_no_control_characters(alice, text):
+    """A description and a disabled reason are shown to people, in terminals too: escape
+    sequences in them were stored and sent back as they came."""
+    refused = alice.post(
+        "/v1/webhooks", json={"url": RECEIVER, "event_types": ["job.failed"], "description": text}
+    )
+    assert refused.status_code == 422, refused.json
+    assert [e["field"] for e in refused.json["errors"]] == ["description"]
+    assert alice.get("/v1/webhooks").json["items"] == []
+    url = f"/v1/webhooks/{create(alice, description='kept')['id']}"
+    for change in ({"description": text}, {"enabled": False, "disabled_reason": text}):
+        assert alice.patch(url, json=change).status_code == 422
+    kept = alice.get(url).json
+    assert (kept["description"], kept["enabled"], kept["disabled_reason"]) == ("kept", True, None)
+
+
+def test_notes_may_run_over_lines(alice):
+    text = "Orders to the warehouse.\n\tOwner: ops\r\nPager: #42"
+    url = f"/v1/webhooks/{create(alice, description=text)['id']}"
+    assert alice.get(url).json["description"] == text
+    why = "Receiver moved;\nback on Monday"
+    changed = alice.patch(url, json={"enabled": False, "disabled_reason": why})
+    assert changed.status_code == 200 and changed.json["disabled_reason"] == why
