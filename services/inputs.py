@@ -7,7 +7,7 @@ import math
 import re
 import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -151,13 +151,22 @@ Title = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
 _INVISIBLE_REORDERING = re.compile("[\u200b\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
-def _shown_as_written(name: str) -> str:
-    if _INVISIBLE_REORDERING.search(name):
-        raise ValueError(
-            "must hold no bidirectional override or isolate (U+202A-U+202E, U+2066-U+2069) "
-            "and no zero-width space (U+200B, U+FEFF)"
-        )
-    return name
+def _refusing(characters: re.Pattern[str], message: str) -> Callable[[str], str]:
+    """A validator that refuses a string holding any of `characters`, saying `message`."""
+
+    def check(text: str) -> str:
+        if characters.search(text):
+            raise ValueError(message)
+        return text
+
+    return check
+
+
+_shown_as_written = _refusing(
+    _INVISIBLE_REORDERING,
+    "must hold no bidirectional override or isolate (U+202A-U+202E, U+2066-U+2069) "
+    "and no zero-width space (U+200B, U+FEFF)",
+)
 
 
 # A name the client gives what it makes (an agent, an API key): one line, as a title is,
@@ -172,13 +181,10 @@ Name = Annotated[
 _CONTROL_CHARACTERS_BUT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def _printable(note: str) -> str:
-    if _CONTROL_CHARACTERS_BUT_LINES.search(note):
-        raise ValueError(
-            "must hold no control characters but line breaks and tabs (U+0000-U+001F, "
-            "U+007F-U+009F)"
-        )
-    return note
+_printable = _refusing(
+    _CONTROL_CHARACTERS_BUT_LINES,
+    "must hold no control characters but line breaks and tabs (U+0000-U+001F, U+007F-U+009F)",
+)
 
 
 # Free text a client writes for people to read (a webhook endpoint's description, why it
