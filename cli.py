@@ -542,6 +542,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.orm import Session
 
+    from api.problems import in_our_words
     from api.schemas.auth import Credentials
     from models.db import make_engine
     from services import users
@@ -556,7 +557,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
         credentials = Credentials(email=args.email, password=password)
     except ValidationError as invalid:
         for error in invalid.errors():
-            _say(f"{'.'.join(map(str, error['loc']))}: {error['msg']}")
+            _say(f"{'.'.join(map(str, error['loc']))}: {in_our_words(error['msg'])}")
         return 1
     url = Settings().database_url
     engine = make_engine(url, pool_size=1)

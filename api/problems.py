@@ -182,11 +182,16 @@ def _field_error(location: str, field: str, detail: str) -> dict[str, str]:
     # An error of the whole object (a model validator's) comes under marshmallow's name for
     # it, `_schema`; the client is told the location instead, as `optional_body` does.
     field = where if field == "_schema" else field
-    return {"location": where, "field": field, "detail": _PYDANTIC_PREFIX.sub("", detail, 1)}
+    return {"location": where, "field": field, "detail": in_our_words(detail)}
 
 
 # What pydantic puts before the message of a validator of ours: the client reads our words.
 _PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def in_our_words(detail: str) -> str:
+    """A validation message as clients read it (here and from `conveyor create-user`)."""
+    return _PYDANTIC_PREFIX.sub("", detail, 1)
 
 
 def _framework_detail(error: HTTPException) -> str:

@@ -37,6 +37,20 @@ def test_register_rejects_bad_input(client, body):
     assert client.post("/v1/auth/register", json=body).status_code == 422
 
 
+@pytest.mark.parametrize("email", ["not-an-email", "a b@example.com", "a@b", "@example.com"])
+def test_an_address_that_is_no_email_is_refused_in_words(client, email):
+    """The refusal quoted the schema's regex ("String should match pattern '^[^@\\s]...")."""
+    response = client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 422
+    assert response.json["errors"] == [
+        {
+            "location": "body",
+            "field": "email",
+            "detail": "must be an email address, like name@example.com",
+        }
+    ]
+
+
 def test_registration_can_be_turned_off(app, client):
     app.extensions["conveyor"].settings.registration_enabled = False
     response = client.post(
