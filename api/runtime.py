@@ -46,15 +46,20 @@ class Runtime:
     revocations: RevocationStore
 
 
+def current_runtime() -> Runtime:
+    """The runtime of the app handling this request."""
+    runtime: Runtime = current_app.extensions["conveyor"]
+    return runtime
+
+
 def page_max_bytes() -> int:
     """`PAGE_MAX_BYTES`: lists of large items (jobs, events, agents, deliveries) end their
     pages by bytes too (services.pagination.ByteBound)."""
-    runtime: Runtime = current_app.extensions["conveyor"]
-    return runtime.settings.page_max_bytes
+    return current_runtime().settings.page_max_bytes
 
 
 def live_page_max_bytes() -> int:
     """`LIVE_PAGE_MAX_BYTES`, within `PAGE_MAX_BYTES`: a live tail's pages. Its catch-up
     takes more reads, and a tail blocked on a client that does not read holds less."""
-    runtime: Runtime = current_app.extensions["conveyor"]
-    return min(runtime.settings.live_page_max_bytes, runtime.settings.page_max_bytes)
+    settings = current_runtime().settings
+    return min(settings.live_page_max_bytes, settings.page_max_bytes)

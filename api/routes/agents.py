@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 
 from apiflask import APIBlueprint
-from flask import current_app
 
 from api.auth import current_principal, require_access_token
 from api.idempotent import idempotent
@@ -11,7 +10,7 @@ from api.openapi import declares
 from api.preconditions import check_on_create, conditional_read, version_condition
 from api.representations import agent_json, etag
 from api.request_context import db
-from api.runtime import page_max_bytes
+from api.runtime import current_runtime, page_max_bytes
 from api.schemas.agents import AgentIn, AgentOut, AgentPatch
 from api.schemas.common import PageOut, PageQuery
 from api.spec_parts import CREATE_CONDITIONS
@@ -23,8 +22,7 @@ bp.before_request(require_access_token)
 
 def _max_timeout_s() -> int:
     """An agent's `timeout_s` becomes its jobs': the deployment's maximum for a job bounds it."""
-    max_timeout_s: int = current_app.extensions["conveyor"].job_policy.max_timeout_s
-    return max_timeout_s
+    return current_runtime().job_policy.max_timeout_s
 
 
 @bp.post("")

@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 
 from apiflask import APIBlueprint
-from flask import current_app
 
 from api.auth import (
     Principal,
@@ -18,15 +17,12 @@ from api.auth import (
 from api.openapi import declares
 from api.representations import user_json
 from api.request_context import db, optional_body, takes_optional_body
+from api.runtime import current_runtime
 from api.schemas.auth import Credentials, LoginIn, LogoutIn, TokensOut, UserOut
 from services import users
 from services.errors import Forbidden, NotFound, Unauthorized
 
 bp = APIBlueprint("auth", __name__, url_prefix="/v1/auth", tag="Authentication")
-
-
-def _runtime():  # type: ignore[no-untyped-def]
-    return current_app.extensions["conveyor"]
 
 
 @bp.post("/register")
@@ -40,10 +36,10 @@ def _runtime():  # type: ignore[no-untyped-def]
 )
 @declares(headers={201: ["Location"]})
 def register(body: Credentials):  # type: ignore[no-untyped-def]
-    if not _runtime().settings.registration_enabled:
+    if not current_runtime().settings.registration_enabled:
         raise Forbidden("registration is turned off on this server")
     user = users.register(
-        db(), email=body.email, password=body.password, passwords=_runtime().passwords
+        db(), email=body.email, password=body.password, passwords=current_runtime().passwords
     )
     # The account is read at /v1/auth/me, with the tokens a login gives.
     return user_json(user), 201, {"Location": "/v1/auth/me"}
@@ -55,7 +51,7 @@ def register(body: Credentials):  # type: ignore[no-untyped-def]
 @bp.doc(summary="Exchange email and password for tokens", security=[], responses=[200, 401])
 def login(body: LoginIn):  # type: ignore[no-untyped-def]
     user = users.authenticate(
-        db(), email=body.email, password=body.password, passwords=_runtime().passwords
+        db(), email=body.email, password=body.password, passwords=current_runtime().passwords
     )
     if user is None:
         raise Unauthorized("wrong email or password")

@@ -19,6 +19,7 @@ from api.representations import (
     etag,
 )
 from api.request_context import db
+from api.runtime import current_runtime
 from api.schemas.common import PageOut, PageQuery
 from api.schemas.documents import (
     DocumentIn,
@@ -50,8 +51,7 @@ def _cache() -> VersionedCache:
 
 
 def _limits() -> documents.Limits:
-    limits: documents.Limits = current_app.extensions["conveyor"].settings.document_limits()
-    return limits
+    return current_runtime().settings.document_limits()
 
 
 def _written(document: Document, status: int = 200) -> tuple[dict[str, Any], int, dict[str, str]]:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 
 from apiflask import APIBlueprint
-from flask import Response, current_app, g
+from flask import Response, g
 from sqlalchemy.orm import Session
 
 from api import live, sse
@@ -17,7 +17,7 @@ from api.openapi import declares
 from api.preconditions import check_on_create, version_condition
 from api.representations import etag, event_json, receipt_json
 from api.request_context import db, end_session, single_statement_db
-from api.runtime import live_page_max_bytes, page_max_bytes
+from api.runtime import current_runtime, live_page_max_bytes, page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.events import (
     AppendIn,
@@ -40,10 +40,6 @@ from services.inputs import MAX_POSITION, MAX_VERSION
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 bp.before_request(require_access_token)
-
-
-def _runtime():  # type: ignore[no-untyped-def]
-    return current_app.extensions["conveyor"]
 
 
 @bp.post("/streams/<stream>/events")
@@ -83,7 +79,7 @@ def append(stream: str, body: AppendIn):  # type: ignore[no-untyped-def]
         events=events,
         expected_version=body.expected_version,
         condition=condition,
-        max_data_bytes=_runtime().settings.event_max_data_bytes,
+        max_data_bytes=current_runtime().settings.event_max_data_bytes,
     )
     return (
         {
@@ -209,7 +205,7 @@ def batch(body: BatchIn):  # type: ignore[no-untyped-def]
         if (problem := stream_problem(event.stream, writing=True, field=f"events.{i}.stream"))
     ]
     events = [(e.stream, _new_event(e)) for e in body.events]
-    limit = _runtime().settings.event_max_data_bytes
+    limit = current_runtime().settings.event_max_data_bytes
     problems += event_store.size_problems([event for _, event in events], limit)
     if problems:
         raise InvalidInput(problems=problems)
@@ -275,7 +271,7 @@ def _tail(
 ) -> Response:
     """Tail the owner's events live; `cursor` is what `Last-Event-ID` carries. `fetch`
     gives a page (bounded by count and by bytes) and whether more follow it."""
-    runtime = _runtime()
+    runtime = current_runtime()
     end_session()
 
     def read(after_cursor: int, limit: int) -> live.Page:

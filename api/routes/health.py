@@ -11,10 +11,10 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 from apiflask import APIBlueprint
-from flask import current_app
 from sqlalchemy import text
 
 from api.problems import problem
+from api.runtime import current_runtime
 
 bp = APIBlueprint("health", __name__, tag="Operations")
 CHECK_TIMEOUT_S = 1.0
@@ -37,7 +37,7 @@ def healthz() -> dict[str, str]:
     responses=[200, 503],
 )
 def readyz():  # type: ignore[no-untyped-def]
-    runtime = current_app.extensions["conveyor"]
+    runtime = current_runtime()
     checks = {
         "postgresql": _checks.submit(_ping_postgres, runtime.engine),
         "redis": _checks.submit(runtime.redis_probe.ping),

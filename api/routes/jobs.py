@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 
 from apiflask import APIBlueprint
-from flask import Response, current_app, g
+from flask import Response, g
 
 from api import job_stream, live, sse
 from api.auth import current_principal, require_access_token
@@ -15,7 +15,7 @@ from api.openapi import declares
 from api.preconditions import check_on_create
 from api.representations import event_json, job_json
 from api.request_context import db, end_session, single_statement_db
-from api.runtime import live_page_max_bytes, page_max_bytes
+from api.runtime import current_runtime, live_page_max_bytes, page_max_bytes
 from api.schemas.common import PageOut
 from api.schemas.jobs import EventsQuery, JobIn, JobListQuery, JobOut, WaitQuery
 from api.spec_parts import CREATE_CONDITIONS
@@ -25,10 +25,6 @@ from services.inputs import MAX_VERSION
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="Jobs")
 bp.before_request(require_access_token)
-
-
-def _runtime():  # type: ignore[no-untyped-def]
-    return current_app.extensions["conveyor"]
 
 
 @bp.post("")
@@ -50,7 +46,7 @@ def submit_job(body: JobIn):  # type: ignore[no-untyped-def]
     # Without a key the submit is the request's one statement; with one, the key is stored
     # in the same transaction (api/idempotent.py).
     session = db() if has_key() else single_statement_db()
-    runtime = _runtime()
+    runtime = current_runtime()
     job = jobs.submit(
         session,
         owner_id=current_principal().user_id,
@@ -97,7 +93,7 @@ def cancel_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
 )
 @declares(headers={202: ["Location"]})
 def retry_job(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
-    runtime = _runtime()
+    runtime = current_runtime()
     job = jobs.retry(
         db(),
         owner_id=current_principal().user_id,
@@ -140,7 +136,7 @@ def get_job(job_id: uuid.UUID, query: WaitQuery):  # type: ignore[no-untyped-def
         end_session()  # give the connection back while we wait
         return job
 
-    job = wait_until_terminal(_runtime().notifier, job_id, read, query.wait, gone=watcher())
+    job = wait_until_terminal(current_runtime().notifier, job_id, read, query.wait, gone=watcher())
     return _json_response(dumps_bytes(job), 200, None)
 
 
@@ -176,7 +172,7 @@ def job_events(job_id: uuid.UUID, query: EventsQuery):  # type: ignore[no-untype
 def _stream_events(owner_id: uuid.UUID, job_id: uuid.UUID, *, from_version: int) -> Response:
     """A live tail from `Last-Event-ID` when resumed, else from the query's version, as a
     stream's tail starts (it began at version 1 whatever the query said)."""
-    runtime = _runtime()
+    runtime = current_runtime()
     after = sse.last_event_id(MAX_VERSION)
     jobs.get(db(), owner_id=owner_id, job_id=job_id)  # 404 before any byte is streamed
     if after:

@@ -6,7 +6,6 @@ import uuid
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import current_app
 
 from api.auth import current_principal, require_access_token
 from api.idempotent import refuses_key
@@ -14,7 +13,7 @@ from api.openapi import declares
 from api.preconditions import check_on_create, check_without_etag
 from api.representations import NO_STORE
 from api.request_context import db
-from api.runtime import page_max_bytes
+from api.runtime import current_runtime, page_max_bytes
 from api.schemas.common import PageOut, PageQuery
 from api.schemas.webhooks import (
     DeliveryOut,
@@ -38,8 +37,7 @@ deliveries_bp.before_request(require_access_token)
 
 
 def _policy() -> WebhookPolicy:
-    policy: WebhookPolicy = current_app.extensions["conveyor"].webhook_policy
-    return policy
+    return current_runtime().webhook_policy
 
 
 def endpoint_json(endpoint: WebhookEndpoint) -> dict[str, Any]:
